@@ -1,0 +1,19 @@
+"""rotafx: split a neural network across machines that differ in speed, memory and links."""
+
+from .annotate import NodeCost, annotate
+from .costmodel import CostTables
+from .estimate import Estimate, LatencyEstimator
+from .placement import LayerPlacement, PlacementError, Validation
+from .profile import LayerProfile, ModelProfile, ProfileError
+from .solve import InfeasibleError, Partition, PartitionOptimizer
+from .topology import Device, Link, Topology, TopologyError, preset
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ModelProfile", "LayerProfile", "ProfileError", "NodeCost", "annotate",
+    "Topology", "Device", "Link", "TopologyError", "preset",
+    "LayerPlacement", "Validation", "PlacementError",
+    "LatencyEstimator", "Estimate", "CostTables",
+    "PartitionOptimizer", "Partition", "InfeasibleError",
+]

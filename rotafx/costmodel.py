@@ -1,0 +1,165 @@
+"""The one cost model: compute time, transfer time, energy and memory of a placement.
+
+Every figure rotafx prints, and every figure its solvers optimise, comes from the
+tables built here (:class:`CostTables`), so the estimator and the solvers cannot
+disagree.
+
+* compute time of an op on a device: the roofline ``max(flops / device.flops,
+  bytes_moved / bandwidth)``, with bandwidth the device's memory bandwidth, or its
+  cache bandwidth when the topology's capacity rule is ``"cache"`` (the stage then
+  lives in cache); a layer's time is the sum over its ops;
+* a transfer: ``bytes * 8 / bandwidth_bps`` plus the link's one-way latency;
+  compressed transfers (codec ``fp16``, ``bf16``, ``int8``) send floating tensors at
+  2, 2 or 1 bytes per element;
+* energy: busy time x device power, plus bits x link energy per bit;
+* memory of a device: its stages' weights (each once) + the largest live-activation
+  peak among their layers (``rule="liveness"``), or the paper's plain sum
+  ``sum(weight + activation + buffer)`` (``rule="sum"``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .profile import ModelProfile, TensorInfo
+from .topology import Link, Topology
+
+__all__ = ["CODECS", "codec_bytes", "CostTables", "Route", "MEMORY_RULES", "check_codec"]
+
+# bytes per element a floating tensor is sent with, by codec (None: as it is)
+CODECS: dict[str | None, int | None] = {None: None, "none": None, "fp16": 2, "bf16": 2, "int8": 1}
+MEMORY_RULES = ("liveness", "sum")
+
+
+def check_codec(codec: str | None) -> str | None:
+    """Normalise a codec name, or raise naming the known ones."""
+    if codec not in CODECS:
+        raise ValueError(f"unknown transfer codec {codec!r}; use one of none, fp16, bf16, int8")
+    return None if codec in (None, "none") else codec
+
+
+def codec_bytes(t: TensorInfo, codec: str | None) -> int:
+    """Bytes a tensor is sent with under ``codec`` (integer tensors are never compressed)."""
+    size = CODECS[check_codec(codec)]
+    if size is None or not t.floating:
+        return t.nbytes
+    return t.numel * min(size, t.itemsize)
+
+
+@dataclass(frozen=True)
+class Route:
+    """The links a request takes from one boundary to the next, given which stages are empty."""
+
+    hops: tuple[tuple[int, Link], ...]  # (chain boundary whose cut position sets the bytes, link)
+
+
+class CostTables:
+    """Per-layer, per-stage and per-boundary figures of one profile on one topology.
+
+    Times are in milliseconds, energy in joules, bytes in bytes.
+
+    ``compute_ms[l, s]``: layer ``l`` on the device of stage ``s``;
+    ``boundary_bytes[p]``: bytes crossing the boundary before layer ``p`` (0..L);
+    ``link_ms_per_byte[b]``: serialisation time per byte on chain link ``b`` (stage b -> b+1).
+    """
+
+    def __init__(self, profile: ModelProfile, topology: Topology, *, codec: str | None = None,
+                 memory_rule: str = "liveness") -> None:
+        if memory_rule not in MEMORY_RULES:
+            raise ValueError(f"memory rule must be one of {MEMORY_RULES}, got {memory_rule!r}")
+        self.profile = profile
+        self.topology = topology
+        self.codec = check_codec(codec)
+        self.memory_rule = memory_rule
+        L, K = profile.num_layers, topology.num_stages
+        self.L, self.K = L, K
+        cache = topology.capacity == "cache"
+        self.compute_ms = np.zeros((L, K))
+        for s, name in enumerate(topology.chain):
+            d = topology.devices[name]
+            bw = (d.cache_bandwidth or d.memory_bandwidth) if cache else d.memory_bandwidth
+            for l, layer in enumerate(profile.layers):
+                self.compute_ms[l, s] = 1e3 * sum(max(f / d.flops, b / bw) for f, b in layer.work)
+        self.power_w = np.array([topology.devices[n].power_w for n in topology.chain])
+        self.boundary_bytes = np.array([profile.boundary_bytes(p, self.codec) for p in range(L + 1)], dtype=float)
+        self.links = [topology.link(a, b) for a, b in zip(topology.chain, topology.chain[1:])]
+        self.weight_bytes = np.array([l.weight_bytes for l in profile.layers], dtype=float)
+        self.peak_bytes = np.array([l.peak_bytes for l in profile.layers], dtype=float)
+        self.sum_bytes = np.array([l.size_bytes for l in profile.layers], dtype=float)
+        # devices and the stages they run (a device may run several stages of the chain)
+        self.device_stages: dict[str, list[int]] = {}
+        for s, name in enumerate(topology.chain):
+            self.device_stages.setdefault(name, []).append(s)
+        self.capacity = {n: topology.capacity_bytes(topology.devices[n]) for n in self.device_stages}
+        self.bypass_links = [topology.link(topology.chain[f - 1], topology.chain[g + 1]) for f, g in topology.bypasses]
+        ground_orbit = [l for l in topology.links.values() if l.kind in ("uplink", "downlink")]
+        self.bandwidth_kinds = ("uplink", "downlink") if ground_orbit else None
+
+    # -- transfers -----------------------------------------------------------
+    @staticmethod
+    def transfer_ms(nbytes: float, link: Link) -> float:
+        """Serialisation time of ``nbytes`` on ``link`` in ms (latency not included)."""
+        return 0.0 if math.isinf(link.bandwidth_bps) else nbytes * 8.0 / link.bandwidth_bps * 1e3
+
+    @staticmethod
+    def link_energy_j(nbytes: float, link: Link) -> float:
+        return nbytes * 8.0 * link.energy_per_bit_j
+
+    def counts_for_bandwidth(self, link: Link) -> bool:
+        """Whether bytes on this link count towards the ``minimize_bandwidth`` objective."""
+        if link.kind == "local":
+            return False
+        return self.bandwidth_kinds is None or link.kind in self.bandwidth_kinds
+
+    # -- placements ----------------------------------------------------------
+    def cut_positions(self, stages: Sequence[int]) -> list[int]:
+        """``p[b]``: how many layers run in stages ``<= b``, for each chain boundary b."""
+        counts = np.bincount(np.asarray(stages, dtype=int), minlength=self.K)
+        return [int(x) for x in np.cumsum(counts)[:-1]]
+
+    def route(self, stages: Sequence[int]) -> Route:
+        """The links a request crosses: every chain link, except that a bypassable run of
+        empty stages is replaced by its bypass link."""
+        counts = np.bincount(np.asarray(stages, dtype=int), minlength=self.K)
+        hops: list[tuple[int, Link]] = []
+        b = 0
+        bypass_at = {f - 1: (g, link) for (f, g), link in zip(self.topology.bypasses, self.bypass_links)}
+        while b < self.K - 1:
+            if b in bypass_at:
+                g, link = bypass_at[b]
+                if counts[b + 1: g + 1].sum() == 0:
+                    hops.append((b, link))
+                    b = g + 1
+                    continue
+            hops.append((b, self.links[b]))
+            b += 1
+        return Route(tuple(hops))
+
+    def device_memory(self, stages: Sequence[int], exact: bool = True) -> dict[str, float]:
+        """Bytes each device must hold. ``exact`` counts a weight read by two layers once."""
+        out: dict[str, float] = {}
+        for name, ss in self.device_stages.items():
+            layers = [l for l, s in enumerate(stages) if s in ss]
+            out[name] = self.layers_memory(layers, exact)
+        return out
+
+    def layers_memory(self, layers: Sequence[int], exact: bool = True) -> float:
+        """Bytes a device needs to run ``layers`` under this table's memory rule."""
+        if not layers:
+            return 0.0
+        if self.memory_rule == "sum":
+            return float(sum(self.sum_bytes[l] for l in layers))
+        if exact:
+            names: dict[str, int] = {}
+            pl = self.profile.layers
+            for l in layers:
+                for w in pl[l].weight_names:
+                    names[w] = self.profile.weights[w][1] if w in self.profile.weights else 0
+            weights = float(sum(names.values()))
+        else:
+            weights = float(sum(self.weight_bytes[l] for l in layers))
+        return weights + float(max(self.peak_bytes[l] for l in layers))

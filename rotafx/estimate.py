@@ -1,0 +1,229 @@
+"""LatencyEstimator: latency, throughput, bytes and energy of a placement, from the one cost model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from .costmodel import CostTables
+from .profile import MB, ModelProfile, TensorInfo
+from .topology import Topology
+
+__all__ = ["Estimate", "LayerEstimate", "TransferEstimate", "LatencyEstimator", "evaluate"]
+
+
+@dataclass(frozen=True)
+class LayerEstimate:
+    """One layer's compute time (ms) on the node that runs it."""
+
+    index: int
+    name: str
+    node: str
+    stage: int
+    total_ms: float
+
+
+@dataclass(frozen=True)
+class TransferEstimate:
+    """One hop of the request: the tensors that cross a cut, over one link."""
+
+    boundary: int  # the cut: before layer ``boundary``
+    src: str
+    dst: str
+    link_kind: str
+    bytes: int
+    transfer_ms: float
+    propagation_ms: float
+    tensors: tuple[TensorInfo, ...] = field(default=(), repr=False)
+
+    @property
+    def mb(self) -> float:
+        return self.bytes / MB
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What one request costs under a placement. Times in ms, bytes in bytes, energy in joules.
+
+    ``total_ms`` is exactly the sum of the compute parts (by node kind), the transfer
+    parts (by link kind) and ``propagation_ms``.
+    """
+
+    total_ms: float
+    compute_ms_by_kind: dict[str, float]
+    transfer_ms_by_kind: dict[str, float]
+    propagation_ms: float
+    by_layer: tuple[LayerEstimate, ...]
+    transfers: tuple[TransferEstimate, ...]
+    period_ms: float  # the slowest device or link: one request per period when pipelined
+    energy_j: float
+    bandwidth_bytes: int  # bytes over ground-orbit links (all inter-node links when there are none)
+    memory_bytes: dict[str, float]
+    stages: tuple[int, ...]
+    codec: str | None = None
+
+    # -- the seed's fields ---------------------------------------------------
+    @property
+    def ground_compute_ms(self) -> float:
+        return self.compute_ms_by_kind.get("ground", 0.0)
+
+    @property
+    def orbital_compute_ms(self) -> float:
+        return self.compute_ms_by_kind.get("orbital", 0.0)
+
+    @property
+    def compute_ms(self) -> float:
+        return sum(self.compute_ms_by_kind.values())
+
+    @property
+    def uplink_ms(self) -> float:
+        return self.transfer_ms_by_kind.get("uplink", 0.0)
+
+    @property
+    def downlink_ms(self) -> float:
+        return self.transfer_ms_by_kind.get("downlink", 0.0)
+
+    @property
+    def isl_ms(self) -> float:
+        return self.transfer_ms_by_kind.get("isl", 0.0)
+
+    @property
+    def ground_link_ms(self) -> float:
+        return self.transfer_ms_by_kind.get("ground", 0.0)
+
+    @property
+    def transfer_ms(self) -> float:
+        return sum(self.transfer_ms_by_kind.values())
+
+    @property
+    def throughput_rps(self) -> float:
+        """Requests per second when requests are pipelined through the stages."""
+        return float("inf") if self.period_ms <= 0 else 1e3 / self.period_ms
+
+    @property
+    def transfer_bytes(self) -> int:
+        """Bytes sent over every inter-node hop of one request."""
+        return sum(t.bytes for t in self.transfers if t.link_kind != "local")
+
+    @property
+    def transfer_size_mb(self) -> float:
+        return self.transfer_bytes / MB
+
+    def parts(self) -> dict[str, float]:
+        """Every part of ``total_ms`` by name; they add up to it."""
+        out = {f"{k}_compute_ms": v for k, v in self.compute_ms_by_kind.items()}
+        out.update({f"{k}_transfer_ms": v for k, v in self.transfer_ms_by_kind.items()})
+        out["propagation_ms"] = self.propagation_ms
+        return out
+
+    def report(self, title: str = "estimate") -> str:
+        """A readable breakdown."""
+        lines = [f"{title}: {self.total_ms:,.2f} ms per request, {self.throughput_rps:,.2f} requests/s pipelined, "
+                 f"{self.energy_j:,.3f} J, {self.transfer_size_mb:,.3f} MB transferred"
+                 + (f" (codec {self.codec})" if self.codec else "")]
+        for k, v in self.compute_ms_by_kind.items():
+            lines.append(f"  {k} compute: {v:,.2f} ms")
+        for k, v in self.transfer_ms_by_kind.items():
+            lines.append(f"  {k} transfer: {v:,.2f} ms")
+        lines.append(f"  propagation: {self.propagation_ms:,.2f} ms")
+        for t in self.transfers:
+            if t.link_kind == "local":
+                continue
+            lines.append(f"  cut before layer {t.boundary}: {t.src} -> {t.dst} over {t.link_kind}, "
+                         f"{t.bytes / MB:,.3f} MB in {len(t.tensors)} tensor(s), {t.transfer_ms:,.2f} ms + {t.propagation_ms:g} ms")
+        return "\n".join(lines)
+
+
+def evaluate(tables: CostTables, stages: Sequence[int]) -> Estimate:
+    """Price a placement given as the chain stage of every layer (non-decreasing)."""
+    topo, prof = tables.topology, tables.profile
+    stages = tuple(int(s) for s in stages)
+    if len(stages) != tables.L:
+        raise ValueError(f"placement covers {len(stages)} layers, the profile has {tables.L}")
+    if any(b < a for a, b in zip(stages, stages[1:])):
+        raise ValueError("placement must follow the chain in layer order (stages non-decreasing)")
+    compute_by_kind: dict[str, float] = {}
+    by_layer = []
+    busy_ms: dict[str, float] = {}
+    energy = 0.0
+    for l, s in enumerate(stages):
+        name = topo.chain[s]
+        dev = topo.devices[name]
+        t = float(tables.compute_ms[l, s])
+        compute_by_kind[dev.kind] = compute_by_kind.get(dev.kind, 0.0) + t
+        busy_ms[name] = busy_ms.get(name, 0.0) + t
+        energy += t * 1e-3 * dev.power_w
+        by_layer.append(LayerEstimate(l, prof.layers[l].name, name, s, t))
+    cuts = tables.cut_positions(stages)
+    transfer_by_kind: dict[str, float] = {}
+    transfers = []
+    prop = 0.0
+    bw_bytes = 0
+    link_busy = 0.0
+    for b, link in tables.route(stages).hops:
+        p = cuts[b]
+        nbytes = int(tables.boundary_bytes[p])
+        t = tables.transfer_ms(nbytes, link)
+        transfer_by_kind[link.kind] = transfer_by_kind.get(link.kind, 0.0) + t
+        prop += link.latency_ms
+        energy += tables.link_energy_j(nbytes, link)
+        if tables.counts_for_bandwidth(link):
+            bw_bytes += nbytes
+        link_busy = max(link_busy, t)
+        transfers.append(TransferEstimate(p, link.src, link.dst, link.kind, nbytes, t, link.latency_ms,
+                                          tuple(prof.boundaries[p])))
+    total = sum(compute_by_kind.values()) + sum(transfer_by_kind.values()) + prop
+    period = max([link_busy, *busy_ms.values()])
+    return Estimate(total_ms=total, compute_ms_by_kind=compute_by_kind, transfer_ms_by_kind=transfer_by_kind,
+                    propagation_ms=prop, by_layer=tuple(by_layer), transfers=tuple(transfers), period_ms=period,
+                    energy_j=energy, bandwidth_bytes=bw_bytes, memory_bytes=tables.device_memory(stages),
+                    stages=stages, codec=tables.codec)
+
+
+class LatencyEstimator:
+    """Predicts the latency, throughput, bytes and energy of a placement or partition.
+
+    >>> from rotafx import LatencyEstimator, LayerPlacement, ModelProfile
+    >>> profile = ModelProfile.from_layers([{"name": f"l{i}", "params": 1000, "flops": 1e9,
+    ...                                      "activation_bytes": 1000} for i in range(4)])
+    >>> topology = {"ground_nodes": 1, "orbital_nodes": 1, "ground_flops": 1e12, "orbital_flops": 1e12,
+    ...             "uplink_bandwidth": 1e6, "downlink_bandwidth": 1e6, "isl_bandwidth": 1e9}
+    >>> placement = LayerPlacement().assign_ground([0, 1, 2, 3])
+    >>> round(LatencyEstimator(topology).estimate(placement, profile).total_ms, 3)
+    4.0
+    """
+
+    def __init__(self, topology: Topology | Mapping[str, Any] | str, *, codec: str | None = None,
+                 memory_rule: str = "liveness") -> None:
+        self.topology = Topology.coerce(topology)
+        self.codec = codec
+        self.memory_rule = memory_rule
+        self._tables: tuple[int, CostTables] | None = None
+
+    def tables(self, profile: ModelProfile) -> CostTables:
+        """The cost tables for ``profile`` on this topology (cached for the last profile)."""
+        if self._tables is None or self._tables[0] != id(profile):
+            self._tables = (id(profile), CostTables(profile, self.topology, codec=self.codec, memory_rule=self.memory_rule))
+        return self._tables[1]
+
+    def estimate(self, placement: Any, profile: ModelProfile | None = None) -> Estimate:
+        """Estimate a :class:`~rotafx.LayerPlacement`, a :class:`~rotafx.Partition` or a list of stages.
+
+        A partition carries its profile; a placement uses the profile it was validated
+        with unless ``profile`` is given.
+        """
+        from .placement import LayerPlacement
+
+        if hasattr(placement, "stages") and hasattr(placement, "profile") and not isinstance(placement, LayerPlacement):
+            profile = profile or placement.profile
+            stages = placement.stages
+        elif isinstance(placement, LayerPlacement):
+            profile = profile or placement.profile
+            if profile is None:
+                raise ValueError("this placement has no profile: call estimate(placement, profile) or placement.validate(profile, topology) first")
+            stages = placement.stages(profile, self.topology)
+        else:
+            if profile is None:
+                raise ValueError("estimate(stages, profile) needs the profile")
+            stages = list(placement)
+        return evaluate(self.tables(profile), stages)

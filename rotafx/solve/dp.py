@@ -1,0 +1,199 @@
+"""Dynamic program over cut positions: exact for a chain whose devices each appear once."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..costmodel import CostTables
+from .objective import Objective
+
+__all__ = ["solve_dp", "dp_applies", "range_memory"]
+
+INF = float("inf")
+
+
+def dp_applies(tables: CostTables, obj: Objective) -> str | None:
+    """Why the DP is not exact here, or None when it is."""
+    if len(set(tables.topology.chain)) != len(tables.topology.chain):
+        return "a device appears twice in the chain (its memory is shared between stages)"
+    if obj.name == "balance" and obj.weights.get("period"):
+        return "balance with a throughput weight mixes a sum and a maximum"
+    return None
+
+
+def range_memory(tables: CostTables) -> np.ndarray:
+    """``mem[q, p]``: bytes needed to run layers ``q..p-1`` on one device (additive weights)."""
+    L = tables.L
+    mem = np.full((L + 1, L + 1), np.inf)
+    if tables.memory_rule == "sum":
+        c = np.concatenate([[0.0], np.cumsum(tables.sum_bytes)])
+        for q in range(L + 1):
+            mem[q, q:] = c[q:] - c[q]
+        return mem
+    cw = np.concatenate([[0.0], np.cumsum(tables.weight_bytes)])
+    for q in range(L + 1):
+        mem[q, q] = 0.0
+        if q < L:
+            mem[q, q + 1:] = cw[q + 1:] - cw[q] + np.maximum.accumulate(tables.peak_bytes[q:])
+    return mem
+
+
+def _hop_terms(tables: CostTables, link, obj: Objective) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per cut position p: (additive cost, bottleneck cost) of one hop over ``link``; and a constant."""
+    by = tables.boundary_bytes
+    t = np.array([tables.transfer_ms(b, link) for b in by])
+    energy = by * 8.0 * link.energy_per_bit_j
+    bw = by if tables.counts_for_bandwidth(link) else np.zeros_like(by)
+    lat = t + link.latency_ms
+    return _combine(obj, lat, t, bw, energy), t, 0.0
+
+
+def _combine(obj: Objective, lat: np.ndarray, period: np.ndarray, bw: np.ndarray, energy: np.ndarray) -> np.ndarray:
+    if obj.name == "minimize_latency":
+        return lat
+    if obj.name == "minimize_energy":
+        return energy
+    if obj.name == "maximize_throughput":
+        return period
+    if obj.name == "minimize_bandwidth":
+        return bw
+    if obj.name == "balance":
+        w, n = obj.weights, obj.norms
+        return (w.get("latency", 0) * lat / n.get("latency", 1) + w.get("bandwidth", 0) * bw / n.get("bandwidth", 1)
+                + w.get("energy", 0) * energy / n.get("energy", 1))
+    raise AssertionError(obj.name)
+
+
+def solve_dp(tables: CostTables, obj: Objective) -> tuple[list[int] | None, float]:
+    """The placement minimising ``obj`` (stage of every layer) and its primary value; ``(None, inf)`` if none fits.
+
+    For additive objectives the value of a plan is the sum of stage and hop costs; for
+    ``maximize_throughput`` it is the largest of them (the paper's balanced partition).
+    Ties on the primary value are broken by latency.
+    """
+    why = dp_applies(tables, obj)
+    if why:
+        raise ValueError(f"the dynamic program is not exact here: {why}; use solver='milp'")
+    K, L = tables.K, tables.L
+    topo = tables.topology
+    mem = range_memory(tables)
+    # variants: for each subset of bypasses taken, a reduced chain of (stage, link into next)
+    best: tuple[float, float, list[int] | None] = (INF, INF, None)
+    nb = len(topo.bypasses)
+    for mask in range(1 << nb):
+        taken = [topo.bypasses[i] for i in range(nb) if mask >> i & 1]
+        skipped = {s for f, g in taken for s in range(f, g + 1)}
+        stages = [s for s in range(K) if s not in skipped]
+        kept_segments = [(f, g) for i, (f, g) in enumerate(topo.bypasses) if not mask >> i & 1]
+        with np.errstate(invalid="ignore"):  # inf - inf where no plan reaches a state
+            res = _dp_chain(tables, obj, mem, stages, kept_segments)
+        if res[2] is not None and (res[0], res[1]) < best[:2]:
+            best = res
+    return best[2], best[0]
+
+
+def _dp_chain(tables: CostTables, obj: Objective, mem: np.ndarray, stages: list[int],
+              must_use: list[tuple[int, int]]) -> tuple[float, float, list[int] | None]:
+    L = tables.L
+    topo = tables.topology
+    bottleneck = obj.name == "maximize_throughput"
+    n = len(stages)
+    links = [topo.link(topo.chain[a], topo.chain[b]) for a, b in zip(stages, stages[1:])]
+    seg_of = {}
+    for f, g in must_use:
+        for s in range(f, g + 1):
+            seg_of[s] = (f, g)
+    # state: value over cut position p after stage i, with "current must-use segment used yet" flag
+    prim = np.full((2, L + 1), INF)
+    sec = np.full((2, L + 1), INF)
+    back: list[np.ndarray] = []
+    P = np.arange(L + 1)
+    upper = P[:, None] <= P[None, :]
+    for i, s in enumerate(stages):
+        dev = topo.chain[s]
+        cap = tables.capacity[dev]
+        comp = np.concatenate([[0.0], np.cumsum(tables.compute_ms[:, s])])
+        C = comp[None, :] - comp[:, None]  # C[q, p]: layers q..p-1 on stage s
+        energyC = C * 1e-3 * tables.power_w[s]
+        feasible = upper & (mem <= cap)
+        if bottleneck:
+            stage_cost = C
+        else:
+            stage_cost = _combine(obj, C, C, np.zeros_like(C), energyC)
+        stage_lat = C
+        if i == 0:
+            prev_p = np.full((2, L + 1), INF)
+            prev_s = np.full((2, L + 1), INF)
+            prev_p[0, 0] = 0.0
+            prev_s[0, 0] = 0.0
+        else:
+            prev_p, prev_s = prim, sec
+        new_p = np.full((2, L + 1), INF)
+        new_s = np.full((2, L + 1), INF)
+        arg = np.zeros((2, L + 1, 2), dtype=int)  # (prev flag, prev p)
+        in_seg = s in seg_of
+        starts_seg = in_seg and seg_of[s][0] == s
+        for f_prev in (0, 1):
+            if not np.isfinite(prev_p[f_prev]).any():
+                continue
+            if bottleneck:
+                cand_p = np.maximum(prev_p[f_prev][:, None], np.where(feasible, stage_cost, INF))
+            else:
+                cand_p = prev_p[f_prev][:, None] + np.where(feasible, stage_cost, INF)
+            cand_s = prev_s[f_prev][:, None] + np.where(feasible, stage_lat, INF)
+            for used_here in (False, True):
+                mask = (P[None, :] > P[:, None]) if used_here else (P[None, :] == P[:, None])
+                if in_seg:
+                    f_new = 1 if (used_here or (f_prev == 1 and not starts_seg)) else 0
+                else:
+                    f_new = 0
+                cp_ = np.where(mask, cand_p, INF)
+                cs_ = np.where(mask, cand_s, INF)
+                q = _lex_argmin(cp_, cs_)
+                vp = cp_[q, P]
+                vs = cs_[q, P]
+                better = (vp < new_p[f_new] - 1e-12) | ((np.abs(vp - new_p[f_new]) <= 1e-12) & (vs < new_s[f_new]))
+                new_p[f_new] = np.where(better, vp, new_p[f_new])
+                new_s[f_new] = np.where(better, vs, new_s[f_new])
+                arg[f_new][better] = np.stack([np.full(better.sum(), f_prev), q[better]], axis=1)
+        # leaving a must-use segment at its last stage requires the flag
+        if in_seg and seg_of[s][1] == s:
+            new_p[0] = INF
+            new_s[0] = INF
+            new_p[0], new_p[1] = new_p[1].copy(), np.full(L + 1, INF)
+            new_s[0], new_s[1] = new_s[1].copy(), np.full(L + 1, INF)
+            arg[0], arg[1] = arg[1].copy(), arg[0]
+        # the hop to the next stage
+        if i < n - 1:
+            add, t, _ = _hop_terms(tables, links[i], obj)
+            lat = t + links[i].latency_ms
+            if bottleneck:
+                new_p = np.maximum(new_p, t[None, :])
+            else:
+                new_p = new_p + add[None, :]
+            new_s = new_s + lat[None, :]
+        back.append(arg)
+        prim, sec = new_p, new_s
+    if not np.isfinite(prim[0, L]):
+        return INF, INF, None
+    # walk back
+    cuts = [L]
+    flag, p = 0, L
+    for i in range(n - 1, -1, -1):
+        f_prev, q = back[i][flag, p]
+        cuts.append(int(q))
+        flag, p = int(f_prev), int(q)
+    cuts = cuts[::-1]  # cuts[i]..cuts[i+1] are the layers of stages[i]
+    assign = [0] * L
+    for i, s in enumerate(stages):
+        for l in range(cuts[i], cuts[i + 1]):
+            assign[l] = s
+    return float(prim[0, L]), float(sec[0, L]), assign
+
+
+def _lex_argmin(primary: np.ndarray, secondary: np.ndarray) -> np.ndarray:
+    """Row index of the lexicographic minimum in each column."""
+    best = primary.min(axis=0)
+    tol = 1e-9 * np.maximum(1.0, np.abs(np.where(np.isfinite(best), best, 0.0)))
+    tie = primary <= (best + tol)[None, :]
+    return np.where(tie, secondary, INF).argmin(axis=0) if np.isfinite(best).any() else primary.argmin(axis=0)

@@ -1,0 +1,199 @@
+"""The mixed-integer program over cut positions, in cvxpy, solved by HiGHS.
+
+Variables: ``y[l, b] = 1`` when layer ``l`` runs in a stage ``<= b`` (b = 0..K-2).
+Contiguity holds by construction (``y`` non-increasing in ``l``, non-decreasing in ``b``);
+``x[l, s] = y[l, s] - y[l, s-1]`` is the stage of each layer and
+``z[p, b] = y[p-1, b] - y[p, b]`` the one-hot cut position of boundary ``b``, so every
+cost (compute per layer and stage, bytes per cut position and link) is linear.
+A bypass (skip an empty run of stages) is one binary ``u``: its hops are switched on
+or off with big-M bounds. Memory: for each device and each of its layers, its stages'
+weights plus that layer's live-activation peak fit its capacity.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import cvxpy as cp
+import numpy as np
+
+from ..costmodel import CostTables
+from .objective import Objective
+
+__all__ = ["solve_milp", "MilpResult"]
+
+
+@dataclass(frozen=True)
+class MilpResult:
+    stages: list[int] | None
+    status: str  # "optimal", "time_limit", "infeasible", "error"
+    value: float
+    bound: float
+    gap: float
+    seconds: float
+
+
+def _build(tables: CostTables):  # type: ignore[no-untyped-def]
+    L, K = tables.L, tables.K
+    topo = tables.topology
+    Y = cp.Variable((L, K - 1), boolean=True) if K > 1 else None
+    cons = []
+    if Y is not None:
+        if L > 1:
+            cons.append(Y[1:, :] <= Y[:-1, :])
+        if K > 2:
+            cons.append(Y[:, :-1] <= Y[:, 1:])
+        # empty slices confuse cvxpy's stacking, so the middle pieces are added only when present
+        X = cp.hstack([Y[:, :1], *([Y[:, 1:] - Y[:, :-1]] if K > 2 else []), 1 - Y[:, -1:]])
+        Z = cp.vstack([1 - Y[:1, :], *([Y[:-1, :] - Y[1:, :]] if L > 1 else []), Y[-1:, :]])
+    else:
+        X = np.ones((L, 1))
+        Z = None
+    # memory
+    for dev, ss in tables.device_stages.items():
+        on = sum(X[:, s] for s in ss)
+        cap = tables.capacity[dev]
+        if tables.memory_rule == "sum":
+            cons.append(tables.sum_bytes @ on <= cap)
+        else:
+            cons.append(tables.weight_bytes @ on + cp.multiply(tables.peak_bytes, on) <= cap)
+    # bypass switches
+    U = {}
+    for i, (f, g) in enumerate(topo.bypasses):
+        u = cp.Variable(boolean=True)
+        used = cp.sum(X[:, f:g + 1])
+        cons += [used <= L * u, used >= u]
+        U[i] = u
+    return Y, X, Z, U, cons
+
+
+def _hops(tables: CostTables, Z, U, cons, per_byte, const):  # type: ignore[no-untyped-def]
+    """Sum over the route of ``per_byte(link) * bytes(p) + const(link)``; bypass handled with big-M."""
+    topo = tables.topology
+    by = tables.boundary_bytes
+    in_bypass = {}
+    for i, (f, g) in enumerate(topo.bypasses):
+        for b in range(f - 1, g + 1):
+            in_bypass[b] = i
+    total = 0
+    for b, link in enumerate(tables.links):
+        coef = per_byte(link) * by
+        c = const(link)
+        if b in in_bypass:
+            u = U[in_bypass[b]]
+            h = cp.Variable(nonneg=True)
+            big = float(coef.max()) if coef.size else 0.0
+            cons.append(h >= coef @ Z[:, b] - big * (1 - u))
+            total = total + h + c * u
+        else:
+            total = total + coef @ Z[:, b] + c
+    for i, ((f, g), link) in enumerate(zip(topo.bypasses, tables.bypass_links)):
+        coef = per_byte(link) * by
+        c = const(link)
+        u = U[i]
+        h = cp.Variable(nonneg=True)
+        big = float(coef.max()) if coef.size else 0.0
+        cons.append(h >= coef @ Z[:, f - 1] - big * u)
+        total = total + h + c * (1 - u)
+    return total
+
+
+def _link_times(tables: CostTables, Z, U, cons, T):  # type: ignore[no-untyped-def]
+    """T >= serialisation time of every hop the route takes (throughput)."""
+    topo = tables.topology
+    by = tables.boundary_bytes
+    in_bypass = {b: i for i, (f, g) in enumerate(topo.bypasses) for b in range(f - 1, g + 1)}
+    for b, link in enumerate(tables.links):
+        coef = np.array([tables.transfer_ms(x, link) for x in by])
+        if b in in_bypass:
+            cons.append(T >= coef @ Z[:, b] - float(coef.max()) * (1 - U[in_bypass[b]]))
+        else:
+            cons.append(T >= coef @ Z[:, b])
+    for i, ((f, g), link) in enumerate(zip(topo.bypasses, tables.bypass_links)):
+        coef = np.array([tables.transfer_ms(x, link) for x in by])
+        cons.append(T >= coef @ Z[:, f - 1] - float(coef.max()) * U[i])
+
+
+def _terms(tables: CostTables, X, Z, U, cons, needed: set[str]):  # type: ignore[no-untyped-def]
+    out = {}
+    comp = cp.sum(cp.multiply(tables.compute_ms, X))
+    if "latency" in needed:
+        out["latency"] = comp + (_hops(tables, Z, U, cons, lambda l: (0.0 if np.isinf(l.bandwidth_bps) else 8e3 / l.bandwidth_bps),
+                                       lambda l: l.latency_ms) if Z is not None else 0)
+    if "energy" in needed:
+        e = cp.sum(cp.multiply(tables.compute_ms * 1e-3 * tables.power_w[None, :], X))
+        out["energy"] = e + (_hops(tables, Z, U, cons, lambda l: 8.0 * l.energy_per_bit_j, lambda l: 0.0) if Z is not None else 0)
+    if "bandwidth" in needed:
+        out["bandwidth"] = (_hops(tables, Z, U, cons, lambda l: 1.0 if tables.counts_for_bandwidth(l) else 0.0,
+                                  lambda l: 0.0) if Z is not None else 0)
+    if "period" in needed:
+        T = cp.Variable(nonneg=True)
+        for dev, ss in tables.device_stages.items():
+            cons.append(T >= sum(tables.compute_ms[:, s] @ X[:, s] for s in ss))
+        if Z is not None:
+            _link_times(tables, Z, U, cons, T)
+        out["period"] = T
+    return out
+
+
+def solve_milp(tables: CostTables, obj: Objective, *, time_limit: float = 60.0, verbose: bool = False,
+               cutoff: float | None = None, tie_break: bool = True) -> MilpResult:
+    """Solve ``obj`` exactly (or to the time limit). ``cutoff``: a known feasible value (upper bound).
+
+    ``minimize_bandwidth`` is solved in two phases: the fewest bytes, then the lowest
+    latency among plans with those bytes.
+    """
+    t0 = time.perf_counter()
+    Y, X, Z, U, cons = _build(tables)
+    if obj.name == "balance":
+        needed = {k for k, w in obj.weights.items() if w}
+    else:
+        needed = {{"minimize_latency": "latency", "maximize_throughput": "period", "minimize_bandwidth": "bandwidth",
+                   "minimize_energy": "energy"}[obj.name]}
+    if obj.name == "minimize_bandwidth":
+        needed.add("latency")
+    T = _terms(tables, X, Z, U, cons, needed)
+    if obj.name == "balance":
+        expr = sum(w * T[k] / obj.norms[k] for k, w in obj.weights.items() if w)
+    elif obj.name == "minimize_bandwidth":
+        expr = T["bandwidth"]
+    else:
+        expr = T[next(iter(needed))]
+    if Y is None:  # a single stage: nothing to decide
+        return MilpResult([0] * tables.L, "optimal", float("nan"), float("nan"), 0.0, time.perf_counter() - t0)
+    extra = [expr <= cutoff * (1 + 1e-7) + 1e-9] if cutoff is not None and np.isfinite(cutoff) else []
+    res = _solve(cp.Problem(cp.Minimize(expr), cons + extra), time_limit, verbose)
+    status, value, bound, gap = res
+    if obj.name == "minimize_bandwidth" and status in ("optimal", "time_limit") and Y.value is not None:
+        first = np.round(Y.value)
+        left = max(1.0, time_limit - (time.perf_counter() - t0))
+        res2 = _solve(cp.Problem(cp.Minimize(T["latency"]), cons + [expr <= value + 0.5]), left, verbose)
+        if res2[0] not in ("optimal", "time_limit") or Y.value is None:
+            Y.value = first
+        else:
+            status = "optimal" if (status == "optimal" and res2[0] == "optimal") else "time_limit"
+    stages = None
+    if status in ("optimal", "time_limit") and Y.value is not None:
+        y = np.round(Y.value).astype(int)
+        stages = [int(tables.K - 1 - y[l].sum()) for l in range(tables.L)]
+    return MilpResult(stages, status, value, bound, gap, time.perf_counter() - t0)
+
+
+def _solve(prob: cp.Problem, time_limit: float, verbose: bool) -> tuple[str, float, float, float]:
+    try:
+        prob.solve(solver=cp.HIGHS, time_limit=float(time_limit), verbose=verbose, mip_rel_gap=1e-9)
+    except cp.error.SolverError as e:
+        return "error: " + str(e).splitlines()[0], float("nan"), float("nan"), float("nan")
+    info = prob.solver_stats.extra_stats if prob.solver_stats is not None else None
+    gap = float(getattr(info, "mip_gap", 0.0) or 0.0) if info is not None else 0.0
+    bound = float(getattr(info, "mip_dual_bound", float("nan"))) if info is not None else float("nan")
+    if prob.status == cp.OPTIMAL:
+        return "optimal", float(prob.value), bound, max(0.0, gap if gap < 1e20 else 0.0)
+    if prob.status in (cp.USER_LIMIT,) and prob.value is not None and np.isfinite(prob.value):
+        return "time_limit", float(prob.value), bound, gap
+    if prob.status in (cp.INFEASIBLE, cp.INFEASIBLE_INACCURATE):
+        return "infeasible", float("inf"), float("inf"), float("nan")
+    if prob.status == cp.USER_LIMIT:
+        return "time_limit_no_solution", float("nan"), bound, float("nan")
+    return f"error: {prob.status}", float("nan"), float("nan"), float("nan")
