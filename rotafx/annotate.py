@@ -1,0 +1,378 @@
+"""Annotate every fx node with its cost: FLOPs, weight, activation and workspace bytes, bytes moved.
+
+The graph is executed once on ``meta`` tensors (no memory, no arithmetic) under a
+dispatch mode that prices every aten op the node decomposes into:
+
+* ops that ``torch.utils.flop_counter`` has a formula for (matmuls, convolutions,
+  fused attention on GPU) use that formula;
+* scaled-dot-product attention is priced at the fx node, on any device, as its two
+  matmuls ``2*B*H*Lq*Lk*(Dqk + Dv)`` (on CPU it dispatches to an op with no formula,
+  and on ``meta`` it decomposes, so pricing the node keeps one figure everywhere);
+* pointwise ops (``torch.Tag.pointwise``) cost 1 FLOP per output element, reductions
+  1 FLOP per input element, softmax and normalisations a fixed count per element
+  (``PER_ELEMENT_FLOPS``), pooling one per window element;
+* data movement (views, copies, indexing, embedding gathers, tensor creation) costs
+  0 FLOPs; any other op is reported as having no cost rule.
+
+Workspace (``buffer_bytes``) rules: attention keeps its score matrix
+(B*H*Lq*Lk elements, as the unfused path does); a convolution its im2col buffer
+(B * Cin/groups * prod(kernel) * prod(output spatial) elements); other ops none.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils.flop_counter import flop_registry
+
+__all__ = ["NodeCost", "annotate", "CostRuleError", "PER_ELEMENT_FLOPS", "tensor_bytes", "node_cost"]
+
+aten = torch.ops.aten
+
+# FLOPs per element of the input for ops that carry no pointwise/reduction tag.
+PER_ELEMENT_FLOPS: dict[Any, int] = {
+    aten._softmax: 5,  # max, subtract, exp, sum, divide
+    aten._log_softmax: 5,
+    aten._safe_softmax: 5,
+    aten.native_layer_norm: 5,  # mean, subtract, variance, normalise, affine
+    aten.native_group_norm: 5,
+    aten.native_batch_norm: 5,
+    aten._native_batch_norm_legit: 5,
+    aten._native_batch_norm_legit_no_training: 5,
+    aten._fused_rms_norm: 4,  # square, mean, rsqrt-multiply, affine
+}
+
+# Ops that only move or create data: 0 FLOPs.
+_ZERO_COST_NAMES = {
+    "embedding", "index_select", "gather", "index", "cat", "stack", "slice", "select", "clone", "copy", "copy_",
+    "_to_copy", "to", "empty", "empty_like", "empty_strided", "zeros", "zeros_like", "ones", "ones_like", "full",
+    "full_like", "arange", "expand", "detach", "alias", "lift_fresh", "lift_fresh_copy", "scalar_tensor",
+    "_unsafe_view", "unsqueeze", "squeeze", "split", "split_with_sizes", "chunk", "unbind", "narrow",
+    "constant_pad_nd", "pad", "repeat", "roll", "flip", "tril", "triu", "contiguous", "new_zeros", "new_ones",
+    "new_empty", "new_full", "masked_fill", "index_put", "index_put_", "scatter", "fill", "fill_", "zero_",
+    "_assert_tensor_metadata", "dropout", "native_dropout", "feature_dropout", "sym_size", "sym_stride",
+    "sym_numel", "repeat_interleave", "embedding_dense_backward", "_local_scalar_dense", "item", "rand", "randn",
+    "bernoulli", "bernoulli_", "_assert_async", "lt", "t", "permute", "transpose", "view", "reshape", "as_strided",
+    "_reshape_alias", "unfold", "diagonal", "movedim", "resize_", "set_", "_pin_memory", "detach_", "one_hot",
+    "bucketize", "argmax", "argmin", "sort", "topk", "cumsum", "cumprod",
+}
+
+_POOL_NAMES = {"max_pool2d_with_indices", "max_pool1d_with_indices", "max_pool3d_with_indices", "avg_pool2d",
+               "avg_pool1d", "avg_pool3d", "max_pool2d", "max_pool1d", "max_pool3d"}
+_ADAPTIVE_POOL_NAMES = {"_adaptive_avg_pool2d", "adaptive_avg_pool2d", "_adaptive_avg_pool3d", "adaptive_avg_pool1d",
+                        "adaptive_max_pool2d", "_adaptive_avg_pool1d"}
+
+_SDPA_TARGETS = {aten.scaled_dot_product_attention.default, F.scaled_dot_product_attention}
+try:  # torch._C._nn.scaled_dot_product_attention is what dynamo records
+    _SDPA_TARGETS.add(torch._C._nn.scaled_dot_product_attention)
+except AttributeError:  # pragma: no cover
+    pass
+
+
+class CostRuleError(RuntimeError):
+    """An op with no cost rule, raised under ``strict=True``."""
+
+
+@dataclass(frozen=True)
+class NodeCost:
+    """What one fx node costs. Bytes are bytes; ``flops`` counts a multiply-add as 2.
+
+    ``weight_bytes`` is set on weight placeholders (parameters, buffers) to their own
+    size; ``activation_bytes`` is the memory the node newly allocates (0 for views and
+    weights); ``output_bytes`` is what a transfer of its outputs would send;
+    ``buffer_bytes`` its workspace; ``bytes_moved`` the bytes it reads and writes.
+    """
+
+    flops: int = 0
+    weight_bytes: int = 0
+    activation_bytes: int = 0
+    output_bytes: int = 0
+    buffer_bytes: int = 0
+    bytes_moved: int = 0
+    is_weight: bool = False
+    is_input: bool = False
+    is_view: bool = False
+
+
+def tensor_bytes(t: torch.Tensor, float_itemsize: int | None = None) -> int:
+    """Bytes of a tensor; floating tensors use ``float_itemsize`` when given (the profile's dtype)."""
+    size = float_itemsize if (float_itemsize is not None and t.is_floating_point()) else t.element_size()
+    return int(t.numel()) * int(size)
+
+
+def _tensors(x: Any) -> list[torch.Tensor]:
+    return [t for t in tree_flatten(x)[0] if isinstance(t, torch.Tensor)]
+
+
+def _numel(x: Any) -> int:
+    return sum(int(t.numel()) for t in _tensors(x))
+
+
+def _is_view_op(func: Any) -> bool:
+    rets = func._schema.returns
+    return bool(rets) and all(r.alias_info is not None for r in rets)
+
+
+class _CostMode(TorchDispatchMode):
+    """Prices every aten op dispatched while a node runs; one instance per graph."""
+
+    def __init__(self, float_itemsize: int | None) -> None:
+        super().__init__()
+        self.float_itemsize = float_itemsize
+        self.reset()
+        self.unknown: dict[str, str] = {}  # op name -> first node that used it
+        self.node_name = ""
+
+    def reset(self) -> None:
+        self.flops = 0
+        self.workspace = 0
+        self.allocates = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if not _is_view_op(func):
+            self.allocates = True
+        self.flops += self._op_flops(func, args, kwargs, out)
+        if func._overloadpacket is aten.convolution and len(args) >= 2:
+            x, w = args[0], args[1]
+            groups = int(args[8]) if len(args) > 8 else 1
+            spatial = math.prod(out.shape[2:]) if out.dim() > 2 else 1
+            cols = (w.shape[1] * math.prod(w.shape[2:])) * spatial * x.shape[0]
+            ws = int(cols) * (self.float_itemsize or x.element_size())
+            self.workspace = max(self.workspace, ws if groups >= 1 else 0)
+        return out
+
+    def _op_flops(self, func: Any, args: tuple, kwargs: dict, out: Any) -> int:
+        packet = func._overloadpacket
+        if packet in flop_registry:
+            return int(flop_registry[packet](*args, **kwargs, out_val=out))
+        if packet is aten._scaled_dot_product_flash_attention_for_cpu:
+            return _sdpa_flops(args[0], args[1], args[2])
+        if packet in PER_ELEMENT_FLOPS:
+            return PER_ELEMENT_FLOPS[packet] * _numel(args[0])
+        name = packet.__name__
+        # data movement first: clone, masked_fill, lt, argmax carry pointwise/reduction tags but are listed as 0
+        if _is_view_op(func) or name in _ZERO_COST_NAMES or name.rstrip("_") in _ZERO_COST_NAMES:
+            return 0
+        tags = func.tags
+        if torch.Tag.pointwise in tags:
+            return _numel(out)
+        if torch.Tag.reduction in tags:
+            return _numel(args[0])
+        if name in _POOL_NAMES:
+            kernel = args[1] if len(args) > 1 else kwargs.get("kernel_size", [1])
+            k = math.prod(kernel) if isinstance(kernel, (list, tuple)) else int(kernel) ** max(1, out_dims(out) - 2)
+            return _numel(out if not isinstance(out, tuple) else out[0]) * int(k)
+        if name in _ADAPTIVE_POOL_NAMES:
+            return _numel(args[0])
+        self.unknown.setdefault(str(packet), self.node_name)
+        return 0
+
+
+def out_dims(out: Any) -> int:
+    t = out[0] if isinstance(out, tuple) else out
+    return t.dim()
+
+
+def _sdpa_flops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
+    """The two matmuls of attention: Q K^T and (softmax) V; batch and head dims are all but the last two."""
+    batch_heads = math.prod(q.shape[:-2])
+    lq, dqk = q.shape[-2], q.shape[-1]
+    lk, dv = k.shape[-2], v.shape[-1]
+    return int(2 * batch_heads * lq * lk * (dqk + dv))
+
+
+def _sdpa_workspace(q: torch.Tensor, k: torch.Tensor, itemsize: int) -> int:
+    return int(math.prod(q.shape[:-2]) * q.shape[-2] * k.shape[-2] * itemsize)
+
+
+def _to_meta(x: Any) -> Any:
+    def conv(t: Any) -> Any:
+        if isinstance(t, torch.Tensor):
+            if t.device.type == "meta" and not _is_fake(t):
+                return t
+            return torch.empty_strided(tuple(int(s) for s in t.shape), tuple(int(s) for s in t.stride()),
+                                       dtype=t.dtype, device="meta")
+        if isinstance(t, torch.SymInt):
+            return int(t.node.hint) if t.node.hint is not None else int(t)
+        return t
+
+    return tree_map(conv, x)
+
+
+def _meta_devices(x: Any) -> Any:
+    """Every ``torch.device`` in ``x`` replaced by ``meta``."""
+    return tree_map(lambda a: torch.device("meta") if isinstance(a, torch.device) else a, x)
+
+
+def _is_fake(t: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(t, FakeTensor)
+
+
+def node_value(node: fx.Node) -> Any:
+    """The example value fx or dynamo recorded for a node (``val`` or ``example_value``)."""
+    return node.meta.get("val", node.meta.get("example_value"))
+
+
+def annotate(
+    gm: fx.GraphModule,
+    weights: Mapping[str, str],
+    *,
+    dtype: torch.dtype | None = None,
+    strict: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, str]:
+    """Write a :class:`NodeCost` into ``node.meta["rotafx"]`` for every node of ``gm``.
+
+    ``weights`` maps weight placeholder names to parameter or buffer names. ``dtype``,
+    when given, prices every floating tensor at that dtype's size (FP16 = 2 bytes).
+    Returns the ops that had no cost rule (op name -> first node); with ``strict=True``
+    such an op raises :class:`CostRuleError` instead.
+
+    >>> import torch
+    >>> ep = torch.export.export(torch.nn.Linear(4, 3), (torch.randn(2, 4),))
+    >>> _ = annotate(ep.graph_module, ep.graph_signature.inputs_to_parameters)
+    >>> [n.meta["rotafx"].flops for n in ep.graph.nodes if n.op == "call_function"]
+    [48]
+    """
+    itemsize = torch.empty((), dtype=dtype).element_size() if dtype is not None else None
+    mode = _CostMode(itemsize)
+    env: dict[fx.Node, Any] = {}
+    nodes = list(gm.graph.nodes)
+    with torch.no_grad(), mode:
+        for i, node in enumerate(nodes):
+            if progress is not None and (i % 256 == 0 or i == len(nodes) - 1):
+                progress(i + 1, len(nodes))
+            mode.node_name = node.name
+            mode.reset()
+            cost = _run_node(gm, node, env, weights, mode, itemsize)
+            node.meta["rotafx"] = cost
+    if mode.unknown:
+        listing = ", ".join(f"{op} (first at node {n})" for op, n in sorted(mode.unknown.items()))
+        if strict:
+            raise CostRuleError(f"rotafx: no cost rule for {listing}; add it to rotafx.annotate or pass strict=False to count 0 FLOPs")
+        warnings.warn(f"rotafx: no cost rule for {listing}; counted as 0 FLOPs", stacklevel=2)
+    return dict(mode.unknown)
+
+
+def _run_node(gm: fx.GraphModule, node: fx.Node, env: dict[fx.Node, Any], weights: Mapping[str, str],
+              mode: _CostMode, itemsize: int | None) -> NodeCost:
+    nb: Callable[[torch.Tensor], int] = lambda t: tensor_bytes(t, itemsize)
+    if node.op == "placeholder":
+        val = node_value(node)
+        env[node] = _to_meta(val)
+        size = sum(nb(t) for t in _tensors(val))
+        if node.name in weights:
+            return NodeCost(weight_bytes=size, output_bytes=size, is_weight=True)
+        return NodeCost(activation_bytes=size, output_bytes=size, is_input=True)
+    if node.op == "get_attr":
+        val = _fetch_attr(gm, str(node.target))
+        env[node] = _to_meta(val)
+        size = sum(nb(t) for t in _tensors(val))
+        return NodeCost(weight_bytes=size, output_bytes=size, is_weight=True)
+    if node.op == "output":
+        return NodeCost()
+
+    # factory ops recorded with a real device (arange(..., device=cpu)) must run on meta like their inputs
+    args = _meta_devices(fx.node.map_arg(node.args, lambda n: env[n]))
+    kwargs = _meta_devices(fx.node.map_arg(node.kwargs, lambda n: env[n]))
+    if "device" in kwargs:
+        kwargs = {**kwargs, "device": torch.device("meta")}
+    recorded = node_value(node)
+    extra_flops, workspace = 0, 0
+    if node.op == "call_function" and node.target in _SDPA_TARGETS:
+        q, k, v = (kwargs.get(name, args[i] if len(args) > i else None) for i, name in enumerate(("query", "key", "value")))
+        extra_flops = _sdpa_flops(q, k, v)
+        workspace = _sdpa_workspace(q, k, itemsize or q.element_size())
+        out = _execute_uncounted(gm, node, args, kwargs, recorded, mode)
+        mode.allocates = True
+    else:
+        try:
+            out = _execute(gm, node, args, kwargs)
+        except Exception as e:  # an op with no meta kernel: keep the recorded shape, count nothing
+            if recorded is None:
+                raise RuntimeError(f"rotafx: cannot run node {node.format_node()} on meta tensors: {e}") from e
+            mode.unknown.setdefault(f"{_target_name(node)} (no meta kernel)", node.name)
+            out = _to_meta(recorded)
+            mode.allocates = True
+    env[node] = out
+    val = recorded if recorded is not None else out
+    out_bytes = sum(nb(t) for t in _tensors(val))
+    in_tensors: dict[int, torch.Tensor] = {}
+    for t in _tensors((args, kwargs)):
+        in_tensors.setdefault(id(t), t)
+    is_view = not mode.allocates
+    moved = 0 if is_view else sum(nb(t) for t in in_tensors.values()) + out_bytes
+    return NodeCost(
+        flops=mode.flops + extra_flops,
+        activation_bytes=0 if is_view else out_bytes,
+        output_bytes=out_bytes,
+        buffer_bytes=max(workspace, mode.workspace),
+        bytes_moved=moved,
+        is_view=is_view,
+    )
+
+
+def _execute(gm: fx.GraphModule, node: fx.Node, args: Any, kwargs: Any) -> Any:
+    if node.op == "call_function":
+        return node.target(*args, **kwargs)  # type: ignore[operator]
+    if node.op == "call_method":
+        self_obj, *rest = args
+        return getattr(self_obj, str(node.target))(*rest, **kwargs)
+    if node.op == "call_module":
+        mod = gm.get_submodule(str(node.target))
+        return mod.to("meta")(*args, **kwargs) if _has_real_params(mod) else mod(*args, **kwargs)
+    raise RuntimeError(f"rotafx: unexpected node kind {node.op!r} at {node.format_node()}")
+
+
+def _execute_uncounted(gm: fx.GraphModule, node: fx.Node, args: Any, kwargs: Any, recorded: Any, mode: _CostMode) -> Any:
+    if recorded is not None:
+        return _to_meta(recorded)
+    flops = mode.flops
+    out = _execute(gm, node, args, kwargs)
+    mode.flops = flops
+    return out
+
+
+def _has_real_params(mod: torch.nn.Module) -> bool:
+    return any(p.device.type != "meta" for p in mod.parameters())
+
+
+def _fetch_attr(gm: fx.GraphModule, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _target_name(node: fx.Node) -> str:
+    t = node.target
+    return getattr(t, "__name__", str(t))
+
+
+def node_cost(node: fx.Node) -> NodeCost:
+    """The cost annotate wrote on ``node`` (raises when the graph was not annotated)."""
+    try:
+        return node.meta["rotafx"]
+    except KeyError:
+        raise RuntimeError(f"rotafx: node {node.format_node()} has no cost; run rotafx.annotate first") from None
+
+
+def getitem_like(node: fx.Node) -> bool:
+    return node.op == "call_function" and node.target is operator.getitem
+
+
+def iter_compute_nodes(gm: fx.GraphModule) -> Iterable[fx.Node]:
+    return (n for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module"))
