@@ -243,8 +243,10 @@ class ModelProfile:
         say(f"tracing {type(model).__name__} with torch.export ...")
         gm, weights, params = trace(model, args, example_kwargs)
         say(f"traced {len(gm.graph.nodes)} nodes in {time.perf_counter() - t0:.1f} s; annotating")
+        tty = sys.stderr.isatty()
         unknown = annotate(gm, weights, dtype=dtype, strict=strict,
-                           progress=(lambda i, n: say(f"annotated {i}/{n} nodes", end="\r" if i < n else "\n")) if progress else None)
+                           progress=(lambda i, n: say(f"annotated {i}/{n} nodes", end="\r" if i < n else "\n")
+                                     if tty or i == n else None) if progress else None)
         prof = profile_graph(gm, weights, params, name=type(model).__name__, dtype=dtype, batch_size=batch)
         prof.unknown_ops = unknown
         say(f"profiled {prof.num_layers} layers in {time.perf_counter() - t0:.1f} s")

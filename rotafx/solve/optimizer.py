@@ -147,7 +147,8 @@ class Partition:
                  f"{self.solve_seconds:.2f} s)", self.table(), f"cut points: {self.cut_points}",
                  self.estimate.report("estimate")]
         if self.baseline is not None:
-            lines.append(self.baseline.report("all on the input node"))
+            fits_note = "" if self.baseline_objective_value is not None else " (does NOT fit its memory)"
+            lines.append(self.baseline.report(f"all on the input node {self.topology.chain[0]}{fits_note}"))
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -206,6 +207,7 @@ class PartitionOptimizer:
         stages, status, gap, value = self._solve(tables, obj)
         if stages is None:
             raise InfeasibleError(explain_infeasible(tables))
+        stages = fewer_cuts(tables, obj, stages)
         est = evaluate(tables, stages)
         base = evaluate(tables, [0] * tables.L)
         base_ok = fits(tables, [0] * tables.L)
@@ -242,6 +244,30 @@ class PartitionOptimizer:
                 return seed, ("optimal" if res.status == "infeasible" else res.status), 0.0, obj.value(evaluate(tables, seed))
             return None, res.status, math.nan, math.inf
         return res.stages, res.status, res.gap, res.value
+
+
+def fewer_cuts(tables: CostTables, obj: Objective, stages: list[int]) -> list[int]:
+    """Among equally good plans prefer fewer cuts: merge a stage into its neighbour while the
+    plan still fits and its score (objective, then latency) gets no worse."""
+    best = list(stages)
+    score = obj.score(evaluate(tables, best))
+    improved = True
+    while improved:
+        improved = False
+        used = sorted(set(best))
+        for a, b in zip(used, used[1:]):
+            for src, dst in ((a, b), (b, a)):
+                trial = [dst if s == src else s for s in best]
+                if not fits(tables, trial):
+                    continue
+                sc = obj.score(evaluate(tables, trial))
+                tol = 1e-9 * max(1.0, abs(score[0]))
+                if sc[0] <= score[0] + tol and sc[1] <= score[1] + 1e-9 * max(1.0, abs(score[1])):
+                    best, score, improved = trial, sc, True
+                    break
+            if improved:
+                break
+    return best
 
 
 def _milp_value(tables: CostTables, obj: Objective, stages: list[int]) -> float:

@@ -1,0 +1,65 @@
+"""`make demo`: profile a LLaMA-70B-shaped model on the meta device, place it ground -> orbit -> ground by
+hand on the seed's topology, and compare with keeping it on the ground and with the optimizer's plan.
+
+Every figure printed comes from rotafx's cost model (see the README, "Cost model").
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rotafx import LatencyEstimator, LayerPlacement, ModelProfile, PartitionOptimizer, preset
+from rotafx.models import example_inputs, llama70b
+
+
+def main() -> None:
+    topology = preset("seed")  # 2 ground + 4 orbital nodes, 100/500 Mbps up/down, 25 ms
+    print("topology (the seed's Partition Optimizer example, with rotafx's documented defaults):")
+    print(topology.describe())
+
+    model = llama70b()  # on the meta device: no weights are allocated
+    profile = ModelProfile.from_pytorch(model, example_inputs("llama70b"), dtype=torch.float16, progress=True)
+    print()
+    print(profile.summary(max_rows=8))
+
+    L = profile.num_layers  # embed_tokens, layers.0 .. layers.79, norm, lm_head
+    head = profile.layer_index("layers.4") + 1
+    tail = profile.layer_index("layers.75")
+
+    # ground -> orbit -> ground, as in the seed's Layer Placement sample
+    placement = LayerPlacement()
+    placement.assign_ground(layers=range(0, head))          # embed_tokens, layers.0-4
+    placement.assign_orbital(layers=range(head, tail))      # layers.5-74, split over the 4 orbital nodes
+    placement.assign_ground(layers=range(tail, L))          # layers.75-79, norm, lm_head
+    validation = placement.validate(profile, topology)
+    print(f"\nhand placement {placement}: valid={validation.is_valid}")
+    for issue in validation.issues:
+        print("  issue:", issue)
+    for node, need in validation.memory_bytes.items():
+        cap = topology.capacity_bytes(topology.devices[node])
+        print(f"  {node:<9} holds {need / 1e9:7.2f} GB of {cap / 1e9:6.1f} GB")
+
+    estimator = LatencyEstimator(topology)
+    estimate = estimator.estimate(placement)
+    print()
+    print(estimate.report("ground -> orbit -> ground"))
+
+    # all on the ground: one ground node cannot hold 138 GB, so the two ground nodes share it
+    ground = LayerPlacement()
+    ground.assign(range(0, L // 2), "ground0").assign(range(L // 2, L), "ground1")
+    v = ground.validate(profile, topology)
+    print()
+    if v.is_valid:
+        print(estimator.estimate(ground).report("all ground (ground0 + ground1)"))
+    else:
+        print("all ground does not fit:", *v.issues, sep="\n  ")
+
+    part = PartitionOptimizer(time_limit=30).optimize(model=profile, topology=topology, objective="minimize_latency")
+    print()
+    print(f"optimizer (minimize_latency): {part.status}, cut points {part.cut_points}, "
+          f"{part.estimated_latency_ms:,.1f} ms, {part.transfer_size_mb:.2f} MB transferred")
+    print(part.table())
+
+
+if __name__ == "__main__":
+    main()
