@@ -168,7 +168,7 @@ class LayerPlacement:
                 continue
             if node in kinds and node not in topology.devices and len(ahead) > 1 and _spreads(node, topology):
                 # split the run evenly over the nodes of that kind still ahead
-                k = len(ahead)
+                k = min(len(ahead), len(run))  # never leave a node empty between two used ones
                 for j, layer in enumerate(run):
                     stages[layer] = ahead[j * k // len(run)]
             else:

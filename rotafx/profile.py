@@ -209,8 +209,8 @@ class ModelProfile:
             moved = vals["bytes_moved"] if vals["bytes_moved"] is not None else wbytes + inp + act
             built.append(LayerProfile(index=i, name=lname, params=params, flops=flops, weight_bytes=wbytes,
                                       activation_bytes=act, buffer_bytes=buf, peak_bytes=inp + act + buf,
-                                      bytes_moved=moved, work=((flops, moved),), weight_names=(f"{lname}.weight",)))
-            weights[f"{lname}.weight"] = (params, wbytes)
+                                      bytes_moved=moved, work=((flops, moved),), weight_names=(f"{i}:{lname}.weight",)))
+            weights[f"{i}:{lname}.weight"] = (params, wbytes)
             prev_out = act
         if not built:
             raise ProfileError("from_layers needs at least one layer")
@@ -283,7 +283,15 @@ def trace(model: torch.nn.Module, args: tuple, kwargs: Mapping[str, Any] | None 
     sig = ep.graph_signature
     weights = {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
                **getattr(sig, "inputs_to_lifted_tensor_constants", {})}
-    return ep.graph_module, weights, frozenset(sig.inputs_to_parameters.values())
+    # torch.export lifts a tied weight once per name (lm_head.weight and embed.weight, one of them
+    # unused); name every tensor by its first name so that it is counted once
+    canonical: dict[str, str] = {}
+    for named in (model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False)):
+        first: dict[int, str] = {}
+        for wname, t in named:
+            canonical[wname] = first.setdefault(id(t), wname)
+    weights = {ph: canonical.get(w, w) for ph, w in weights.items()}
+    return ep.graph_module, weights, frozenset(canonical.get(w, w) for w in sig.inputs_to_parameters.values())
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:

@@ -34,7 +34,7 @@ _BIN_PREFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 # quantity kind -> {unit suffix: factor to the canonical unit}
 _UNITS: dict[str, dict[str, float]] = {
     # canonical: FLOP/s
-    "flops": {"flops": 1.0, "flop/s": 1.0, "FLOPS": 1.0, "FLOP/s": 1.0},
+    "flops": {"flops": 1.0, "flop/s": 1.0, "FLOPS": 1.0, "FLOP/s": 1.0, "FLOPs": 1.0},
     # canonical: bits per second
     "bps": {"bps": 1.0, "bit/s": 1.0, "b/s": 1.0, "Bps": 8.0, "B/s": 8.0},
     # canonical: bytes
@@ -349,7 +349,8 @@ def _from_seed(data: Mapping[str, Any]) -> Topology:
                 raise TopologyError(f"{key} must not be negative, got {raw!r}")
             v[key] = q
     for key in ("ground_flops", "orbital_flops", "uplink_bandwidth", "downlink_bandwidth", "isl_bandwidth",
-                "ground_bandwidth", "ground_memory", "orbital_memory"):
+                "ground_bandwidth", "ground_memory", "orbital_memory", "ground_memory_bandwidth",
+                "orbital_memory_bandwidth", "ground_power_w", "orbital_power_w"):
         if v[key] <= 0:
             raise TopologyError(f"{key} must be positive, got {data.get(key, v[key])!r}")
     if v["ground_nodes"] < 1:
@@ -413,7 +414,13 @@ _LINK_KEYS = {"bandwidth": "bps", "bandwidth_bps": "bps", "latency_ms": "ms", "l
               "energy_per_bit": "J/bit", "energy_per_bit_j": "J/bit"}
 
 
+_GENERAL_KEYS = {"devices", "links", "chain", "bypasses", "capacity"}
+
+
 def _from_general(data: Mapping[str, Any]) -> Topology:
+    unknown = sorted(set(data) - _GENERAL_KEYS)
+    if unknown:
+        raise TopologyError(f"unknown topology key(s) {unknown}; the general form takes {sorted(_GENERAL_KEYS)}")
     raw_devices = data["devices"]
     if isinstance(raw_devices, Mapping):
         raw_devices = [{"name": k, **dict(val)} for k, val in raw_devices.items()]

@@ -19,6 +19,7 @@ import cvxpy as cp
 import numpy as np
 
 from ..costmodel import CostTables
+from .greedy import fits
 from .objective import Objective
 
 __all__ = ["solve_milp", "MilpResult"]
@@ -160,8 +161,10 @@ def solve_milp(tables: CostTables, obj: Objective, *, time_limit: float = 60.0, 
         expr = T["bandwidth"]
     else:
         expr = T[next(iter(needed))]
-    if Y is None:  # a single stage: nothing to decide
-        return MilpResult([0] * tables.L, "optimal", float("nan"), float("nan"), 0.0, time.perf_counter() - t0)
+    if Y is None:  # a single stage: nothing to decide but whether it fits
+        if fits(tables, [0] * tables.L):
+            return MilpResult([0] * tables.L, "optimal", float("nan"), float("nan"), 0.0, time.perf_counter() - t0)
+        return MilpResult(None, "infeasible", float("inf"), float("inf"), float("nan"), time.perf_counter() - t0)
     extra = [expr <= cutoff * (1 + 1e-7) + 1e-9] if cutoff is not None and np.isfinite(cutoff) else []
     res = _solve(cp.Problem(cp.Minimize(expr), cons + extra), time_limit, verbose)
     status, value, bound, gap = res
@@ -190,7 +193,9 @@ def _solve(prob: cp.Problem, time_limit: float, verbose: bool) -> tuple[str, flo
     bound = float(getattr(info, "mip_dual_bound", float("nan"))) if info is not None else float("nan")
     if prob.status == cp.OPTIMAL:
         return "optimal", float(prob.value), bound, max(0.0, gap if gap < 1e20 else 0.0)
-    if prob.status in (cp.USER_LIMIT,) and prob.value is not None and np.isfinite(prob.value):
+    # HiGHS may stop on its limit before it has any feasible point (primal_solution_status 2 = feasible)
+    has_incumbent = info is not None and int(getattr(info, "primal_solution_status", 0)) == 2
+    if prob.status == cp.USER_LIMIT and has_incumbent and prob.value is not None and np.isfinite(prob.value):
         return "time_limit", float(prob.value), bound, gap
     if prob.status in (cp.INFEASIBLE, cp.INFEASIBLE_INACCURATE):
         return "infeasible", float("inf"), float("inf"), float("nan")

@@ -164,14 +164,16 @@ class PartitionOptimizer:
     accepted and ignored: everything runs locally.
 
     >>> from rotafx import ModelProfile, PartitionOptimizer
+    >>> # a large input and a large output: the ends stay on the ground, which holds two layers
     >>> profile = ModelProfile.from_layers([{"name": f"l{i}", "params": 10**6, "flops": 1e9,
-    ...                                      "activation_bytes": 10**4} for i in range(6)], input_bytes=10**5)
+    ...                                      "activation_bytes": 10**6 if i == 5 else 10**4} for i in range(6)],
+    ...                                    input_bytes=10**5)
     >>> topology = {"ground_nodes": 1, "orbital_nodes": 1, "ground_flops": 2e12, "orbital_flops": 1e12,
     ...             "uplink_bandwidth": 1e6, "downlink_bandwidth": 1e6, "isl_bandwidth": 1e9,
     ...             "ground_memory": 5e6}
     >>> part = PartitionOptimizer().optimize(model=profile, topology=topology)
     >>> part.status, part.ground_layers, part.orbital_layers
-    ('optimal', [0, 1], [2, 3, 4, 5])
+    ('optimal', [0, 5], [1, 2, 3, 4])
     """
 
     def __init__(self, api_key: str | None = None, *, solver: str = "milp", time_limit: float = 60.0,
@@ -236,6 +238,8 @@ class PartitionOptimizer:
         if seed is not None:
             cutoff = _milp_value(tables, obj, seed)
         res = solve_milp(tables, obj, time_limit=self.time_limit, verbose=self.verbose, cutoff=cutoff)
+        if res.stages is not None and not fits(tables, res.stages):  # never hand back a plan that does not fit
+            res = type(res)(None, res.status, res.value, res.bound, res.gap, res.seconds)
         if res.stages is None:
             if seed is not None and res.status.startswith("time_limit"):
                 return seed, "time_limit", math.nan, obj.value(evaluate(tables, seed))

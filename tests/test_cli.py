@@ -1,0 +1,75 @@
+"""The rotafx command: profile, estimate, optimize, topology, and its errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rotafx.cli import main
+
+
+def test_profile_prints_the_layer_table(capsys):
+    assert main(["profile", "mlp", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    # the zoo's MLP is Linear(64,128) ReLU Linear(128,128) ReLU Linear(128,10)
+    params = 64 * 128 + 128 + 128 * 128 + 128 + 128 * 10 + 10
+    assert f"{params:,} params" in out
+    assert "layer" in out and "GFLOPs" in out
+
+
+def test_profile_accepts_a_python_path(tmp_path, monkeypatch, capsys):
+    (tmp_path / "mymodels.py").write_text(
+        "import torch\n"
+        "def make():\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Linear(4, 2))\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["profile", "mymodels:make", "--quiet"]) == 0
+    assert f"{8 * 4 + 4 + 4 * 2 + 2:,} params" in capsys.readouterr().out
+
+
+def test_estimate_breakdown_adds_up(capsys):
+    assert main(["estimate", "mlp", "--quiet", "--topology", "seed",
+                 "--placement", "ground:0-1,orbital:2-3,ground:4", "--by-layer"]) == 0
+    out = capsys.readouterr().out
+    total = float(out.split(" ms per request")[0].split(":")[-1].replace(",", ""))
+    parts = [float(line.split(":")[1].split("ms")[0].replace(",", ""))
+             for line in out.splitlines() if line.startswith("  ") and (" compute:" in line or " transfer:" in line
+                                                                          or "propagation:" in line)]
+    assert total == pytest.approx(sum(parts), abs=0.01 * len(parts))
+    assert "uplink" in out and "downlink" in out
+
+
+def test_estimate_reports_an_invalid_placement(capsys):
+    assert main(["estimate", "mlp", "--quiet", "--placement", "ground:0-1,orbital:2,ground:3,orbital:4"]) == 2
+    assert "cannot return" in capsys.readouterr().err
+
+
+def test_optimize_and_topology(capsys):
+    assert main(["optimize", "mlp", "--quiet", "--objective", "maximize_throughput"]) == 0
+    assert "optimal" in capsys.readouterr().out
+    assert main(["topology", "h100x16-l2"]) == 0
+    assert "h100_15" in capsys.readouterr().out
+
+
+def test_bad_topology_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "t.json"
+    bad.write_text(json.dumps({"ground_nodes": 1, "orbital_nodes": 1, "ground_flops": 1e12, "orbital_flops": 1e12,
+                               "uplink_bandwidth": -5, "downlink_bandwidth": 1e6, "isl_bandwidth": 1e9}))
+    assert main(["optimize", "mlp", "--quiet", "--topology", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rotafx:") and "uplink_bandwidth" in err and "-5" in err
+
+
+def test_console_script_is_installed():
+    exe = __import__("shutil").which("rotafx") or str(__import__("pathlib").Path(sys.executable).parent / "rotafx")
+    out = subprocess.run([exe, "topology", "seed"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "orbital3" in out.stdout and "uplink 100 Mbps" in out.stdout
+
+
+def test_unknown_model_names_the_choices():
+    with pytest.raises(SystemExit, match="llama70b"):
+        main(["profile", "nosuchmodel"])
+    assert torch.__version__
