@@ -7,20 +7,26 @@ PIP    := $(PY) -m pip
 
 .PHONY: demo test bench clean
 
-$(VENV)/.installed: pyproject.toml
+# torch first, pinned (a plain `torch` requirement would pull a multi-GB CUDA build), then the package
+$(VENV)/.base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e .
 	touch $@
 
-demo: $(VENV)/.installed
+# what the tests need on top: pytest, hypothesis, transformers, onnx(runtime), tensorflow-cpu
+$(VENV)/.test: $(VENV)/.base
+	$(PIP) install -q -e ".[dev,onnx,tensorflow]"
+	touch $@
+
+demo: $(VENV)/.base
 	$(PY) examples/demo.py
 
-test: $(VENV)/.installed
+test: $(VENV)/.test
 	$(PY) -m pytest -q
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.test
 	$(PY) benchmarks/run.py
 
 clean:

@@ -17,3 +17,12 @@ __all__ = [
     "LatencyEstimator", "Estimate", "CostTables",
     "PartitionOptimizer", "Partition", "InfeasibleError",
 ]
+
+# the torch.compile backend and the rewrite (the name rotafx.backend is the factory; `from rotafx.backend import ...` reaches the module)
+from . import ops as _ops  # registers torch.ops.rotafx.transfer
+from .backend import (BackendError, Plan, RotaStellarBackend, backend, last_plan, partition, partitioned,  # noqa: E402
+                      plans)
+from .runtime import PipelineModule  # noqa: E402
+
+__all__ += ["backend", "partition", "partitioned", "last_plan", "plans", "Plan", "BackendError",
+            "RotaStellarBackend", "PipelineModule"]

@@ -1,0 +1,147 @@
+"""The in-process runtime: one module whose stages run one after another, each on its own device."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.fx as fx
+from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
+
+from ..rewrite import Rewritten, StageInfo, WeightSlot, version_of
+
+__all__ = ["PipelineModule", "CompiledStage", "FlatRunner", "INNER_BACKENDS"]
+
+log = logging.getLogger("rotafx")
+
+INNER_BACKENDS = ("eager", "inductor", "aot_eager")
+
+
+class CompiledStage(torch.nn.Module):
+    """A stage compiled by an inner backend on its first call (its real inputs are the example inputs)."""
+
+    def __init__(self, gm: fx.GraphModule, backend: str) -> None:
+        super().__init__()
+        self.gm = gm
+        self.backend = backend
+        self._fn: Callable[..., Any] | None = None
+
+    def reset(self) -> None:
+        """Forget the compiled code (after a weight was replaced by another tensor)."""
+        self._fn = None
+
+    def forward(self, *args: Any) -> Any:
+        if self._fn is None:
+            if self.backend == "inductor":
+                from torch._inductor.compile_fx import compile_fx
+
+                fn = compile_fx(self.gm, list(args))
+            else:
+                from torch._dynamo.backends.registry import lookup_backend
+
+                fn = lookup_backend(self.backend)(self.gm, list(args))
+            self._fn = fn
+        # a module with parameters compiles to the unboxed convention (aot_module_simplified's forward)
+        return self._fn(*args)
+
+
+class PipelineModule(torch.nn.Module):
+    """A model split into stages, each holding its own weights on its own device.
+
+    Calling it runs the stages in chain order; ``rotafx::transfer`` carries the tensors
+    between them. ``stages[i]`` has ``.device``, ``.node`` (the topology node),
+    ``.module`` and ``.parameters()``.
+
+    ``in_spec``/``out_spec`` (pytree specs, as ``torch.export`` gives them) let it be
+    called like the original model; without them it takes and returns flat values.
+    ``weight_args`` (the dynamo calling convention) gives, for each weight passed as an
+    argument, its position: a weight whose tensor object or version changed since it
+    was copied is copied again before the call.
+    """
+
+    def __init__(self, rewritten: Rewritten, *, inner: str = "eager", in_spec: TreeSpec | None = None,
+                 out_spec: TreeSpec | None = None) -> None:
+        super().__init__()
+        if inner not in INNER_BACKENDS:
+            raise ValueError(f"rotafx: unknown inner backend {inner!r}; use one of {', '.join(INNER_BACKENDS)}")
+        self.program = rewritten.program
+        self.rewritten = rewritten
+        self.inner = inner
+        self.in_spec = in_spec
+        self.out_spec = out_spec
+        if inner != "eager":
+            for st in rewritten.stages:
+                setattr(self.program, f"stage{st.index}", CompiledStage(st.module, inner))
+
+    @property
+    def stages(self) -> list[StageInfo]:
+        return self.rewritten.stages
+
+    @property
+    def devices(self) -> list[torch.device]:
+        return [s.device for s in self.stages]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.in_spec is None:
+            if kwargs:
+                raise TypeError(f"rotafx: this program takes {len(self.rewritten.inputs)} positional inputs, not keywords {sorted(kwargs)}")
+            return self.program(*args)
+        flat, spec = tree_flatten((args, kwargs))
+        if spec != self.in_spec:
+            raise TypeError(f"rotafx: inputs are structured as {spec}, but the model was partitioned for {self.in_spec}; "
+                            f"call it the way example_inputs were given")
+        out = self.program(*flat)
+        return tree_unflatten(list(out), self.out_spec) if self.out_spec is not None else out
+
+    # -- weights passed as arguments (torch.compile) ----------------------------
+    def refresh(self, slot: WeightSlot, tensor: torch.Tensor) -> None:
+        """Copy ``tensor`` (the current value of a weight) into every stage that holds it."""
+        for mod, attr, device in slot.copies:
+            held = getattr(mod, attr)
+            if tensor.device == device:
+                if held is not tensor:  # the stage aliased the old tensor: point it at the new one
+                    _set(mod, attr, tensor)
+                    self._reset_compiled()
+            elif held.shape == tensor.shape and held.dtype == tensor.dtype:
+                with torch.no_grad():
+                    held.copy_(tensor)
+            else:
+                new = tensor.detach().to(device)
+                _set(mod, attr, torch.nn.Parameter(new, tensor.requires_grad) if isinstance(held, torch.nn.Parameter) else new)
+                self._reset_compiled()
+        slot.source = tensor
+        slot.version = version_of(tensor)
+
+    def _reset_compiled(self) -> None:
+        for m in self.program.children():
+            if isinstance(m, CompiledStage):
+                m.reset()
+
+
+class FlatRunner:
+    """The callable a torch.compile backend returns: takes every graph input (weights too), runs the stages."""
+
+    def __init__(self, pipeline: PipelineModule, input_positions: Sequence[int], weight_positions: Sequence[tuple[int, WeightSlot]]) -> None:
+        self.pipeline = pipeline
+        self.program = pipeline.program
+        self.input_positions = tuple(input_positions)
+        self.weight_positions = tuple(weight_positions)
+
+    def __call__(self, *args: Any) -> Any:
+        for i, slot in self.weight_positions:
+            t = args[i]
+            if t is not slot.source or version_of(t) != slot.version:
+                self.pipeline.refresh(slot, t)
+        return self.program(*[args[i] for i in self.input_positions])
+
+
+def _set(mod: torch.nn.Module, attr: str, t: torch.Tensor) -> None:
+    if attr in mod._parameters:
+        del mod._parameters[attr]
+    if attr in mod._buffers:
+        del mod._buffers[attr]
+    if isinstance(t, torch.nn.Parameter):
+        mod.register_parameter(attr, t)
+    else:
+        mod.register_buffer(attr, t)

@@ -1,0 +1,339 @@
+"""The rotastellar backend, rotafx.partition and @rotafx.partitioned: outputs equal eager on a zoo of models."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import warnings
+from typing import Any, Callable
+
+import pytest
+import torch
+import torch.nn as nn
+
+import rotafx
+from rotafx.backend import BackendError, RotaStellarBackend, rotastellar
+from rotafx.solve.optimizer import InfeasibleError
+from tests.models import ZOO
+
+CHAIN = ["cpu0", "cpu1", "cpu2"]
+ON_CPU = {n: "cpu" for n in CHAIN}
+
+
+def three_cpus(memory: float) -> dict[str, Any]:
+    """A chain of three identical 'cpu' nodes with ``memory`` bytes each."""
+    return {
+        "devices": [{"name": n, "flops": 1e12, "memory": int(memory), "memory_bandwidth": 1e11} for n in CHAIN],
+        "links": [{"src": a, "dst": b, "bandwidth": 1e10, "latency_ms": 0.01} for a, b in zip(CHAIN, CHAIN[1:])],
+        "chain": CHAIN,
+    }
+
+
+_TIGHT: dict[int, dict[str, Any]] = {}
+
+
+def tight_topology(model: nn.Module, inputs: tuple) -> dict[str, Any]:
+    """Cached per model class and input shapes: see :func:`_tight_topology`."""
+    key = hash((type(model).__qualname__, sum(p.numel() for p in model.parameters()),
+                tuple(tuple(t.shape) for t in inputs)))
+    if key not in _TIGHT:
+        _TIGHT[key] = _tight_topology(model, inputs)
+    return _TIGHT[key]
+
+
+def _tight_topology(model: nn.Module, inputs: tuple) -> dict[str, Any]:
+    """Three cpu nodes, each just big enough (+5%, at most 99% of the whole) that the model must be cut."""
+    prof = rotafx.ModelProfile.from_pytorch(model, inputs)
+    need = prof.weight_bytes + max(l.peak_bytes for l in prof.layers)
+    opt = rotafx.PartitionOptimizer(solver="dp")
+    for pct in range(34, 100, 2):
+        try:
+            opt.optimize(prof, three_cpus(need * pct / 100))
+        except InfeasibleError:
+            continue
+        return three_cpus(min(need * pct / 100 * 1.05, need * 0.99))
+    raise AssertionError("no memory below the whole model's fits: the test cannot force a cut")
+
+
+def gpt2() -> nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=128, n_positions=64, use_cache=False,
+                     bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+class GraphBreak(nn.Module):
+    """Two halves with ``torch._dynamo.graph_break()`` between them: dynamo captures two graphs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU())
+        self.second = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.first(x)
+        torch._dynamo.graph_break()
+        return self.second(h)
+
+
+MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[], tuple]]] = {
+    name: (factory, (lambda make=make: make(2))) for name, (factory, make) in ZOO.items() if name != "tiny-llama"
+}
+MODELS["gpt2-hf"] = (gpt2, lambda: (torch.randint(0, 128, (2, 16)),))
+
+
+def _build(name: str) -> tuple[nn.Module, tuple]:
+    torch.manual_seed(0)
+    factory, inputs = MODELS[name]
+    return factory().eval(), inputs()
+
+
+def _logits(out: Any) -> torch.Tensor:
+    return out.logits if hasattr(out, "logits") else out
+
+
+def assert_same(got: Any, want: Any, exact: bool = True) -> None:
+    got, want = _logits(got), _logits(want)
+    assert got.shape == want.shape, f"shape {tuple(got.shape)} != eager {tuple(want.shape)}"
+    assert got.dtype == want.dtype, f"dtype {got.dtype} != eager {want.dtype}"
+    if exact:
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    else:
+        torch.testing.assert_close(got, want)
+
+
+def assert_weights_placed(pm: rotafx.PipelineModule, model: nn.Module) -> None:
+    """Every parameter is in exactly the stages whose layers read it (one, or each for a shared weight)."""
+    plan = pm.plan
+    prof, stages = plan.profile, plan.partition.stages
+    readers: dict[str, set[int]] = {}
+    for l, layer in enumerate(prof.layers):
+        for w in layer.weight_names:
+            readers.setdefault(w, set()).add(stages[l])
+    held: dict[str, set[int]] = {}
+    for st in pm.stages:
+        for w in st.weight_names:
+            assert w not in held or st.index not in held[w], f"{w} twice in stage {st.index}"
+            held.setdefault(w, set()).add(st.index)
+    assert held == readers
+    # on the same device a stage holds the model's own tensor: every parameter object is in some stage
+    in_stages = {id(t) for st in pm.stages for t in st.parameters()}
+    lost = [n for n, p in model.named_parameters() if id(p) not in in_stages]
+    assert not lost, f"parameters in no stage: {lost}"
+
+
+# ---------------------------------------------------------------------------
+# rotafx.partition (torch.export, no torch.compile)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS.keys() - {"small-gpt"}))
+def test_partition_equals_eager(name: str) -> None:
+    model, inputs = _build(name)
+    want = model(*inputs)
+    pm = rotafx.partition(model, inputs, topology=tight_topology(model, inputs), devices=ON_CPU)
+    assert len(pm.stages) >= 2, f"{name}: the tight topology should force a cut, got {pm.plan.partition.stages}"
+    assert all(st.device == torch.device("cpu") for st in pm.stages)
+    assert len(pm.plan.rewritten.transfers) >= 1
+    assert_same(pm(*inputs), want)
+    assert_weights_placed(pm, model)
+
+
+def test_partition_tied_weight_is_held_by_both_stages() -> None:
+    model, inputs = _build("small-gpt-tied")
+    pm = rotafx.partition(model, inputs, topology=tight_topology(model, inputs), devices=ON_CPU)
+    holders = [st.index for st in pm.stages if any(w.endswith("tokens.weight") or w == "lm_head.weight"
+                                                     for w in st.weight_names)]
+    assert len(holders) == 2, f"embedding and head are on different stages, each holds the tied weight: {holders}"
+    assert_same(pm(*inputs), model(*inputs))
+
+
+def test_partition_default_is_one_local_stage() -> None:
+    model, inputs = _build("mlp")
+    pm = rotafx.partition(model, inputs)
+    assert [(st.node, st.device) for st in pm.stages] == [("local", torch.device("cpu"))]
+    assert pm.plan.rewritten.transfers == []
+    assert_same(pm(*inputs), model(*inputs))
+    assert rotafx.last_plan() is pm.plan
+
+
+def test_partition_with_codec_stays_close() -> None:
+    model, inputs = _build("transformer-block")
+    pm = rotafx.partition(model, inputs, topology=tight_topology(model, inputs), devices=ON_CPU, codec="bf16")
+    assert all(n.args[2] == "bf16" for n in pm.plan.rewritten.transfers)
+    torch.testing.assert_close(pm(*inputs), model(*inputs), rtol=0.05, atol=0.05)
+
+
+# ---------------------------------------------------------------------------
+# torch.compile(backend="rotastellar")
+
+
+def test_entry_point_is_the_only_registration() -> None:
+    eps = [ep for ep in importlib.metadata.entry_points(group="torch_dynamo_backends") if ep.name == "rotastellar"]
+    assert [ep.value for ep in eps] == ["rotafx.backend:rotastellar"]
+    from torch._dynamo.backends.registry import lookup_backend
+
+    assert lookup_backend("rotastellar") is rotastellar
+    assert "rotastellar" in torch._dynamo.list_backends()
+
+
+def test_plain_backend_name_runs_on_one_local_device() -> None:
+    torch._dynamo.reset()
+    model, inputs = _build("convnet")
+    out = torch.compile(model, backend="rotastellar")(*inputs)
+    assert_same(out, model(*inputs))
+    plan = rotafx.last_plan()
+    assert [st.node for st in plan.stages] == ["local"]
+
+
+@pytest.mark.parametrize("name", ["mlp", "convnet", "transformer-block", "small-gpt", "small-gpt-tied", "gpt2-hf"])
+def test_compile_with_options_equals_eager(name: str) -> None:
+    torch._dynamo.reset()
+    model, inputs = _build(name)
+    want = model(*inputs)
+    opts = {"topology": tight_topology(model, inputs), "devices": ON_CPU, "inner": "eager"}
+    compiled = torch.compile(model, backend="rotastellar", options=opts, fullgraph=True)
+    assert_same(compiled(*inputs), want)
+    plan = rotafx.last_plan()
+    assert len(plan.stages) >= 2
+    assert_same(compiled(*inputs), want)  # a second call reuses the plan
+
+
+def test_configured_backend_object_and_weight_updates() -> None:
+    torch._dynamo.reset()
+    model, inputs = _build("small-gpt")
+    be = rotafx.backend(topology=tight_topology(model, inputs), devices=["cpu"] * 3, objective="maximize_throughput")
+    compiled = torch.compile(model, backend=be, fullgraph=True)
+    assert_same(compiled(*inputs), model(*inputs))
+    assert len(be.plans) == 1 and be.plan.partition.objective.name == "maximize_throughput"
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1.5)  # in place: the stage sees it
+    assert_same(compiled(*inputs), model(*inputs))
+
+
+def test_graph_break_plans_each_graph_and_warns() -> None:
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model, x = GraphBreak().eval(), torch.randn(4, 32)
+    be = rotafx.backend()
+    with pytest.warns(UserWarning, match="rotafx: the model has a graph break.*fullgraph=True"):
+        out = torch.compile(model, backend=be)(x)
+    assert_same(out, model(x))
+    assert len(be.plans) == 2
+    pm = rotafx.partition(model, (x,), topology=tight_topology(model, (x,)), devices=ON_CPU)
+    assert_same(pm(x), model(x))
+
+
+def test_codec_through_compile_and_placement_log(caplog: pytest.LogCaptureFixture) -> None:
+    torch._dynamo.reset()
+    model, inputs = _build("mlp")
+    be = rotafx.backend(topology=tight_topology(model, inputs), devices=ON_CPU, codec="fp16")
+    with caplog.at_level(logging.INFO, logger="rotafx"):
+        out = torch.compile(model, backend=be, fullgraph=True)(*inputs)
+    torch.testing.assert_close(out, model(*inputs), rtol=1e-2, atol=1e-2)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "codec fp16" in text and "transfers in" in text and "cpu1" in text
+    assert "torch.ops.rotafx.transfer.default" in be.plan.module.program.code
+
+
+def test_partitioned_decorator() -> None:
+    torch._dynamo.reset()
+
+    @rotafx.partitioned(topology=three_cpus(12_000), devices=ON_CPU, objective="minimize_latency", fullgraph=True)
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.ModuleList(nn.Linear(32, 32) for _ in range(6))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for layer in self.layers:
+                x = torch.relu(layer(x))
+            return x
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    x = torch.randn(4, 32)
+    want = x
+    for layer in net.layers:
+        want = torch.relu(layer(want))
+    assert_same(net(x), want)
+    assert len(net.rotafx_plans) == 1 and len(net.rotafx_plans[0].stages) >= 2
+
+
+def test_inductor_inner_backend() -> None:
+    torch._dynamo.reset()
+    model, inputs = _build("mlp")
+    be = rotafx.backend(topology=tight_topology(model, inputs), devices=ON_CPU, inner="inductor")
+    out = torch.compile(model, backend=be, fullgraph=True)(*inputs)
+    assert_same(out, model(*inputs), exact=False)
+    assert len(be.plan.stages) >= 2 and be.plan.inner == "inductor"
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_two_gpus() -> None:
+    torch._dynamo.reset()
+    model, inputs = _build("small-gpt")
+    topo = tight_topology(model, inputs)
+    pm = rotafx.partition(model, inputs, topology=topo, devices={"cpu0": "cuda:0", "cpu1": "cuda:1", "cpu2": "cuda:1"})
+    out = pm(*inputs)
+    assert out.device == inputs[0].device
+    torch.testing.assert_close(out, model(*inputs), rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# bad input: errors start with rotafx: and name the option and the numbers
+
+
+def test_unknown_option() -> None:
+    with pytest.raises(BackendError, match=r"(?s)rotafx: unknown option\(s\) \['topolgy'\].*topology:"):
+        rotafx.backend(topolgy={})
+
+
+def test_unknown_option_through_torch_compile() -> None:
+    torch._dynamo.reset()
+    model, inputs = _build("mlp")
+    with pytest.raises(Exception, match=r"rotafx: unknown option\(s\) \['stages'\]"):
+        torch.compile(model, backend="rotastellar", options={"stages": 3})(*inputs)
+
+
+@pytest.mark.parametrize("option, value, match", [
+    ("codec", "int4", r"rotafx: option codec: unknown transfer codec 'int4'"),
+    ("inner", "tvm", r"rotafx: option inner='tvm' is not supported; use one of eager, inductor"),
+    ("objective", "fastest", r"rotafx: option objective='fastest' is not known"),
+    ("time_limit", -1, r"rotafx: option time_limit=-1 must be a positive"),
+])
+def test_bad_option_values(option: str, value: Any, match: str) -> None:
+    with pytest.raises(BackendError, match=match):
+        rotafx.backend(**{option: value})
+
+
+@pytest.mark.skipif(torch.cuda.device_count() > 7, reason="this machine has a cuda:7")
+def test_device_that_does_not_exist() -> None:
+    topo = three_cpus(1e9)
+    with pytest.raises(BackendError, match=r"rotafx: devices\['cpu1'\] = 'cuda:7'.*(no cuda device|8|cuda:0 \.\.)"):
+        rotafx.backend(topology=topo, devices={"cpu0": "cpu", "cpu1": "cuda:7", "cpu2": "cpu"})
+    with pytest.raises(BackendError, match=r"rotafx: devices\[2\] \(node cpu2\) = 'npu:0': 'npu' is not a torch device type"):
+        rotafx.backend(topology=topo, devices=["cpu", "cpu", "npu:0"])
+    with pytest.raises(BackendError, match=r"rotafx: devices lists 2 devices but the chain has 3 stages"):
+        rotafx.backend(topology=topo, devices=["cpu", "cpu"])
+    with pytest.raises(BackendError, match=r"rotafx: devices gives no torch device for the node\(s\) \['cpu2'\]"):
+        rotafx.backend(topology=topo, devices={"cpu0": "cpu", "cpu1": "cpu"})
+
+
+def test_topology_too_small_names_the_layer_and_sizes() -> None:
+    model, inputs = _build("mlp")
+    with pytest.raises(BackendError, match=r"rotafx: the topology cannot hold Sequential: .*layer \d+ \(\d+\).*needs .* GB"):
+        rotafx.partition(model, inputs, topology=three_cpus(1000), devices=ON_CPU)
+
+
+def test_topology_too_small_through_torch_compile_is_not_a_silent_fallback() -> None:
+    torch._dynamo.reset()
+    model, inputs = _build("mlp")
+    with pytest.raises(Exception, match=r"rotafx: the topology cannot hold"):
+        torch.compile(model, backend="rotastellar", options={"topology": three_cpus(1000), "devices": ON_CPU})(*inputs)
+
+
+def test_torch_compile_mode_is_refused() -> None:
+    with pytest.raises(BackendError, match=r"rotafx: torch.compile\(mode='max-autotune'\) is not supported"):
+        RotaStellarBackend()(None, [], mode="max-autotune")  # type: ignore[arg-type]

@@ -1,0 +1,190 @@
+"""rotafx::transfer, its codecs, and the split of a graph into stages."""
+
+from __future__ import annotations
+
+import operator
+
+import pytest
+import torch
+import torch.fx as fx
+
+from rotafx.ops import check_codec, error_bound, transfer_value
+from rotafx.rewrite import RewriteError, rewrite
+
+CPU = torch.device("cpu")
+transfer = torch.ops.rotafx.transfer
+
+
+def _activations() -> torch.Tensor:
+    """Values across many magnitudes, with zeros and a zero row, as activations look."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 64, generator=g) * torch.logspace(-4, 4, 64)
+    x[3] = 0.0
+    x[5, :7] = 0.0
+    return x
+
+
+# ---------------------------------------------------------------------------
+# the op
+
+
+def test_transfer_without_codec_is_an_exact_copy() -> None:
+    x = _activations()
+    y = transfer(x, CPU, None)
+    assert y.dtype == x.dtype and y.shape == x.shape and y.stride() == x.stride()
+    assert torch.equal(y, x)
+    assert y.data_ptr() != x.data_ptr(), "a custom op's output must not alias its input"
+
+
+@pytest.mark.parametrize("codec", ["fp16", "bf16", "int8"])
+def test_codec_error_within_documented_bound(codec: str) -> None:
+    x = _activations()
+    y = transfer(x, CPU, codec)
+    assert y.dtype == torch.float32 and y.shape == x.shape, "the receiver gets the original dtype and shape back"
+    err = (y.double() - x.double()).abs()
+    bound = error_bound(x, codec)
+    assert bool((err <= bound).all()), f"{codec}: worst excess {(err - bound).max().item():.3g}"
+    assert err.max() > 0, f"{codec} should be lossy on these values"
+    assert torch.equal(y[3], x[3]), "a zero row stays zero"
+
+
+def test_int8_bound_by_hand() -> None:
+    # one row, max |x| = 1.27 -> scale 0.01, error at most 0.005
+    x = torch.tensor([[1.27, 0.004, -0.016, 0.5]])
+    y = transfer(x, CPU, "int8")
+    assert torch.allclose(y, torch.tensor([[1.27, 0.0, -0.02, 0.5]]), atol=1e-6)
+    assert float((y - x).abs().max()) <= 0.005 + 1e-6
+
+
+def test_codec_leaves_integer_and_narrow_tensors_alone() -> None:
+    ids = torch.randint(0, 1000, (4, 8))
+    assert torch.equal(transfer(ids, CPU, "int8"), ids)
+    h = torch.randn(4, 8, dtype=torch.float16)
+    assert torch.equal(transfer(h, CPU, "fp16"), h)
+
+
+def test_codec_keeps_strides_of_a_transposed_tensor() -> None:
+    x = torch.randn(8, 4).t()
+    for codec in (None, "fp16", "int8"):
+        assert transfer(x, CPU, codec).stride() == x.stride()
+
+
+@pytest.mark.parametrize("codec", [None, "bf16", "int8"])
+def test_opcheck(codec: str | None) -> None:
+    # schema, fake (meta) kernel, autograd registration and dispatch, as torch.library checks them
+    x = torch.randn(3, 5, requires_grad=True)
+    torch.library.opcheck(torch.ops.rotafx.transfer.default, (x, CPU, codec))
+
+
+def test_gradient_flows_back_through_transfer() -> None:
+    x = torch.randn(3, 5, requires_grad=True)
+    (transfer(x, CPU, "fp16") * 3).sum().backward()
+    assert torch.equal(x.grad, torch.full_like(x, 3.0))
+
+
+def test_transfer_value_maps_tuples_and_passes_other_values() -> None:
+    a, b = torch.randn(2), torch.randn(3)
+    out = transfer_value((a, [b, 4], None), CPU, None)
+    assert torch.equal(out[0], a) and torch.equal(out[1][0], b) and out[1][1] == 4 and out[2] is None
+
+
+def test_unknown_codec_names_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"rotafx: unknown transfer codec 'int4'.*fp16.*bf16.*int8"):
+        check_codec("int4")
+    assert check_codec("none") is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_transfer_to_cuda_and_back() -> None:
+    x = _activations()
+    dev = torch.device("cuda", 0)
+    for codec in (None, "fp16", "bf16", "int8"):
+        y = transfer(x, dev, codec)
+        assert y.device == dev
+        assert bool(((y.cpu().double() - x.double()).abs() <= error_bound(x, codec)).all())
+
+
+# ---------------------------------------------------------------------------
+# rewrite
+
+
+class Skip(torch.nn.Module):
+    """``c(b(a(x))) + a(x)``: the output of stage 0 is read by stages 1 and 2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(8, 8)
+        self.b = torch.nn.Linear(8, 8)
+        self.c = torch.nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        return self.c(self.b(h).relu()) + h
+
+
+def _split(gm: fx.GraphModule, stages: dict[str, int], n: int = 3, codec: str | None = None):  # type: ignore[no-untyped-def]
+    return rewrite(gm, stages, [CPU] * n, {}, {}, codec=codec)
+
+
+def test_rewrite_hand_partition_equals_the_graph() -> None:
+    torch.manual_seed(0)
+    m = Skip()
+    gm = fx.symbolic_trace(m)
+    names = [n.name for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
+    assert names == ["a", "b", "relu", "c", "add"]
+    rw = _split(gm, {"a": 0, "b": 1, "relu": 1, "c": 2, "add": 2})
+    x = torch.randn(4, 8)
+    assert torch.equal(rw.program(x), m(x))
+    assert [s.index for s in rw.stages] == [0, 1, 2]
+    # h goes to stage 1 and to stage 2 (one transfer each); stage 1's output to stage 2
+    assert len(rw.transfers) == 3
+    calls = [n for n in rw.program.graph.nodes if n.op == "call_module"]
+    assert [str(c.target) for c in calls] == ["stage0", "stage1", "stage2"]
+    for c in calls[1:]:
+        assert all(a.target is torch.ops.rotafx.transfer.default or a.target is transfer_value
+                   for a in c.args), "every input of a later stage arrives through rotafx::transfer"
+
+
+def test_rewrite_empty_middle_stage_and_codec() -> None:
+    m = Skip()
+    gm = fx.symbolic_trace(m)
+    rw = _split(gm, {"a": 0, "b": 0, "relu": 0, "c": 2, "add": 2}, codec="bf16")
+    assert [s.index for s in rw.stages] == [0, 2]
+    assert all(n.args[2] == "bf16" for n in rw.transfers)
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(rw.program(x), m(x), rtol=2e-2, atol=2e-2)
+
+
+def test_rewrite_weights_land_where_they_are_read() -> None:
+    # weights as placeholders, the way torch.export and dynamo hand them over; w is read on stages 0 and 1
+    g = fx.Graph()
+    x, w, v = g.placeholder("x"), g.placeholder("w"), g.placeholder("v")
+    h = g.call_function(torch.matmul, (x, w))
+    r = g.call_function(torch.relu, (h,))
+    o = g.call_function(torch.matmul, (r, w))
+    o2 = g.call_function(operator.add, (o, v))
+    g.output(o2)
+    gm = fx.GraphModule(torch.nn.Module(), g)
+    W, V = torch.nn.Parameter(torch.randn(4, 4)), torch.randn(4)
+    rw = rewrite(gm, {h.name: 0, r.name: 0, o.name: 1, o2.name: 1}, [CPU, CPU], {"w": "lin.weight", "v": "bias"},
+                 {"lin.weight": W, "bias": V})
+    X = torch.randn(2, 4)
+    assert torch.equal(rw.program(X), torch.relu(X @ W) @ W + V)
+    assert rw.inputs == ("x",), "weights are held by the stages, not passed in"
+    assert [s.weight_names for s in rw.stages] == [("lin.weight",), ("lin.weight", "bias")]
+    assert rw.stages[0].parameters()[0] is W, "on the same device the stage holds the weight itself, not a copy"
+    slot = next(s for s in rw.weights if s.name == "lin.weight")
+    assert len(slot.copies) == 2
+
+
+def test_rewrite_rejects_decreasing_stages() -> None:
+    gm = fx.symbolic_trace(Skip())
+    with pytest.raises(RewriteError, match="must not decrease"):
+        _split(gm, {"a": 1, "b": 0, "relu": 0, "c": 2, "add": 2})
+
+
+def test_rewrite_leaves_the_input_graph_alone() -> None:
+    gm = fx.symbolic_trace(Skip())
+    before = str(gm.graph)
+    _split(gm, {"a": 0, "b": 1, "relu": 1, "c": 2, "add": 2})
+    assert str(gm.graph) == before
