@@ -170,7 +170,7 @@ class PartitionOptimizer:
     ...                                    input_bytes=10**5)
     >>> topology = {"ground_nodes": 1, "orbital_nodes": 1, "ground_flops": 2e12, "orbital_flops": 1e12,
     ...             "uplink_bandwidth": 1e6, "downlink_bandwidth": 1e6, "isl_bandwidth": 1e9,
-    ...             "ground_memory": 5e6}
+    ...             "ground_memory": 6e6}
     >>> part = PartitionOptimizer().optimize(model=profile, topology=topology)
     >>> part.status, part.ground_layers, part.orbital_layers
     ('optimal', [0, 5], [1, 2, 3, 4])

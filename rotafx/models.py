@@ -1,0 +1,380 @@
+"""Built-in example models (pure PyTorch, randomly initialised, nothing downloaded)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "LlamaConfig",
+    "RMSNorm",
+    "Llama",
+    "llama",
+    "llama70b",
+    "LLAMA_70B",
+    "SmallGPT",
+    "small_gpt",
+    "mlp",
+    "convnet",
+    "EXAMPLES",
+    "example_inputs",
+]
+
+
+# ---------------------------------------------------------------------------
+# LLaMA
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    """Shape of a LLaMA-style decoder; sizes are element counts, ``max_seq`` in tokens.
+
+    >>> cfg = LlamaConfig(vocab=128, hidden=64, layers=2, heads=4, kv_heads=2, mlp=128)
+    >>> cfg.head_dim
+    16
+    """
+
+    vocab: int = 32000
+    hidden: int = 4096
+    layers: int = 32
+    heads: int = 32
+    kv_heads: int = 32
+    mlp: int = 11008
+    norm_eps: float = 1e-5
+    max_seq: int = 4096
+    rope_theta: float = 10000.0
+
+    def __post_init__(self) -> None:
+        for name in ("vocab", "hidden", "layers", "heads", "kv_heads", "mlp", "max_seq"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"LlamaConfig.{name} must be a positive integer (got {getattr(self, name)})")
+        if self.hidden % self.heads:
+            raise ValueError(f"LlamaConfig: hidden must be divisible by heads ({self.hidden} % {self.heads} != 0)")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"LlamaConfig: heads must be divisible by kv_heads ({self.heads} % {self.kv_heads} != 0)")
+        if self.head_dim % 2:
+            raise ValueError(f"LlamaConfig: rotary embedding needs an even head_dim (hidden / heads = {self.head_dim})")
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head (``hidden // heads``)."""
+        return self.hidden // self.heads
+
+    @property
+    def num_params(self) -> int:
+        """Parameter count by formula (untied embedding and head, no biases)."""
+        h, kv = self.hidden, self.kv_heads * self.head_dim
+        block = 2 * h * h + 2 * h * kv + 3 * h * self.mlp + 2 * h
+        return self.vocab * h + self.layers * block + h + self.vocab * h
+
+
+LLAMA_70B = LlamaConfig(vocab=32000, hidden=8192, layers=80, heads=64, kv_heads=8, mlp=28672, norm_eps=1e-5, max_seq=4096)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square normalisation: ``weight * x * rsqrt(mean(x^2) + eps)`` over the last dim."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) on the two halves of the last dim."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class LlamaAttention(nn.Module):
+    """Grouped-query attention with rotary position embedding; no biases."""
+
+    def __init__(self, cfg: LlamaConfig) -> None:
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = cfg.heads, cfg.kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.hidden, cfg.heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.hidden, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.hidden, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.heads * cfg.head_dim, cfg.hidden, bias=False)
+        inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, _ = x.shape
+        q = self.q_proj(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        # rotary position embedding: rotate each (i, i + d/2) pair by position * inv_freq[i]
+        pos = torch.arange(s, device=x.device, dtype=torch.float32)  # fp32 even in a half model: exact positions
+        freqs = torch.outer(pos, self.inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos(), emb.sin()
+        if cos.dtype != q.dtype:  # a half-precision model keeps the angles in fp32 and rotates in its own dtype
+            cos, sin = cos.to(q.dtype), sin.to(q.dtype)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        # grouped-query attention: each KV head serves heads // kv_heads query heads
+        rep = self.heads // self.kv_heads
+        if rep > 1:
+            k = k[:, :, None].expand(b, self.kv_heads, rep, s, self.head_dim).reshape(b, self.heads, s, self.head_dim)
+            v = v[:, :, None].expand(b, self.kv_heads, rep, s, self.head_dim).reshape(b, self.heads, s, self.head_dim)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o_proj(out.transpose(1, 2).reshape(b, s, self.heads * self.head_dim))
+
+
+class LlamaMLP(nn.Module):
+    """SwiGLU feed-forward: ``down(silu(gate(x)) * up(x))``; no biases."""
+
+    def __init__(self, cfg: LlamaConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden, cfg.mlp, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden, cfg.mlp, bias=False)
+        self.down_proj = nn.Linear(cfg.mlp, cfg.hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nn.Module):
+    """Pre-norm decoder block: attention and MLP, each with an RMSNorm in front and a residual around."""
+
+    def __init__(self, cfg: LlamaConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden, cfg.norm_eps)
+        self.self_attn = LlamaAttention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden, cfg.norm_eps)
+        self.mlp = LlamaMLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x))
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Llama(nn.Module):
+    """LLaMA-style decoder: token ids (batch, seq) -> logits (batch, seq, vocab)."""
+
+    def __init__(self, cfg: LlamaConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab, cfg.hidden)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg) for _ in range(cfg.layers))
+        self.norm = RMSNorm(cfg.hidden, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden, cfg.vocab, bias=False)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[-1] > self.config.max_seq:
+            raise ValueError(f"sequence length must be at most max_seq ({input_ids.shape[-1]} > {self.config.max_seq})")
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(x)
+        return self.lm_head(self.norm(x))
+
+
+def llama(config: LlamaConfig, device: torch.device | str | None = None) -> Llama:
+    """A LLaMA-style decoder of the given shape, built on ``device`` (``"meta"``: no memory).
+
+    >>> m = llama(LlamaConfig(vocab=128, hidden=64, layers=2, heads=4, kv_heads=2, mlp=128, max_seq=32))
+    >>> m(torch.zeros(1, 8, dtype=torch.long)).shape
+    torch.Size([1, 8, 128])
+    """
+    if device is None:
+        return Llama(config)
+    with torch.device(device):
+        return Llama(config)
+
+
+def llama70b(device: torch.device | str = "meta") -> Llama:
+    """LLaMA-70B's shape (80 layers, hidden 8192, 64 heads, 8 KV heads, 68,976,648,192 params), on ``meta`` by default.
+
+    On ``meta`` it takes no memory and can be profiled on a laptop; on a real device it
+    needs 276 GB for FP32 weights.
+
+    >>> m = llama70b()
+    >>> sum(p.numel() for p in m.parameters())
+    68976648192
+    """
+    return llama(LLAMA_70B, device=device)
+
+
+# ---------------------------------------------------------------------------
+# GPT
+
+
+class _GPTEmbedding(nn.Module):
+    """Token plus learned position embedding."""
+
+    def __init__(self, vocab: int, d: int, seq: int) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, d)
+        self.positions = nn.Embedding(seq, d)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(ids.shape[-1], device=ids.device)
+        return self.tokens(ids) + self.positions(pos)
+
+
+class _GPTBlock(nn.Module):
+    """Pre-LN block: causal self-attention (fused qkv, SDPA) and a GELU MLP, each with a residual."""
+
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln_1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ln_2 = nn.LayerNorm(d)
+        self.fc = nn.Linear(d, 4 * d)
+        self.fc_out = nn.Linear(4 * d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, d = x.shape
+        q, k, v = self.qkv(self.ln_1(x)).split(d, dim=-1)
+        q, k, v = (t.view(b, s, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(a.transpose(1, 2).reshape(b, s, d))
+        return x + self.fc_out(F.gelu(self.fc(self.ln_2(x))))
+
+
+class SmallGPT(nn.Module):
+    """GPT-style decoder: token ids (batch, seq) -> logits (batch, seq, vocab)."""
+
+    def __init__(self, vocab: int, d: int, heads: int, layers: int, seq: int, tied: bool) -> None:
+        super().__init__()
+        self.embed = _GPTEmbedding(vocab, d, seq)
+        self.layers = nn.ModuleList(_GPTBlock(d, heads) for _ in range(layers))
+        self.norm = nn.LayerNorm(d)
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+        if tied:
+            self.lm_head.weight = self.embed.tokens.weight
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(input_ids)
+        for layer in self.layers:
+            x = layer(x)
+        return self.lm_head(self.norm(x))
+
+
+def small_gpt(vocab: int = 256, d: int = 64, heads: int = 4, layers: int = 2, seq: int = 32, tied: bool = False) -> SmallGPT:
+    """A small GPT (layers ``embed``, ``layers.0`` ..., ``norm``, ``lm_head``); ``tied`` shares the embedding with the head.
+
+    >>> small_gpt()(torch.zeros(2, 16, dtype=torch.long)).shape
+    torch.Size([2, 16, 256])
+    """
+    if d % heads:
+        raise ValueError(f"small_gpt: d must be divisible by heads ({d} % {heads} != 0)")
+    return SmallGPT(vocab, d, heads, layers, seq, tied)
+
+
+# ---------------------------------------------------------------------------
+# MLP and conv net
+
+
+def mlp(sizes: tuple[int, ...] = (64, 128, 128, 10)) -> nn.Sequential:
+    """Linear layers of the given widths with a ReLU between each two (none after the last).
+
+    >>> mlp((4, 8, 2))
+    Sequential(
+      (0): Linear(in_features=4, out_features=8, bias=True)
+      (1): ReLU()
+      (2): Linear(in_features=8, out_features=2, bias=True)
+    )
+    """
+    if len(sizes) < 2:
+        raise ValueError(f"mlp needs at least two sizes (input and output), got {tuple(sizes)}")
+    mods: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        mods.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            mods.append(nn.ReLU())
+    return nn.Sequential(*mods)
+
+
+class ConvBNReLU(nn.Module):
+    """3x3 convolution (no bias), batch norm, ReLU.
+
+    Named children, not an ``nn.Sequential``: rotafx reads numbered children as a list
+    of layers, and this block is one layer.
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)))
+
+
+class ResidualBlock(nn.Module):
+    """``relu(x + bn(conv(relu(bn(conv(x))))))``: two 3x3 convolutions with a skip connection."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1 = ConvBNReLU(c, c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.bn2(self.conv2(self.conv1(x))))
+
+
+class ConvNet(nn.Module):
+    """Images (batch, 3, 32, 32) -> class scores (batch, classes)."""
+
+    def __init__(self, classes: int = 10, width: int = 16) -> None:
+        super().__init__()
+        self.stem = ConvBNReLU(3, width)
+        self.down = ConvBNReLU(width, 2 * width, stride=2)
+        self.res = ResidualBlock(2 * width)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(2 * width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.res(self.down(self.stem(x))))
+        return self.head(torch.flatten(x, 1))
+
+
+def convnet(classes: int = 10, width: int = 16) -> ConvNet:
+    """A small conv net with a residual block, in eval mode (layers ``stem``, ``down``, ``res``, ``pool``, ``head``).
+
+    >>> convnet()(torch.randn(2, 3, 32, 32)).shape
+    torch.Size([2, 10])
+    """
+    return ConvNet(classes, width).eval()
+
+
+# ---------------------------------------------------------------------------
+# registry
+
+EXAMPLES: dict[str, Callable[[], nn.Module]] = {
+    "llama70b": llama70b,
+    "small-gpt": small_gpt,
+    "mlp": mlp,
+    "convnet": convnet,
+}
+
+
+def example_inputs(name: str, batch_size: int = 1) -> tuple[torch.Tensor, ...]:
+    """Inputs for ``EXAMPLES[name]()`` at its default size (``llama70b``: meta tokens, seq 128).
+
+    >>> example_inputs("mlp", batch_size=2)[0].shape
+    torch.Size([2, 64])
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer (got {batch_size})")
+    if name == "llama70b":
+        return (torch.zeros(batch_size, 128, dtype=torch.long, device="meta"),)
+    if name == "small-gpt":
+        return (torch.randint(0, 256, (batch_size, 32)),)
+    if name == "mlp":
+        return (torch.randn(batch_size, 64),)
+    if name == "convnet":
+        return (torch.randn(batch_size, 3, 32, 32),)
+    raise KeyError(f"no example named {name!r}; choose one of {sorted(EXAMPLES)}")
