@@ -293,7 +293,9 @@ def objective_for(name: str, weights: Mapping[str, float] | None, tables: CostTa
     for term, w in obj.weights.items():
         if not w:
             continue
-        st, _, _, _ = sub._solve(tables, objective(single[term]))
+        alone = objective(single[term])
+        # the exact DP gives each term's optimum in milliseconds where it applies; else the MILP
+        st = solve_dp(tables, alone)[0] if dp_applies(tables, alone) is None else sub._solve(tables, alone)[0]
         best = terms(evaluate(tables, st))[term] if st is not None else base[term]
         # a term whose optimum is 0 (no bytes sent) is normalised by 1% of the all-on-input-node value
         norms[term] = best if best > 0 else max(base[term] * 0.01, 1e-9)
