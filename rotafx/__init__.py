@@ -26,3 +26,8 @@ from .runtime import PipelineModule  # noqa: E402
 
 __all__ += ["backend", "partition", "partitioned", "last_plan", "plans", "Plan", "BackendError",
             "RotaStellarBackend", "PipelineModule"]
+
+# plan export and loading (rotafx.export, rotafx.load); the multi-process runtime is rotafx.runtime.distributed
+from .export import PlanError, export, load  # noqa: E402
+
+__all__ += ["export", "load", "PlanError"]

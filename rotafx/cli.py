@@ -123,6 +123,34 @@ def cmd_topology(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    model, inputs = load_model(args.model, args.batch_size)
+    if inputs is None:
+        raise SystemExit(f"rotafx: {args.model!r} gives no example inputs; export needs them (a factory may return "
+                         f"(module, example_inputs))")
+    if any(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in inputs):
+        raise SystemExit(f"rotafx: {args.model!r} lives on the meta device (no weights); export a model with real weights")
+    options: dict[str, Any] = {"codec": args.codec, "memory_rule": args.memory_rule, "solver": args.solver,
+                               "time_limit": args.time_limit}
+    plan = export(model.eval(), inputs, path=args.path, topology=args.topology, objective=args.objective,
+                  overwrite=args.overwrite, **options)
+    est = plan.estimate
+    print(f"wrote {args.path}: {plan.num_stages} stage(s), objective {plan.objective}, "
+          f"estimated {est.get('total_ms', float('nan')):.3f} ms per request")
+    for st in plan.stages:
+        print(f"  stage {st.index}: {st.node:<12} {st.file:<12} {len(st.inputs)} in, {len(st.outputs)} out, "
+              f"{st.weight_bytes / 1e6:.3f} MB of weights")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .runtime.distributed import serve_from_args
+
+    return serve_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="rotafx", description="Profile a model, place its layers on ground and orbital "
                                  "nodes (or any chain of devices), estimate and optimise the cost.")
@@ -146,6 +174,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solver", default="milp", choices=["milp", "dp", "greedy"])
     p.add_argument("--time-limit", type=float, default=60.0, help="seconds for the MILP (default 60)")
     p.set_defaults(func=cmd_optimize)
+    p = sub.add_parser("export", help="partition a model and write a plan directory (plan.json + one program per stage)")
+    _add_model_args(p)
+    _add_topology_args(p)
+    p.add_argument("--objective", default="minimize_latency",
+                   choices=["minimize_latency", "maximize_throughput", "minimize_bandwidth", "minimize_energy", "balance"])
+    p.add_argument("--solver", default=None, choices=["milp", "dp", "greedy"])
+    p.add_argument("--time-limit", type=float, default=60.0, help="seconds for the MILP (default 60)")
+    p.add_argument("--path", required=True, help="the plan directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing plan directory")
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("serve", help="run one stage of a plan in this process (the driver is rank 0 at MASTER_ADDR:MASTER_PORT)")
+    from .runtime.distributed import add_serve_args
+
+    add_serve_args(p)
+    p.set_defaults(func=cmd_serve)
     p = sub.add_parser("topology", help="describe a topology preset or file")
     p.add_argument("topology", help="preset name or file")
     p.set_defaults(func=cmd_topology)

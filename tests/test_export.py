@@ -1,0 +1,256 @@
+"""rotafx.export / rotafx.load: the plan directory round trip, one stage alone, and the errors that stop a bad plan."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import rotafx
+import rotafx.runtime.links
+from rotafx.costmodel import CostTables
+from rotafx.export import SCHEMA_VERSION, LoadedStage, PlanError, read_plan
+from rotafx.models import convnet, example_inputs, small_gpt
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ground_orbit_ground(memory: float, *, bandwidth_bps: float = 1e10, latency_ms: float = 0.01,
+                        flops: float = 1e12) -> dict[str, Any]:
+    """ground0 -(uplink)-> orbital0 -(downlink)-> ground1, ``memory`` bytes each, no ground bypass."""
+    def dev(name: str, kind: str) -> dict[str, Any]:
+        return {"name": name, "kind": kind, "flops": flops, "memory": memory, "memory_bandwidth": 1e11}
+
+    return {"devices": [dev("ground0", "ground"), dev("orbital0", "orbital"), dev("ground1", "ground")],
+            "links": [{"src": "ground0", "dst": "orbital0", "kind": "uplink", "bandwidth": bandwidth_bps, "latency_ms": latency_ms},
+                      {"src": "orbital0", "dst": "ground1", "kind": "downlink", "bandwidth": bandwidth_bps,
+                       "latency_ms": latency_ms}],
+            "chain": ["ground0", "orbital0", "ground1"]}
+
+
+def three_stage_topology(model: torch.nn.Module, inputs: tuple, **kw: Any) -> dict[str, Any]:
+    """A ground -> orbit -> ground chain whose nodes each hold a third of the model (the best 3-way split, +0.1%)."""
+    prof = rotafx.ModelProfile.from_pytorch(model, inputs)
+    tables = CostTables(prof, rotafx.Topology.coerce(ground_orbit_ground(1e18)))
+    L = prof.num_layers
+    need = min(max(tables.layers_memory(range(0, a)), tables.layers_memory(range(a, b)), tables.layers_memory(range(b, L)))
+               for a in range(1, L - 1) for b in range(a + 1, L))
+    return ground_orbit_ground(need * 1.001, **kw)
+
+
+def build(name: str, batch: int = 2) -> tuple[torch.nn.Module, tuple]:
+    torch.manual_seed(0)
+    model = {"small-gpt": small_gpt, "convnet": convnet}[name]().eval()
+    return model, example_inputs(name, batch)
+
+
+@pytest.fixture(scope="module")
+def gpt_plan(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module, tuple, rotafx.export]:
+    model, x = build("small-gpt")
+    path = tmp_path_factory.mktemp("export") / "gpt"
+    spec = rotafx.export(model, x, path=path, topology=three_stage_topology(model, x))
+    return path, model, x, spec
+
+
+def test_round_trip_equals_model(gpt_plan: Any) -> None:
+    path, model, x, spec = gpt_plan
+    assert [s.node for s in spec.stages] == ["ground0", "orbital0", "ground1"], "the topology should force three stages"
+    pipe = rotafx.load(path)
+    for _ in range(2):
+        ids = torch.randint(0, 256, x[0].shape)
+        got, want = pipe(ids), model(ids)
+        assert got.shape == want.shape and got.dtype == want.dtype
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_plan_json_schema(gpt_plan: Any) -> None:
+    path, model, x, spec = gpt_plan
+    data = json.loads((path / "plan.json").read_text())
+    assert data["format"] == "rotafx-plan" and data["schema_version"] == SCHEMA_VERSION
+    assert data["objective"] == "minimize_latency"
+    assert sorted(p.name for p in path.iterdir()) == ["plan.json", "stage0.pt2", "stage1.pt2", "stage2.pt2"]
+    # the topology reads back as the same chain
+    topo = rotafx.Topology.from_dict(data["topology"])
+    assert topo.chain == ("ground0", "orbital0", "ground1") and topo.link("ground0", "orbital0").kind == "uplink"
+    # partition and estimate as the optimizer gave them
+    pm = rotafx.partition(model, x, topology=three_stage_topology(model, x))
+    part = pm.plan.partition
+    assert data["partition"]["stages"] == list(part.stages)
+    assert data["estimate"]["total_ms"] == pytest.approx(part.estimate.total_ms)
+    assert sum(data["estimate"]["parts"].values()) == pytest.approx(data["estimate"]["total_ms"])
+    # every stage: what it takes, gives, receives and sends, chained hop by hop
+    stages, hops = data["stages"], data["hops"]
+    assert [h["src"] for h in hops] == [-1, 0, 1, 2] and [h["dst"] for h in hops] == [0, 1, 2, 3]
+    assert hops[0]["entries"] == [{"value": "input_ids", "encoded": False}]
+    for s in stages:
+        assert s["receives"] == hops[s["index"]]["entries"] and s["sends"] == hops[s["index"] + 1]["entries"]
+        received = {e["value"] for e in s["receives"]}
+        assert set(s["inputs"]) <= received, f"stage {s['index']} reads values nobody sends it"
+        for e in s["sends"]:
+            assert e["value"] in set(s["outputs"]) | received
+    assert [e["value"] for e in hops[-1]["entries"]] == data["outputs"]
+    for h in hops:  # bytes of each hop are those of its tensors
+        assert h["bytes"] == sum(torch.empty(data["values"][e["value"]]["shape"],
+                                             dtype=getattr(torch, data["values"][e["value"]]["dtype"])).nbytes for e in h["entries"])
+    # link of each hop: uplink into the orbital stage, downlink out of it
+    assert [l["kind"] for l in hops[1]["links"]] == ["uplink"] and [l["kind"] for l in hops[2]["links"]] == ["downlink"]
+    # every parameter in exactly one stage (the small GPT ties no weights)
+    held = [w for s in stages for w in s["weights"]]
+    assert sorted(held) == sorted(n for n, _ in model.named_parameters())
+
+
+def test_load_one_stage_at_a_time(gpt_plan: Any) -> None:
+    path, model, x, spec = gpt_plan
+    env = {"input_ids": x[0]}
+    for i in range(spec.num_stages):
+        st = rotafx.load(path, stage=i)
+        assert isinstance(st, LoadedStage) and st.node == spec.stages[i].node
+        outs = st(*[env[v] for v in st.spec.inputs])
+        assert [tuple(o.shape) for o in outs] == [s.shape for s in st.output_specs]
+        env.update(zip(st.spec.outputs, outs))
+    torch.testing.assert_close(env[spec.outputs[0]], model(*x), rtol=0, atol=0)
+
+
+def test_codec_matches_in_process(tmp_path: Path) -> None:
+    model, x = build("convnet")
+    topo = three_stage_topology(model, x)
+    pm = rotafx.partition(model, x, topology=topo, codec="int8")
+    spec = rotafx.export(model, x, path=tmp_path / "p", topology=topo, codec="int8")
+    assert spec.codec == "int8" and any(e.encoded for h in spec.hops for e in h.entries)
+    assert not any(e.encoded for e in spec.hops[-1].entries), "model outputs travel as they are"
+    torch.testing.assert_close(rotafx.load(tmp_path / "p")(*x), pm(*x), rtol=0, atol=0)
+
+
+def test_loads_without_the_model_code(gpt_plan: Any, tmp_path: Path) -> None:
+    """A fresh interpreter that imports neither rotafx.models nor the tests (nor the solver) runs the plan."""
+    path, model, x, spec = gpt_plan
+    torch.save({"x": x[0], "y": model(*x)}, tmp_path / "io.pt")
+    code = f"""
+import sys, types, torch
+for name, p in (("rotafx", {str(ROOT / 'rotafx')!r}), ("rotafx.runtime", {str(ROOT / 'rotafx' / 'runtime')!r})):
+    m = types.ModuleType(name); m.__path__ = [p]; sys.modules[name] = m
+from rotafx.export import load
+io = torch.load({str(tmp_path / 'io.pt')!r})
+y = load({str(path)!r})(io["x"])
+assert torch.equal(y, io["y"])
+bad = [m for m in sys.modules if m.startswith(("rotafx.models", "tests", "cvxpy", "rotafx.backend"))]
+assert not bad, bad
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/",
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------------
+# errors
+
+
+def _copy(path: Path, tmp: Path) -> Path:
+    dst = tmp / "copy"
+    shutil.copytree(path, dst)
+    return dst
+
+
+def test_newer_schema_is_refused(gpt_plan: Any, tmp_path: Path) -> None:
+    d = _copy(gpt_plan[0], tmp_path)
+    data = json.loads((d / "plan.json").read_text())
+    data["schema_version"] = SCHEMA_VERSION + 1
+    (d / "plan.json").write_text(json.dumps(data))
+    with pytest.raises(PlanError, match=rf"schema version {SCHEMA_VERSION + 1}.*up to {SCHEMA_VERSION}.*upgrade"):
+        rotafx.load(d)
+    with pytest.raises(PlanError, match="schema version"):
+        rotafx.load(d, stage=0)
+
+
+def test_missing_stage_file(gpt_plan: Any, tmp_path: Path) -> None:
+    d = _copy(gpt_plan[0], tmp_path)
+    (d / "stage2.pt2").unlink()
+    with pytest.raises(PlanError, match=r"stage 2 \(ground1\).*stage2.pt2 is missing"):
+        rotafx.load(d)
+    assert isinstance(rotafx.load(d, stage=0), LoadedStage), "a node loads only its own stage"
+
+
+def test_stage_file_from_another_plan(gpt_plan: Any, tmp_path: Path) -> None:
+    d = _copy(gpt_plan[0], tmp_path)
+    shutil.copy(d / "stage0.pt2", d / "stage1.pt2")
+    with pytest.raises(PlanError, match=r"stage 1 \(orbital0\).*does not match plan.json \(sha256"):
+        rotafx.load(d)
+    with pytest.raises(PlanError, match=r"stage 1 \(orbital0\).*does not match plan.json: the program takes"):
+        rotafx.load(d, verify=False)  # without the checksum the signatures still disagree
+
+
+def test_malformed_or_missing_plan(tmp_path: Path) -> None:
+    with pytest.raises(PlanError, match="no plan at"):
+        rotafx.load(tmp_path / "nowhere")
+    (tmp_path / "plan.json").write_text("{not json")
+    with pytest.raises(PlanError, match="not readable JSON"):
+        rotafx.load(tmp_path)
+    (tmp_path / "plan.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(PlanError, match="not a rotafx plan"):
+        rotafx.load(tmp_path)
+
+
+def test_bad_stage_index_and_inputs(gpt_plan: Any) -> None:
+    path, model, x, spec = gpt_plan
+    with pytest.raises(PlanError, match=r"stage must be an integer 0..2"):
+        rotafx.load(path, stage=3)
+    pipe = rotafx.load(path)
+    with pytest.raises(PlanError, match=r"input 'input_ids' is int64\[2, 16\], but the plan was exported for int64\[2, 32\]"):
+        pipe(torch.zeros(2, 16, dtype=torch.long))
+    with pytest.raises(PlanError, match="structured as"):
+        pipe(x[0], x[0])
+
+
+def test_existing_directory_needs_overwrite(gpt_plan: Any, tmp_path: Path) -> None:
+    path, model, x, spec = gpt_plan
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "keep.txt").write_text("mine")
+    m = torch.nn.Sequential(torch.nn.Linear(4, 2)).eval()
+    with pytest.raises(PlanError, match="exists and is not an empty directory; pass overwrite=True"):
+        rotafx.export(m, (torch.randn(1, 4),), path=tmp_path / "p")
+    assert (tmp_path / "p" / "keep.txt").read_text() == "mine"
+    rotafx.export(m, (torch.randn(1, 4),), path=tmp_path / "p", overwrite=True)
+    assert not (tmp_path / "p" / "keep.txt").exists() and read_plan(tmp_path / "p").num_stages == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["p"], "no temporary directory is left behind"
+
+
+# ---------------------------------------------------------------------------
+# link emulation in one process, and the command line
+
+
+def test_emulated_links_in_process(tmp_path: Path) -> None:
+    model, x = build("convnet")
+    spec = rotafx.export(model, x, path=tmp_path / "p", topology=three_stage_topology(model, x, latency_ms=40.0))
+    slow = rotafx.load(tmp_path / "p", emulate_links=True)
+    hop_s = [rotafx.runtime.links.hop_delay_s(h.links, spec.hop_bytes(h)) for h in spec.hops]
+    assert sum(hop_s) == pytest.approx(0.080, rel=1e-3), "two 40 ms links (and microseconds of serialisation)"
+    t0 = time.perf_counter()
+    y = slow(*x)
+    assert time.perf_counter() - t0 >= sum(hop_s)
+    assert torch.equal(y, model(*x))
+    assert spec.estimate["propagation_ms"] == pytest.approx(80.0)
+
+
+def test_cli_export(tmp_path: Path) -> None:
+    from rotafx.cli import main
+
+    model, x = build("convnet", batch=1)
+    topo = tmp_path / "topo.json"
+    topo.write_text(json.dumps(three_stage_topology(model, x)))
+    torch.manual_seed(0)  # the CLI builds convnet() afresh: same seed, same weights as build()
+    assert main(["export", "convnet", "--topology", str(topo), "--path", str(tmp_path / "plan"), "--quiet"]) == 0
+    plan = read_plan(tmp_path / "plan")
+    assert [s.node for s in plan.stages] == ["ground0", "orbital0", "ground1"]
+    torch.manual_seed(1)
+    xx = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(rotafx.load(tmp_path / "plan")(xx), model(xx), rtol=0, atol=0)
+    assert main(["export", "convnet", "--topology", str(topo), "--path", str(tmp_path / "plan"), "--quiet"]) == 2
