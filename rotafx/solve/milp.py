@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
-import cvxpy as cp
 import numpy as np
 
 from ..costmodel import CostTables
@@ -36,6 +36,8 @@ class MilpResult:
 
 
 def _build(tables: CostTables):  # type: ignore[no-untyped-def]
+    import cvxpy as cp
+
     L, K = tables.L, tables.K
     topo = tables.topology
     Y = cp.Variable((L, K - 1), boolean=True) if K > 1 else None
@@ -71,6 +73,8 @@ def _build(tables: CostTables):  # type: ignore[no-untyped-def]
 
 def _hops(tables: CostTables, Z, U, cons, per_byte, const):  # type: ignore[no-untyped-def]
     """Sum over the route of ``per_byte(link) * bytes(p) + const(link)``; bypass handled with big-M."""
+    import cvxpy as cp
+
     topo = tables.topology
     by = tables.boundary_bytes
     in_bypass = {}
@@ -102,6 +106,8 @@ def _hops(tables: CostTables, Z, U, cons, per_byte, const):  # type: ignore[no-u
 
 def _link_times(tables: CostTables, Z, U, cons, T):  # type: ignore[no-untyped-def]
     """T >= serialisation time of every hop the route takes (throughput)."""
+    import cvxpy as cp
+
     topo = tables.topology
     by = tables.boundary_bytes
     in_bypass = {b: i for i, (f, g) in enumerate(topo.bypasses) for b in range(f - 1, g + 1)}
@@ -117,6 +123,8 @@ def _link_times(tables: CostTables, Z, U, cons, T):  # type: ignore[no-untyped-d
 
 
 def _terms(tables: CostTables, X, Z, U, cons, needed: set[str]):  # type: ignore[no-untyped-def]
+    import cvxpy as cp
+
     out = {}
     comp = cp.sum(cp.multiply(tables.compute_ms, X))
     if "latency" in needed:
@@ -145,6 +153,8 @@ def solve_milp(tables: CostTables, obj: Objective, *, time_limit: float = 60.0, 
     ``minimize_bandwidth`` is solved in two phases: the fewest bytes, then the lowest
     latency among plans with those bytes.
     """
+    import cvxpy as cp  # imported here, not at start-up: it costs seconds and only the MILP needs it
+
     t0 = time.perf_counter()
     Y, X, Z, U, cons = _build(tables)
     if obj.name == "balance":
@@ -183,7 +193,9 @@ def solve_milp(tables: CostTables, obj: Objective, *, time_limit: float = 60.0, 
     return MilpResult(stages, status, value, bound, gap, time.perf_counter() - t0)
 
 
-def _solve(prob: cp.Problem, time_limit: float, verbose: bool) -> tuple[str, float, float, float]:
+def _solve(prob: Any, time_limit: float, verbose: bool) -> tuple[str, float, float, float]:
+    import cvxpy as cp
+
     try:
         prob.solve(solver=cp.HIGHS, time_limit=float(time_limit), verbose=verbose, mip_rel_gap=1e-9)
     except cp.error.SolverError as e:
