@@ -254,14 +254,18 @@ class ModelProfile:
         return prof
 
     @classmethod
-    def from_onnx(cls, path: Any, **kwargs: Any) -> "ModelProfile":
-        """Profile an ONNX model (not yet available in this release)."""
-        raise NotImplementedError("rotafx: ModelProfile.from_onnx is not implemented yet; export the PyTorch model and use from_pytorch")
+    def from_onnx(cls, path: Any, input_shapes: Mapping[str, Any] | None = None, **kwargs: Any) -> "ModelProfile":
+        """Profile an ONNX model (a path, bytes or ``onnx.ModelProto``): see :func:`rotafx.frontends.onnx.profile_onnx`."""
+        from .frontends.onnx import profile_onnx
+
+        return profile_onnx(path, input_shapes=input_shapes, **kwargs)
 
     @classmethod
     def from_tensorflow(cls, model: Any, **kwargs: Any) -> "ModelProfile":
-        """Profile a Keras model (not yet available in this release)."""
-        raise NotImplementedError("rotafx: ModelProfile.from_tensorflow is not implemented yet")
+        """Profile a Keras model (Sequential or functional): see :func:`rotafx.frontends.tensorflow.profile_keras`."""
+        from .frontends.tensorflow import profile_keras
+
+        return profile_keras(model, **kwargs)
 
 
 # ---------------------------------------------------------------------------
