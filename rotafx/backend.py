@@ -20,7 +20,7 @@ import logging
 import re
 import types
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -28,7 +28,7 @@ import torch.fx as fx
 
 from .annotate import annotate
 from .ops import check_codec
-from .profile import ModelProfile, ProfileError, profile_graph
+from .profile import ModelProfile, profile_graph
 from .rewrite import Rewritten, rewrite, stage_map
 from .runtime.local import INNER_BACKENDS, FlatRunner, PipelineModule
 from .solve import InfeasibleError, Partition, PartitionOptimizer

@@ -9,7 +9,7 @@ from .costmodel import CostTables
 from .profile import ModelProfile
 from .topology import Topology
 
-__all__ = ["LayerPlacement", "Validation", "PlacementError", "format_ranges", "memory_issues"]
+__all__ = ["LayerPlacement", "Validation", "PlacementError", "format_ranges", "fmt_bytes", "memory_issues"]
 
 GB = 1e9
 
@@ -29,6 +29,14 @@ class Validation:
 
     def __bool__(self) -> bool:
         return self.is_valid
+
+
+def fmt_bytes(n: float) -> str:
+    """Bytes in the largest decimal unit that keeps them readable: ``'1.712 GB'``, ``'300 kB'``."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:,.3f} {unit}"
+    return f"{n:,.0f} B"
 
 
 def format_ranges(indices: Iterable[int]) -> str:
@@ -229,9 +237,9 @@ def memory_issues(tables: CostTables, stages: Sequence[int]) -> list[str]:
             how = "sum of weights + activations + workspace of each layer (rule 'sum')"
         else:
             w = need - max(tables.peak_bytes[l] for l in layers)
-            how = f"weights {w / GB:,.3f} GB + peak live activations and workspace {(need - w) / GB:,.3f} GB (rule 'liveness')"
-        issues.append(f"{name} holds layer(s) {format_ranges(layers)} and needs {need / GB:,.3f} GB: {how}; "
-                      f"its {topo.capacity} is {cap / GB:,.3f} GB, exceeded by {(need - cap) / GB:,.3f} GB")
+            how = f"weights {fmt_bytes(w)} + peak live activations and workspace {fmt_bytes(need - w)} (rule 'liveness')"
+        issues.append(f"{name} holds layer(s) {format_ranges(layers)} and needs {fmt_bytes(need)}: {how}; "
+                      f"its {topo.capacity} is {fmt_bytes(cap)}, exceeded by {fmt_bytes(need - cap)}")
     return issues
 
 

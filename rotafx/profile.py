@@ -502,7 +502,6 @@ def profile_graph(gm: fx.GraphModule, weights: Mapping[str, str], params: frozen
         peaks[li] = max(peaks[li], live_at[order[n]] + node_cost(n).buffer_bytes)
 
     # boundaries: tensors produced before layer p and read at or after it
-    itemsize = torch.empty((), dtype=dtype).element_size() if dtype is not None else None
     def info(n: fx.Node) -> TensorInfo:
         ts = _flat_tensors(node_value(n))
         numel = sum(int(t.numel()) for t in ts)

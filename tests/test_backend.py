@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-import warnings
 from typing import Any, Callable
 
 import pytest

@@ -266,7 +266,11 @@ def check_memory_issue(issues, node, layers_text, need, cap):
     issue = issue_with(issues, rf"^{node}\b")
     assert layers_text in issue
     for value in (need, cap, need - cap):
-        assert f"{value / GB:,.3f}" in issue, f"{value / GB:,.3f} GB not in {issue!r}"
+        # sizes are printed in the largest decimal unit that is at least 1 (README: readable sizes)
+        unit, scale = next((u, f) for u, f in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3), ("B", 1))
+                           if abs(value) >= f or u == "B")
+        text = f"{value / scale:,.3f} {unit}" if unit != "B" else f"{value:,.0f} B"
+        assert text in issue, f"{text} not in {issue!r}"
     return issue
 
 

@@ -36,7 +36,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -45,7 +44,7 @@ import torch
 import torch.distributed as dist
 from torch.utils._pytree import tree_unflatten
 
-from ..export import (DRIVER, PLAN_FILE, HopSpec, PlanError, PlanSpec, TensorSpec, check_request, load, read_plan)
+from ..export import (PLAN_FILE, HopSpec, PlanError, PlanSpec, TensorSpec, check_request, load, read_plan)
 from ..ops import decode, encode
 from .links import LinkEmulator
 

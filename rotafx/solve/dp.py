@@ -74,7 +74,7 @@ def solve_dp(tables: CostTables, obj: Objective) -> tuple[list[int] | None, floa
     why = dp_applies(tables, obj)
     if why:
         raise ValueError(f"the dynamic program is not exact here: {why}; use solver='milp'")
-    K, L = tables.K, tables.L
+    K = tables.K
     topo = tables.topology
     mem = range_memory(tables)
     # variants: for each subset of bypasses taken, a reduced chain of (stage, link into next)

@@ -106,8 +106,6 @@ def _hops(tables: CostTables, Z, U, cons, per_byte, const):  # type: ignore[no-u
 
 def _link_times(tables: CostTables, Z, U, cons, T):  # type: ignore[no-untyped-def]
     """T >= serialisation time of every hop the route takes (throughput)."""
-    import cvxpy as cp
-
     topo = tables.topology
     by = tables.boundary_bytes
     in_bypass = {b: i for i, (f, g) in enumerate(topo.bypasses) for b in range(f - 1, g + 1)}

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from ..costmodel import CostTables
 from ..estimate import Estimate, evaluate
-from ..placement import GB, LayerPlacement, Validation, format_ranges
+from ..placement import GB, LayerPlacement, Validation, fmt_bytes, format_ranges
 from ..profile import ModelProfile
 from ..topology import Topology
 from .dp import dp_applies, range_memory, solve_dp
@@ -228,26 +228,24 @@ class PartitionOptimizer:
         if self.solver == "dp":
             st, v = solve_dp(tables, obj)
             return st, "optimal", 0.0, v
-        # milp, with the DP's (or greedy's) plan as a cutoff
-        cutoff = None
-        seed: list[int] | None = None
-        if dp_applies(tables, obj) is None:
-            seed, _ = solve_dp(tables, obj)
-        if seed is None:
-            seed = solve_greedy(tables)
-        if seed is not None:
-            cutoff = _milp_value(tables, obj, seed)
+        # milp. Where the DP is exact its plan is the cutoff, and the answer if HiGHS proves nothing
+        # better (its presolve can call a badly scaled model with a cutoff infeasible); otherwise
+        # greedy's plan is only a fallback for a time limit, never taken as proof.
+        exact = dp_applies(tables, obj) is None
+        seed = solve_dp(tables, obj)[0] if exact else solve_greedy(tables)
+        seed_value = obj.value(evaluate(tables, seed)) if seed is not None else math.inf
+        cutoff = seed_value if exact and seed is not None else None
         res = solve_milp(tables, obj, time_limit=self.time_limit, verbose=self.verbose, cutoff=cutoff)
-        if res.stages is not None and not fits(tables, res.stages):  # never hand back a plan that does not fit
-            res = type(res)(None, res.status, res.value, res.bound, res.gap, res.seconds)
-        if res.stages is None:
-            if seed is not None and res.status.startswith("time_limit"):
-                return seed, "time_limit", math.nan, obj.value(evaluate(tables, seed))
-            if seed is not None:
-                # the MILP with the cutoff found nothing better: the seed is optimal up to tolerance
-                return seed, ("optimal" if res.status == "infeasible" else res.status), 0.0, obj.value(evaluate(tables, seed))
+        stages = res.stages if res.stages is not None and fits(tables, res.stages) else None  # never a plan that does not fit
+        value = obj.value(evaluate(tables, stages)) if stages is not None else math.inf
+        if seed is not None and (stages is None or value > seed_value * (1 + 1e-9) + 1e-12):
+            if exact:  # the DP's plan is optimal by construction
+                return seed, "optimal", 0.0, seed_value
+            if res.status.startswith("time_limit"):
+                return seed, "time_limit", math.nan, seed_value
+        if stages is None:
             return None, res.status, math.nan, math.inf
-        return res.stages, res.status, res.gap, res.value
+        return stages, res.status, res.gap, value
 
 
 def fewer_cuts(tables: CostTables, obj: Objective, stages: list[int]) -> list[int]:
@@ -274,9 +272,8 @@ def fewer_cuts(tables: CostTables, obj: Objective, stages: list[int]) -> list[in
     return best
 
 
-def _milp_value(tables: CostTables, obj: Objective, stages: list[int]) -> float:
-    """The MILP's objective for a plan: the objective's primary value (bytes for bandwidth)."""
-    return obj.value(evaluate(tables, stages))
+# what a term whose optimum is 0 is divided by in ``balance``: 1 ms, 1 ms, 1 MB, 1 J
+NATURAL_UNITS = {"latency": 1.0, "period": 1.0, "bandwidth": 1e6, "energy": 1.0}
 
 
 def objective_for(name: str, weights: Mapping[str, float] | None, tables: CostTables,
@@ -297,8 +294,8 @@ def objective_for(name: str, weights: Mapping[str, float] | None, tables: CostTa
         # the exact DP gives each term's optimum in milliseconds where it applies; else the MILP
         st = solve_dp(tables, alone)[0] if dp_applies(tables, alone) is None else sub._solve(tables, alone)[0]
         best = terms(evaluate(tables, st))[term] if st is not None else base[term]
-        # a term whose optimum is 0 (no bytes sent) is normalised by 1% of the all-on-input-node value
-        norms[term] = best if best > 0 else max(base[term] * 0.01, 1e-9)
+        # a term whose optimum is 0 (no bytes sent) is normalised by one natural unit of it
+        norms[term] = best if best > 0 else NATURAL_UNITS[term]
     return Objective("balance", obj.weights, norms)
 
 
@@ -314,17 +311,17 @@ def diagnose_infeasible(tables: CostTables) -> None:
         if need > largest:
             layer = prof.layers[l]
             raise InfeasibleError(
-                f"layer {l} ({layer.name}) needs {need / GB:,.3f} GB alone (weights {layer.weight_bytes / GB:,.3f} GB, "
-                f"peak activations and workspace {layer.peak_bytes / GB:,.3f} GB) but the largest node, {largest_dev}, "
-                f"holds {largest / GB:,.3f} GB ({tables.topology.capacity}); it is {(need - largest) / GB:,.3f} GB too large. "
+                f"layer {l} ({layer.name}) needs {fmt_bytes(need)} alone (weights {fmt_bytes(layer.weight_bytes)}, "
+                f"peak activations and workspace {fmt_bytes(layer.peak_bytes)}) but the largest node, {largest_dev}, "
+                f"holds {fmt_bytes(largest)} ({tables.topology.capacity}); it is {fmt_bytes((need - largest))} too large. "
                 f"Give nodes more memory, profile with a smaller dtype (dtype=torch.float16) or a smaller batch, "
                 f"or split the layer into smaller modules")
     total_w = float(tables.weight_bytes.sum())
     total_cap = sum(caps.values())
     if total_w > total_cap:
         raise InfeasibleError(
-            f"the model's weights need {total_w / GB:,.3f} GB but all nodes together hold {total_cap / GB:,.3f} GB "
-            f"({', '.join(f'{d} {c / GB:,.3f}' for d, c in caps.items())}); short by {(total_w - total_cap) / GB:,.3f} GB")
+            f"the model's weights need {fmt_bytes(total_w)} but all nodes together hold {fmt_bytes(total_cap)} "
+            f"({', '.join(f'{d} {fmt_bytes(c)}' for d, c in caps.items())}); short by {fmt_bytes((total_w - total_cap))}")
 
 
 def explain_infeasible(tables: CostTables) -> str:
@@ -337,7 +334,7 @@ def explain_infeasible(tables: CostTables) -> str:
             s += 1
         if s >= tables.K:
             placed = tables.device_memory(stages, exact=False)
-            fill = ", ".join(f"{d} {placed[d] / GB:,.3f}/{tables.capacity[d] / GB:,.3f} GB" for d in placed)
+            fill = ", ".join(f"{d} {fmt_bytes(placed[d])}/{fmt_bytes(tables.capacity[d])}" for d in placed)
             return (f"no contiguous placement fits: filling the chain {' -> '.join(tables.topology.chain)} in order, "
                     f"layer {l} ({prof.layers[l].name}) fits on no node left ({fill}). Add memory or nodes, "
                     f"or use a smaller dtype or batch")
