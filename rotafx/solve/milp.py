@@ -12,6 +12,9 @@ weights plus that layer's live-activation peak fit its capacity.
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -191,9 +194,31 @@ def solve_milp(tables: CostTables, obj: Objective, *, time_limit: float = 60.0, 
     return MilpResult(stages, status, value, bound, gap, time.perf_counter() - t0)
 
 
+@functools.cache
+def _silence_highs_banner() -> None:
+    """HiGHS writes a copyright banner to the C stdout the first time a solver object is made in a
+    process, whatever the options: make that first one here with the process's stdout on /dev/null."""
+    import highspy
+
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):  # no file descriptor 1 to point elsewhere: let it print
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _solve(prob: Any, time_limit: float, verbose: bool) -> tuple[str, float, float, float]:
     import cvxpy as cp
 
+    if not verbose:
+        _silence_highs_banner()
     try:
         prob.solve(solver=cp.HIGHS, time_limit=float(time_limit), verbose=verbose, mip_rel_gap=1e-9)
     except cp.error.SolverError as e:
