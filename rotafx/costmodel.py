@@ -28,23 +28,23 @@ import numpy as np
 from .profile import ModelProfile, TensorInfo
 from .topology import Link, Topology
 
-__all__ = ["CODECS", "codec_bytes", "CostTables", "Route", "MEMORY_RULES", "check_codec"]
+__all__ = ["CODEC_BYTES", "codec_bytes", "CostTables", "Route", "MEMORY_RULES", "check_codec"]
 
 # bytes per element a floating tensor is sent with, by codec (None: as it is)
-CODECS: dict[str | None, int | None] = {None: None, "none": None, "fp16": 2, "bf16": 2, "int8": 1}
+CODEC_BYTES: dict[str | None, int | None] = {None: None, "none": None, "fp16": 2, "bf16": 2, "int8": 1}
 MEMORY_RULES = ("liveness", "sum")
 
 
 def check_codec(codec: str | None) -> str | None:
-    """Normalise a codec name, or raise naming the known ones."""
-    if codec not in CODECS:
-        raise ValueError(f"unknown transfer codec {codec!r}; use one of none, fp16, bf16, int8")
+    """Normalise a codec name (``None`` and ``"none"`` mean no codec), or raise naming the known ones."""
+    if codec not in CODEC_BYTES:
+        raise ValueError(f"rotafx: unknown transfer codec {codec!r}; use one of None, 'fp16', 'bf16', 'int8'")
     return None if codec in (None, "none") else codec
 
 
 def codec_bytes(t: TensorInfo, codec: str | None) -> int:
     """Bytes a tensor is sent with under ``codec`` (integer tensors are never compressed)."""
-    size = CODECS[check_codec(codec)]
+    size = CODEC_BYTES[check_codec(codec)]
     if size is None or not t.floating:
         return t.nbytes
     return t.numel * min(size, t.itemsize)

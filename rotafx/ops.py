@@ -1,7 +1,8 @@
 """``rotafx::transfer``: move a tensor to the next stage's device, optionally compressed on the way.
 
-The op is a :func:`torch.library.custom_op`, so ``torch.compile`` and inductor keep
-it as one opaque call and the plan stays visible in the compiled code.
+The op is a ``torch.library`` operator with a fake (meta) kernel and an autograd
+formula, so ``torch.compile`` and inductor keep it as one opaque call and the plan
+stays visible in the compiled code.
 
 Codecs (floating tensors only; integer and bool tensors always travel as they are,
 and a codec never widens a tensor: ``fp16`` on an ``fp16`` tensor sends it as is):
@@ -33,19 +34,12 @@ from typing import Any, Optional
 
 import torch
 
+from .costmodel import check_codec
+
 __all__ = ["CODECS", "transfer", "transfer_value", "move_value", "encode", "decode", "error_bound", "check_codec"]
 
 # codec -> the dtype a floating tensor travels as
 CODECS: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8}
-
-
-def check_codec(codec: str | None) -> str | None:
-    """Normalise a codec name (``None`` and ``"none"`` mean no codec), or raise naming the known ones."""
-    if codec is None or codec == "none":
-        return None
-    if codec not in CODECS:
-        raise ValueError(f"rotafx: unknown transfer codec {codec!r}; use one of None, 'fp16', 'bf16', 'int8'")
-    return codec
 
 
 def _compresses(x: torch.Tensor, codec: str | None) -> bool:
@@ -91,34 +85,72 @@ def error_bound(x: torch.Tensor, codec: str | None) -> torch.Tensor:
     return (amax / 127.0) / 2 * (1 + 4 * eps) + xf.abs() * 2 * eps
 
 
-@torch.library.custom_op("rotafx::transfer", mutates_args=())
-def transfer(x: torch.Tensor, device: torch.device, codec: Optional[str] = None) -> torch.Tensor:
-    """Send ``x`` to ``device``: compress with ``codec`` on the sender, decompress to ``x``'s dtype on arrival.
+# The op is defined with torch.library directly rather than with @custom_op: custom_op's generated
+# wrappers (an aliasing check, a dynamo-disable frame, a metadata object and a redispatch per call)
+# cost several times the copy itself, and a pipeline calls the op once per crossing tensor per step.
+_lib = torch.library.Library("rotafx", "FRAGMENT")
+_lib.define("transfer(Tensor x, Device device, str? codec=None) -> Tensor", tags=(torch.Tag.pt2_compliant_tag,))
+_op = torch.ops.rotafx.transfer.default
 
-    Always returns a new tensor (a custom op's output may not alias its input).
-    """
-    codec = check_codec(codec)
+
+def _transfer_kernel(x: torch.Tensor, device: torch.device, codec: Optional[str] = None) -> torch.Tensor:
+    """The op on every backend: a copy, or encode on the sender and decode on ``device``."""
+    if codec is not None:
+        codec = check_codec(codec)
     if not _compresses(x, codec):
         return x.to(device, copy=True)
     payload, scale = encode(x, codec)
     return decode(payload, scale, x, device)
 
 
-@transfer.register_fake
-def _(x: torch.Tensor, device: torch.device, codec: Optional[str] = None) -> torch.Tensor:
+class _Transfer(torch.autograd.Function):
+    """The op under autograd: the gradient goes back over the same link, uncompressed
+    (a straight-through estimator for codecs)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, device: torch.device, codec: Optional[str]) -> torch.Tensor:
+        ctx.src_device = x.device
+        with torch._C._AutoDispatchBelowAutograd():
+            return _op(x, device, codec)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        return _op(grad, ctx.src_device, None), None, None
+
+
+_AFTER_AUTOGRAD = torch._C._after_autograd_keyset
+_K = torch._C.DispatchKey
+# the dispatch key sets of a call on a plain CPU or CUDA tensor, with no mode, subclass or transform in the way
+_PLAIN_KEYSETS = frozenset(torch._C.DispatchKeySet(backend).add(autograd).raw_repr()
+                           for backend, autograd in ((_K.CPU, _K.AutogradCPU), (_K.CUDA, _K.AutogradCUDA)))
+
+
+def _autograd_kernel(keyset: Any, x: torch.Tensor, device: torch.device, codec: Optional[str] = None) -> torch.Tensor:
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _Transfer.apply(x, device, codec)
+    if keyset.raw_repr() in _PLAIN_KEYSETS:
+        # the next kernel would be _transfer_kernel itself: call it rather than dispatch to it again
+        return _transfer_kernel(x, device, codec)
+    with torch._C._AutoDispatchBelowAutograd():  # fake tensors, tracing, functionalization: dispatch on
+        return _op.redispatch(keyset & _AFTER_AUTOGRAD, x, device, codec)
+
+
+def _fake(x: torch.Tensor, device: torch.device, codec: Optional[str] = None) -> torch.Tensor:
     return torch.empty_like(x, device=device)
 
 
-def _setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-    ctx.src_device = inputs[0].device
+_lib.impl("transfer", _transfer_kernel, "CompositeExplicitAutograd")
+_lib.impl("transfer", _autograd_kernel, "Autograd", with_keyset=True)
+torch.library.register_fake("rotafx::transfer", _fake, lib=_lib)
 
 
-def _backward(ctx: Any, grad: torch.Tensor) -> tuple:
-    # the gradient goes back over the same link, uncompressed (a straight-through estimator for codecs)
-    return transfer(grad, ctx.src_device, None), None, None
+def transfer(x: torch.Tensor, device: torch.device, codec: Optional[str] = None) -> torch.Tensor:
+    """Send ``x`` to ``device``: compress with ``codec`` on the sender, decompress to ``x``'s dtype on arrival.
 
-
-transfer.register_autograd(_backward, setup_context=_setup_context)
+    The same as ``torch.ops.rotafx.transfer(x, device, codec)``. Always returns a new tensor
+    (the op's output never aliases its input).
+    """
+    return _op(x, device, codec)
 
 
 def transfer_value(x: Any, device: torch.device, codec: str | None = None) -> Any:

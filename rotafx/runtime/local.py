@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import operator
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.fx as fx
-from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
+from torch.utils._pytree import TreeSpec, tree_flatten, tree_structure, tree_unflatten
 
 from ..rewrite import Rewritten, StageInfo, WeightSlot, version_of
 
@@ -73,6 +74,10 @@ class PipelineModule(torch.nn.Module):
         if inner != "eager":
             for st in rewritten.stages:
                 setattr(self.program, f"stage{st.index}", CompiledStage(st.module, inner))
+        # the calls whose pytree handling is the identity: n plain positional inputs, one output
+        n = len(rewritten.inputs)
+        self._plain_in = in_spec is not None and in_spec == tree_structure((tuple(range(n)), {}))
+        self._leaf_out = out_spec is not None and out_spec.is_leaf()
 
     @property
     def stages(self) -> list[StageInfo]:
@@ -87,11 +92,17 @@ class PipelineModule(torch.nn.Module):
             if kwargs:
                 raise TypeError(f"rotafx: this program takes {len(self.rewritten.inputs)} positional inputs, not keywords {sorted(kwargs)}")
             return self.program(*args)
-        flat, spec = tree_flatten((args, kwargs))
-        if spec != self.in_spec:
-            raise TypeError(f"rotafx: inputs are structured as {spec}, but the model was partitioned for {self.in_spec}; "
-                            f"call it the way example_inputs were given")
+        if self._plain_in and not kwargs and len(args) == len(self.rewritten.inputs) and all(
+                type(a) is torch.Tensor for a in args):
+            flat: Any = args  # what tree_flatten would give, and the structure in_spec asks for
+        else:
+            flat, spec = tree_flatten((args, kwargs))
+            if spec != self.in_spec:
+                raise TypeError(f"rotafx: inputs are structured as {spec}, but the model was partitioned for {self.in_spec}; "
+                                f"call it the way example_inputs were given")
         out = self.program(*flat)
+        if self._leaf_out and len(out) == 1:
+            return out[0]
         return tree_unflatten(list(out), self.out_spec) if self.out_spec is not None else out
 
     # -- weights passed as arguments (torch.compile) ----------------------------
@@ -120,20 +131,47 @@ class PipelineModule(torch.nn.Module):
 
 
 class FlatRunner:
-    """The callable a torch.compile backend returns: takes every graph input (weights too), runs the stages."""
+    """The callable a torch.compile backend returns: takes every graph input (weights too), runs the stages.
+
+    Before each call it checks that every weight argument is the tensor the stages hold (or
+    were copied from) and, for a weight a stage holds a copy of, that it was not changed in
+    place since; where not, the stages are refreshed. A stage that holds the tensor itself
+    sees in-place changes without a copy, so only its identity is checked.
+    """
 
     def __init__(self, pipeline: PipelineModule, input_positions: Sequence[int], weight_positions: Sequence[tuple[int, WeightSlot]]) -> None:
         self.pipeline = pipeline
         self.program = pipeline.program
         self.input_positions = tuple(input_positions)
         self.weight_positions = tuple(weight_positions)
+        self._inputs = _getter(self.input_positions)
+        self._weights = _getter(tuple(i for i, _ in self.weight_positions))
+        self._track()
+
+    def _track(self) -> None:
+        """Note what the next call compares the weight arguments with."""
+        self._sources = tuple(slot.source for _, slot in self.weight_positions)
+        # the weights some stage holds a copy of (another device, or replaced since): their version counts
+        self._copied = tuple((i, slot) for i, slot in self.weight_positions
+                             if any(getattr(mod, attr) is not slot.source for mod, attr, _ in slot.copies))
 
     def __call__(self, *args: Any) -> Any:
-        for i, slot in self.weight_positions:
-            t = args[i]
-            if t is not slot.source or version_of(t) != slot.version:
-                self.pipeline.refresh(slot, t)
-        return self.program(*[args[i] for i in self.input_positions])
+        if self._sources and (any(map(operator.is_not, self._weights(args), self._sources))
+                              or self._copied and any(version_of(args[i]) != slot.version for i, slot in self._copied)):
+            for i, slot in self.weight_positions:
+                t = args[i]
+                if t is not slot.source or version_of(t) != slot.version:
+                    self.pipeline.refresh(slot, t)
+            self._track()
+        return self.program(*self._inputs(args))
+
+
+def _getter(positions: tuple[int, ...]) -> Callable[[tuple], tuple]:
+    """``args -> tuple(args[i] for i in positions)`` (``args`` a tuple), done in C."""
+    start = positions[0] if positions else 0
+    if positions == tuple(range(start, start + len(positions))):  # a run of positions (or none): a slice
+        return operator.itemgetter(slice(start, start + len(positions)))
+    return operator.itemgetter(*positions)
 
 
 def _set(mod: torch.nn.Module, attr: str, t: torch.Tensor) -> None:
