@@ -15,6 +15,8 @@ side effect::
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import logging
 import re
@@ -53,7 +55,7 @@ OPTIONS: dict[str, str] = {
     "objective": f"one of {', '.join(OBJECTIVES)} (default minimize_latency)",
     "objective_weights": "weights of the terms of the 'balance' objective",
     "devices": "torch device of each topology node: a dict node -> device, a list (one per chain stage) or one device",
-    "inner": f"backend that compiles each stage: one of {', '.join(INNER_BACKENDS)} (default eager)",
+    "inner": f"backend that compiles each stage: one of {', '.join(INNER_BACKENDS)} (default inductor, as torch.compile; eager for debugging)",
     "codec": "compression of tensors between stages: None, 'fp16', 'bf16' or 'int8'",
     "solver": f"one of {', '.join(SOLVERS)} (default milp; dp on a single device)",
     "time_limit": "seconds the MILP solver may take",
@@ -62,6 +64,9 @@ OPTIONS: dict[str, str] = {
 
 _MAX_PLANS = 32
 _PLANS: list["Plan"] = []
+# solved placements by (costs of the graph, planning options): a recompiled graph with the same costs reuses one
+_SOLVED: dict[tuple, Partition] = {}
+_MAX_SOLVED = 64
 
 
 class BackendError(ValueError):
@@ -78,6 +83,8 @@ class Plan:
     codec: str | None
     inner: str
     graph_index: int = 0
+    reused: bool = False  # the placement of an earlier graph with the same costs, not solved again
+    size_hints: dict[str, int] = dataclasses.field(default_factory=dict)  # dynamic sizes -> the value they were costed at
 
     @property
     def profile(self) -> ModelProfile:
@@ -113,9 +120,11 @@ class Plan:
     def __str__(self) -> str:
         p = self.partition
         which = p.profile.name if p.profile.name.startswith("graph ") else f"{p.profile.name} (graph {self.graph_index})"
+        sizes = (f", dynamic sizes costed at {', '.join(f'{k}={v}' for k, v in self.size_hints.items())}"
+                 if self.size_hints else "")
         return (f"rotafx plan for {which}: {p.objective.name}, solver {p.solver} "
-                f"({p.status}), codec {self.codec or 'none'}, inner {self.inner}, "
-                f"{len(self.rewritten.transfers)} transfers\n{self.table()}")
+                f"({'reused, ' if self.reused else ''}{p.status}), codec {self.codec or 'none'}, inner {self.inner}, "
+                f"{len(self.rewritten.transfers)} transfers{sizes}\n{self.table()}")
 
 
 def last_plan() -> Plan | None:
@@ -148,7 +157,7 @@ class _Config:
     objective: str = "minimize_latency"
     objective_weights: Mapping[str, float] | None = None
     devices: Any = None
-    inner: str = "eager"
+    inner: str = "inductor"
     codec: str | None = None
     solver: str | None = None
     time_limit: float = 60.0
@@ -168,7 +177,7 @@ class _Config:
         objective = str(options.get("objective") or "minimize_latency")
         if objective not in OBJECTIVES:
             raise BackendError(f"rotafx: option objective={objective!r} is not known; use one of {', '.join(OBJECTIVES)}")
-        inner = str(options.get("inner") or "eager")
+        inner = str(options.get("inner") or "inductor")
         if inner not in INNER_BACKENDS:
             raise BackendError(f"rotafx: option inner={inner!r} is not supported; use one of {', '.join(INNER_BACKENDS)}")
         try:
@@ -260,11 +269,21 @@ def plan_graph(gm: fx.GraphModule, weights: Mapping[str, str], params: frozenset
     annotate(gm, weights)
     profile = profile_graph(gm, weights, params, name=name)
     solver = cfg.solver or ("dp" if len(cfg.topology.chain) == 1 else "milp")
-    opt = PartitionOptimizer(solver=solver, time_limit=cfg.time_limit, codec=cfg.codec, memory_rule=cfg.memory_rule)
-    try:
-        part = opt.optimize(profile, cfg.topology, cfg.objective, weights=cfg.objective_weights)
-    except InfeasibleError as e:
-        raise BackendError(f"rotafx: the topology cannot hold {name}: {e}") from e
+    key = (cost_key(profile), repr(cfg.topology), cfg.objective, repr(cfg.objective_weights), cfg.codec, solver,
+           cfg.time_limit, cfg.memory_rule)
+    solved = _SOLVED.get(key)
+    if solved is not None:
+        part = dataclasses.replace(solved, profile=profile, _moves={})
+        log.info("rotafx: %s has the costs of a graph planned before; reusing its placement", name)
+    else:
+        opt = PartitionOptimizer(solver=solver, time_limit=cfg.time_limit, codec=cfg.codec, memory_rule=cfg.memory_rule)
+        try:
+            part = opt.optimize(profile, cfg.topology, cfg.objective, weights=cfg.objective_weights)
+        except InfeasibleError as e:
+            raise BackendError(f"rotafx: the topology cannot hold {name}: {e}") from e
+        _SOLVED[key] = part
+        while len(_SOLVED) > _MAX_SOLVED:
+            del _SOLVED[next(iter(_SOLVED))]
     home = next((t.device for t in values.values()), None)
     for n in gm.graph.nodes:
         v = n.meta.get("val", n.meta.get("example_value"))
@@ -275,15 +294,46 @@ def plan_graph(gm: fx.GraphModule, weights: Mapping[str, str], params: frozenset
     rw = rewrite(gm, stage_map([l.nodes for l in profile.layers], part.stages), devices, weights, values,
                  codec=cfg.codec, chain=cfg.topology.chain)
     module = PipelineModule(rw, inner=cfg.inner, in_spec=in_spec, out_spec=out_spec)
-    plan = Plan(partition=part, devices=devices, module=module, codec=cfg.codec, inner=cfg.inner, graph_index=graph_index)
+    plan = Plan(partition=part, devices=devices, module=module, codec=cfg.codec, inner=cfg.inner, graph_index=graph_index,
+                reused=solved is not None, size_hints=_size_hints(gm))
     module.plan = plan
     _remember(plan)
     log.info("%s", plan)
     return plan
 
 
+def _size_hints(gm: fx.GraphModule) -> dict[str, int]:
+    """The symbolic sizes among the graph's inputs, with the value each was costed at."""
+    hints: dict[str, int] = {}
+    for n in gm.graph.nodes:
+        v = n.meta.get("val", n.meta.get("example_value"))
+        if n.op == "placeholder" and isinstance(v, torch.SymInt) and v.node.hint is not None:
+            hints[str(v)] = int(v.node.hint)
+    return hints
+
+
+def cost_key(profile: ModelProfile) -> tuple:
+    """Everything about a profile that the solver reads: two graphs with equal keys get the same placement."""
+    layers = tuple((l.name, l.params, l.flops, l.weight_bytes, l.activation_bytes, l.buffer_bytes, l.peak_bytes,
+                    l.bytes_moved, tuple(sorted(l.work)), tuple(sorted(l.weight_names))) for l in profile.layers)
+    boundaries = tuple(tuple(sorted((t.numel, t.itemsize, t.floating) for t in b)) for b in profile.boundaries)
+    return (layers, boundaries, tuple(sorted(profile.weights.items())), profile.param_names)
+
+
 # ---------------------------------------------------------------------------
 # torch.compile
+
+
+def _planning_adds_no_guards() -> contextlib.AbstractContextManager[None]:
+    """Reading symbolic sizes to cost a graph must not specialise it.
+
+    A graph dynamo captured with dynamic sizes is costed at their hints (the sizes of the
+    call that made them dynamic); without this, each read of a size would add a guard
+    and the next size would recompile and plan again.
+    """
+    fake_mode = torch._guards.detect_fake_mode()
+    shape_env = getattr(fake_mode, "shape_env", None)
+    return shape_env.suppress_guards() if shape_env is not None else contextlib.nullcontext()
 
 
 _SOURCE_ROOT = re.compile(r"^[LG]\[['\"][^'\"]*['\"]\]")
@@ -353,7 +403,8 @@ class RotaStellarBackend:
         if not any(n.op in ("call_function", "call_method", "call_module") for n in gm.graph.nodes):
             log.info("rotafx: a captured graph with no operations; nothing to place")
             return gm.forward
-        plan = plan_graph(gm, weights, params, values, cfg, name=f"graph {len(self.plans)}", graph_index=len(self.plans))
+        with _planning_adds_no_guards():
+            plan = plan_graph(gm, weights, params, values, cfg, name=f"graph {len(self.plans)}", graph_index=len(self.plans))
         self.plans.append(plan)
         slots = {s.node_name: s for s in plan.rewritten.weights}
         weight_positions = [(i, slots[n.name]) for i, n in enumerate(placeholders) if n.name in slots]
@@ -391,7 +442,8 @@ def partition(model: torch.nn.Module, example_inputs: Any, *, example_kwargs: Ma
 
     The module holds the weights, each on the device of the stage that uses it, and is
     called like ``model``. ``.stages`` lists the stages (``.device``, ``.node``,
-    ``.parameters()``), ``.plan`` the :class:`Plan`. Options as in :data:`OPTIONS`.
+    ``.parameters()``), ``.plan`` the :class:`Plan`. Options as in :data:`OPTIONS`, except
+    that ``inner`` defaults to ``eager`` here: the stages run as the exported ATen graph.
 
     >>> import torch, rotafx
     >>> m = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
@@ -400,7 +452,7 @@ def partition(model: torch.nn.Module, example_inputs: Any, *, example_kwargs: Ma
     >>> torch.equal(pm(x), m(x)), len(pm.stages)
     (True, 1)
     """
-    cfg = _Config.make(options)
+    cfg = _Config.make({"inner": "eager", **options})
     args = example_inputs if isinstance(example_inputs, tuple) else (
         tuple(example_inputs) if isinstance(example_inputs, list) else (example_inputs,))
     try:
