@@ -88,6 +88,17 @@ class CostTables:
         self.boundary_bytes = np.array([profile.boundary_bytes(p, self.codec) for p in range(L + 1)], dtype=float)
         self.links = [topology.link(a, b) for a, b in zip(topology.chain, topology.chain[1:])]
         self.weight_bytes = np.array([l.weight_bytes for l in profile.layers], dtype=float)
+        # a weight read by several layers (a tied embedding) is held once by a device that runs any of them:
+        # shared = [(bytes, readers)], and own_weight_bytes[l] = the bytes of the weights only layer l reads
+        readers: dict[str, list[int]] = {}
+        for l, layer in enumerate(profile.layers):
+            for w in dict.fromkeys(layer.weight_names):
+                readers.setdefault(w, []).append(l)
+        self.shared = [(float(profile.weights[w][1]), tuple(ls)) for w, ls in readers.items()
+                       if len(ls) > 1 and w in profile.weights]
+        self.own_weight_bytes = self.weight_bytes.copy()
+        for b, ls in self.shared:
+            self.own_weight_bytes[list(ls)] -= b
         self.peak_bytes = np.array([l.peak_bytes for l in profile.layers], dtype=float)
         self.sum_bytes = np.array([l.size_bytes for l in profile.layers], dtype=float)
         # devices and the stages they run (a device may run several stages of the chain)
@@ -98,6 +109,13 @@ class CostTables:
         self.bypass_links = [topology.link(topology.chain[f - 1], topology.chain[g + 1]) for f, g in topology.bypasses]
         ground_orbit = [l for l in topology.links.values() if l.kind in ("uplink", "downlink")]
         self.bandwidth_kinds = ("uplink", "downlink") if ground_orbit else None
+
+    @property
+    def total_weight_bytes(self) -> float:
+        """What all devices together must hold at least: every weight once (each layer's, under the sum rule)."""
+        if self.memory_rule == "sum":
+            return float(self.weight_bytes.sum())
+        return float(self.own_weight_bytes.sum()) + sum(b for b, _ in self.shared)
 
     # -- transfers -----------------------------------------------------------
     @staticmethod
@@ -139,27 +157,22 @@ class CostTables:
             b += 1
         return Route(tuple(hops))
 
-    def device_memory(self, stages: Sequence[int], exact: bool = True) -> dict[str, float]:
-        """Bytes each device must hold. ``exact`` counts a weight read by two layers once."""
+    def device_memory(self, stages: Sequence[int]) -> dict[str, float]:
+        """Bytes each device must hold."""
         out: dict[str, float] = {}
         for name, ss in self.device_stages.items():
             layers = [l for l, s in enumerate(stages) if s in ss]
-            out[name] = self.layers_memory(layers, exact)
+            out[name] = self.layers_memory(layers)
         return out
 
-    def layers_memory(self, layers: Sequence[int], exact: bool = True) -> float:
-        """Bytes a device needs to run ``layers`` under this table's memory rule."""
+    def layers_memory(self, layers: Sequence[int]) -> float:
+        """Bytes a device needs to run ``layers`` under this table's memory rule (the liveness rule
+        counts a weight read by several of them once; the paper's sum counts each layer's size)."""
         if not layers:
             return 0.0
         if self.memory_rule == "sum":
             return float(sum(self.sum_bytes[l] for l in layers))
-        if exact:
-            names: dict[str, int] = {}
-            pl = self.profile.layers
-            for l in layers:
-                for w in pl[l].weight_names:
-                    names[w] = self.profile.weights[w][1] if w in self.profile.weights else 0
-            weights = float(sum(names.values()))
-        else:
-            weights = float(sum(self.weight_bytes[l] for l in layers))
+        held = set(layers)
+        weights = float(sum(self.own_weight_bytes[l] for l in layers))
+        weights += sum(b for b, ls in self.shared if held.intersection(ls))
         return weights + float(max(self.peak_bytes[l] for l in layers))

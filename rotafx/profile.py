@@ -181,8 +181,15 @@ class ModelProfile:
         Each layer is a mapping with ``name`` and any of ``params``, ``flops``,
         ``weight_bytes`` (default ``params * itemsize``), ``activation_bytes`` (its output,
         which crosses the boundary after it), ``buffer_bytes``, ``bytes_moved``
-        (default: weights + input + output). ``input_bytes`` is what the model input
-        weighs (default: the first layer's activation bytes).
+        (default: weights + input + output), ``reads`` (names of earlier layers whose weights
+        this layer reads too, as a tied output head reads the embedding: a device that runs
+        both holds them once). ``input_bytes`` is what the model input weighs (default: the
+        first layer's activation bytes).
+
+        >>> p = ModelProfile.from_layers([{"name": "embed", "params": 100}, {"name": "mid", "params": 10},
+        ...                               {"name": "head", "reads": ["embed"]}])
+        >>> p.layers[2].weight_bytes, p.total_params
+        (200, 110)
         """
         built: list[LayerProfile] = []
         weights: dict[str, tuple[int, int]] = {}
@@ -191,7 +198,8 @@ class ModelProfile:
             if isinstance(spec, LayerProfile):
                 spec = {k: getattr(spec, k) for k in ("name", "params", "flops", "weight_bytes", "activation_bytes",
                                                       "buffer_bytes", "bytes_moved")}
-            unknown = set(spec) - {"name", "params", "flops", "weight_bytes", "activation_bytes", "buffer_bytes", "bytes_moved"}
+            unknown = set(spec) - {"name", "params", "flops", "weight_bytes", "activation_bytes", "buffer_bytes", "bytes_moved",
+                                   "reads"}
             if unknown:
                 raise ProfileError(f"layer {i}: unknown key(s) {sorted(unknown)}")
             vals = {}
@@ -207,11 +215,21 @@ class ModelProfile:
             buf = vals["buffer_bytes"] or 0
             inp = (input_bytes if input_bytes is not None else act) if prev_out is None else prev_out
             flops = vals["flops"] or 0
+            own = f"{i}:{lname}.weight"
+            weights[own] = (params, wbytes)
+            names = [own]
+            for other in spec.get("reads") or ():
+                src = next((l for l in built if l.name == other), None)
+                if src is None:
+                    raise ProfileError(f"layer {i} ({lname}): reads {other!r}, which is not an earlier layer "
+                                       f"({', '.join(l.name for l in built) or 'none'})")
+                names += [w for w in src.weight_names[:1] if w not in names]
+            params = sum(weights[w][0] for w in names)
+            wbytes = sum(weights[w][1] for w in names)
             moved = vals["bytes_moved"] if vals["bytes_moved"] is not None else wbytes + inp + act
             built.append(LayerProfile(index=i, name=lname, params=params, flops=flops, weight_bytes=wbytes,
                                       activation_bytes=act, buffer_bytes=buf, peak_bytes=inp + act + buf,
-                                      bytes_moved=moved, work=((flops, moved),), weight_names=(f"{i}:{lname}.weight",)))
-            weights[f"{i}:{lname}.weight"] = (params, wbytes)
+                                      bytes_moved=moved, work=((flops, moved),), weight_names=tuple(names)))
             prev_out = act
         if not built:
             raise ProfileError("from_layers needs at least one layer")

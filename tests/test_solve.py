@@ -100,6 +100,10 @@ def layer_specs(draw: st.DrawFn) -> tuple[list[dict[str, int]], int]:
             "activation_bytes": draw(BYTES),
             "buffer_bytes": draw(st.one_of(st.just(0), BYTES)),
         })
+    # sometimes a layer also reads an earlier layer's weights (a tied head): a device holds them once
+    if n > 1 and draw(st.integers(0, 3)) == 0:
+        i = draw(st.integers(1, n - 1))
+        specs[i]["reads"] = [f"l{draw(st.integers(0, i - 1))}"]
     # a model has an output: a zero-byte output with a general chain meets the balance bug below
     specs[-1]["activation_bytes"] = max(1, specs[-1]["activation_bytes"])
     return specs, draw(BYTES)
@@ -757,3 +761,56 @@ def test_single_device_that_fits() -> None:
     for solver in ("milp", "dp", "greedy"):
         part = PartitionOptimizer(solver=solver).optimize(prof, topo)
         assert part.stages == (0,) * 6 and part.cut_points == [] and part.transfer_size_mb == 0
+
+
+# -- tied weights ---------------------------------------------------------------
+
+
+TIED = [{"name": "embed", "params": 500_000, "activation_bytes": 1000},   # 1 MB of fp16 weights
+        {"name": "mid", "params": 100_000, "activation_bytes": 1000},     # 0.2 MB
+        {"name": "head", "reads": ["embed"], "activation_bytes": 1000}]   # reads the embedding (tied)
+
+
+@pytest.mark.parametrize("solver", ["milp", "dp", "greedy"])
+def test_a_tied_weight_is_held_once_by_a_device_that_runs_both_readers(solver: str) -> None:
+    prof = ModelProfile.from_layers(TIED)
+    assert prof.total_params == 600_000 and prof.layers[2].weight_bytes == 1_000_000
+    # 1.2 MB of weights once, plus the largest peak (input + output of a layer, 2 kB); counted twice it would be 2.2 MB
+    topo = Topology.from_dict({"devices": [{"name": "d0", "flops": 1e12, "memory": 1.2e6 + 2000}], "links": []})
+    tables = CostTables(prof, topo)
+    assert tables.layers_memory([0, 1, 2]) == 1.2e6 + 2000 and tables.total_weight_bytes == 1.2e6
+    part = PartitionOptimizer(solver=solver).optimize(prof, topo)
+    assert part.stages == (0, 0, 0) and part.recalculate().is_valid
+    with pytest.raises(InfeasibleError):
+        PartitionOptimizer(solver=solver).optimize(prof, Topology.from_dict(
+            {"devices": [{"name": "d0", "flops": 1e12, "memory": 1.2e6 + 1999}], "links": []}))
+
+
+def test_tied_weights_on_two_devices_are_held_by_each() -> None:
+    # the head has 0.1 MB of its own: d0 holds embed + mid but not all three, so the head goes to d1,
+    # which must hold the embedding too (the only plan that fits: on (0, 1, 1) d1 would need 1.3 MB)
+    specs = [dict(TIED[0]), dict(TIED[1]), {**TIED[2], "params": 50_000}]
+    prof = ModelProfile.from_layers(specs)
+    topo = Topology.from_dict({
+        "devices": [{"name": "d0", "flops": 1e12, "memory": 1.25e6}, {"name": "d1", "flops": 1e12, "memory": 1.2e6}],
+        "links": [{"src": "d0", "dst": "d1", "bandwidth": 1e9}], "chain": ["d0", "d1"]})
+    tables = CostTables(prof, topo)
+    assert tables.device_memory([0, 0, 1]) == {"d0": 1.2e6 + 2000, "d1": 1.1e6 + 2000}
+    assert tables.device_memory([0, 1, 1])["d1"] == 1.3e6 + 2000
+    for solver in ("milp", "dp", "greedy"):
+        part = PartitionOptimizer(solver=solver).optimize(prof, topo)
+        assert part.stages == (0, 0, 1), (solver, part.stages)
+
+
+def test_tied_embedding_of_a_pytorch_model_is_one_shared_weight() -> None:
+    import torch
+
+    from rotafx.models import small_gpt
+
+    prof = ModelProfile.from_pytorch(small_gpt(tied=True), (torch.zeros(2, 32, dtype=torch.long),))
+    topo = Topology.from_dict({"devices": [{"name": "d0", "flops": 1e12, "memory": 1e9}], "links": []})
+    tables = CostTables(prof, topo)
+    shared = {readers: b for b, readers in tables.shared}
+    names = [l.name for l in prof.layers]
+    assert shared == {(names.index("embed"), names.index("lm_head")): 256 * 64 * 4}
+    assert tables.layers_memory(range(prof.num_layers)) == prof.weight_bytes + max(l.peak_bytes for l in prof.layers)

@@ -22,7 +22,7 @@ def dp_applies(tables: CostTables, obj: Objective) -> str | None:
 
 
 def range_memory(tables: CostTables) -> np.ndarray:
-    """``mem[q, p]``: bytes needed to run layers ``q..p-1`` on one device (additive weights)."""
+    """``mem[q, p]``: bytes needed to run layers ``q..p-1`` on one device (a shared weight counted once)."""
     L = tables.L
     mem = np.full((L + 1, L + 1), np.inf)
     if tables.memory_rule == "sum":
@@ -30,11 +30,15 @@ def range_memory(tables: CostTables) -> np.ndarray:
         for q in range(L + 1):
             mem[q, q:] = c[q:] - c[q]
         return mem
-    cw = np.concatenate([[0.0], np.cumsum(tables.weight_bytes)])
+    cw = np.concatenate([[0.0], np.cumsum(tables.own_weight_bytes)])
     for q in range(L + 1):
         mem[q, q] = 0.0
         if q < L:
             mem[q, q + 1:] = cw[q + 1:] - cw[q] + np.maximum.accumulate(tables.peak_bytes[q:])
+            for b, readers in tables.shared:  # held from the first reader at or after q on
+                first = min((l for l in readers if l >= q), default=None)
+                if first is not None:
+                    mem[q, first + 1:] += b
     return mem
 
 

@@ -13,8 +13,8 @@ __all__ = ["solve_greedy", "enumerate_placements", "solve_brute_force", "fits"]
 
 
 def fits(tables: CostTables, stages: list[int]) -> bool:
-    """Whether every device holds its stages, with the same (additive-weight) rule as the MILP and DP."""
-    mem = tables.device_memory(stages, exact=False)
+    """Whether every device holds its stages, with the same memory rule as the MILP and DP."""
+    mem = tables.device_memory(stages)
     return all(mem[d] <= tables.capacity[d] * (1 + 1e-12) for d in mem)
 
 

@@ -7,7 +7,9 @@ Contiguity holds by construction (``y`` non-increasing in ``l``, non-decreasing 
 cost (compute per layer and stage, bytes per cut position and link) is linear.
 A bypass (skip an empty run of stages) is one binary ``u``: its hops are switched on
 or off with big-M bounds. Memory: for each device and each of its layers, its stages'
-weights plus that layer's live-activation peak fit its capacity.
+weights plus that layer's live-activation peak fit its capacity; a weight several layers read
+(a tied embedding) is counted once per device, through a variable bounded below by each of
+its readers' placement on that device.
 """
 
 from __future__ import annotations
@@ -63,7 +65,12 @@ def _build(tables: CostTables):  # type: ignore[no-untyped-def]
         if tables.memory_rule == "sum":
             cons.append(tables.sum_bytes @ on <= cap)
         else:
-            cons.append(tables.weight_bytes @ on + cp.multiply(tables.peak_bytes, on) <= cap)
+            held = 0
+            for b, readers in tables.shared:  # held[j] >= 1 when the device runs any reader of shared weight j
+                h = cp.Variable(nonneg=True)
+                cons.append(h >= on[list(readers)])
+                held = held + b * h
+            cons.append(tables.own_weight_bytes @ on + held + cp.multiply(tables.peak_bytes, on) <= cap)
     # bypass switches
     U = {}
     for i, (f, g) in enumerate(topo.bypasses):

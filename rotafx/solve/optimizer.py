@@ -316,7 +316,7 @@ def diagnose_infeasible(tables: CostTables) -> None:
                 f"holds {fmt_bytes(largest)} ({tables.topology.capacity}); it is {fmt_bytes((need - largest))} too large. "
                 f"Give nodes more memory, profile with a smaller dtype (dtype=torch.float16) or a smaller batch, "
                 f"or split the layer into smaller modules")
-    total_w = float(tables.weight_bytes.sum())
+    total_w = tables.total_weight_bytes
     total_cap = sum(caps.values())
     if total_w > total_cap:
         raise InfeasibleError(
@@ -333,7 +333,7 @@ def explain_infeasible(tables: CostTables) -> str:
         while s < tables.K and not fits(tables, stages + [s]):
             s += 1
         if s >= tables.K:
-            placed = tables.device_memory(stages, exact=False)
+            placed = tables.device_memory(stages)
             fill = ", ".join(f"{d} {fmt_bytes(placed[d])}/{fmt_bytes(tables.capacity[d])}" for d in placed)
             return (f"no contiguous placement fits: filling the chain {' -> '.join(tables.topology.chain)} in order, "
                     f"layer {l} ({prof.layers[l].name}) fits on no node left ({fill}). Add memory or nodes, "
