@@ -198,13 +198,13 @@ class LatencyEstimator:
         self.topology = Topology.coerce(topology)
         self.codec = codec
         self.memory_rule = memory_rule
-        self._tables: tuple[int, CostTables] | None = None
+        self._tables: CostTables | None = None
 
     def tables(self, profile: ModelProfile) -> CostTables:
         """The cost tables for ``profile`` on this topology (cached for the last profile)."""
-        if self._tables is None or self._tables[0] != id(profile):
-            self._tables = (id(profile), CostTables(profile, self.topology, codec=self.codec, memory_rule=self.memory_rule))
-        return self._tables[1]
+        if self._tables is None or self._tables.profile is not profile:
+            self._tables = CostTables(profile, self.topology, codec=self.codec, memory_rule=self.memory_rule)
+        return self._tables
 
     def estimate(self, placement: Any, profile: ModelProfile | None = None) -> Estimate:
         """Estimate a :class:`~rotafx.LayerPlacement`, a :class:`~rotafx.Partition` or a list of stages.

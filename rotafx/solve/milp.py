@@ -62,15 +62,16 @@ def _build(tables: CostTables):  # type: ignore[no-untyped-def]
     for dev, ss in tables.device_stages.items():
         on = sum(X[:, s] for s in ss)
         cap = tables.capacity[dev]
+        # rows in units of the capacity: coefficients of order 1, which a tight MIP tolerance can be held to
         if tables.memory_rule == "sum":
-            cons.append(tables.sum_bytes @ on <= cap)
+            cons.append((tables.sum_bytes / cap) @ on <= 1)
         else:
             held = 0
             for b, readers in tables.shared:  # held[j] >= 1 when the device runs any reader of shared weight j
                 h = cp.Variable(nonneg=True)
                 cons.append(h >= on[list(readers)])
-                held = held + b * h
-            cons.append(tables.own_weight_bytes @ on + held + cp.multiply(tables.peak_bytes, on) <= cap)
+                held = held + (b / cap) * h
+            cons.append((tables.own_weight_bytes / cap) @ on + held + cp.multiply(tables.peak_bytes / cap, on) <= 1)
     # bypass switches
     U = {}
     for i, (f, g) in enumerate(topo.bypasses):
@@ -155,7 +156,7 @@ def _terms(tables: CostTables, X, Z, U, cons, needed: set[str]):  # type: ignore
 
 
 def solve_milp(tables: CostTables, obj: Objective, *, time_limit: float = 60.0, verbose: bool = False,
-               cutoff: float | None = None, tie_break: bool = True) -> MilpResult:
+               cutoff: float | None = None, tie_break: bool = True, presolve: bool = True) -> MilpResult:
     """Solve ``obj`` exactly (or to the time limit). ``cutoff``: a known feasible value (upper bound).
 
     ``minimize_bandwidth`` is solved in two phases: the fewest bytes, then the lowest
@@ -184,12 +185,12 @@ def solve_milp(tables: CostTables, obj: Objective, *, time_limit: float = 60.0, 
             return MilpResult([0] * tables.L, "optimal", float("nan"), float("nan"), 0.0, time.perf_counter() - t0)
         return MilpResult(None, "infeasible", float("inf"), float("inf"), float("nan"), time.perf_counter() - t0)
     extra = [expr <= cutoff * (1 + 1e-7) + 1e-9] if cutoff is not None and np.isfinite(cutoff) else []
-    res = _solve(cp.Problem(cp.Minimize(expr), cons + extra), time_limit, verbose)
+    res = _solve(cp.Problem(cp.Minimize(expr), cons + extra), time_limit, verbose, presolve)
     status, value, bound, gap = res
     if obj.name == "minimize_bandwidth" and status in ("optimal", "time_limit") and Y.value is not None:
         first = np.round(Y.value)
         left = max(1.0, time_limit - (time.perf_counter() - t0))
-        res2 = _solve(cp.Problem(cp.Minimize(T["latency"]), cons + [expr <= value + 0.5]), left, verbose)
+        res2 = _solve(cp.Problem(cp.Minimize(T["latency"]), cons + [expr <= value + 0.5]), left, verbose, presolve)
         if res2[0] not in ("optimal", "time_limit") or Y.value is None:
             Y.value = first
         else:
@@ -221,13 +222,17 @@ def _silence_highs_banner() -> None:
         os.close(saved)
 
 
-def _solve(prob: Any, time_limit: float, verbose: bool) -> tuple[str, float, float, float]:
+def _solve(prob: Any, time_limit: float, verbose: bool, presolve: bool = True) -> tuple[str, float, float, float]:
     import cvxpy as cp
 
     if not verbose:
         _silence_highs_banner()
     try:
-        prob.solve(solver=cp.HIGHS, time_limit=float(time_limit), verbose=verbose, mip_rel_gap=1e-9)
+        # HiGHS's defaults are made for objectives of order 1 and more: with its MIP feasibility tolerance (1e-6)
+        # objectives of order 1e-2 (joules of a small model) came back "optimal" at three times the optimum, and
+        # its absolute gap (1e-6) accepts any plan within 1e-6 J of the bound (tests/test_solve.py)
+        prob.solve(solver=cp.HIGHS, time_limit=float(time_limit), verbose=verbose, mip_rel_gap=1e-9,
+                   mip_abs_gap=1e-12, mip_feasibility_tolerance=1e-9, **({} if presolve else {"presolve": "off"}))
     except cp.error.SolverError as e:
         return "error: " + str(e).splitlines()[0], float("nan"), float("nan"), float("nan")
     info = prob.solver_stats.extra_stats if prob.solver_stats is not None else None
