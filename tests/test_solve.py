@@ -856,3 +856,19 @@ def test_a_claimed_optimum_worse_than_a_known_plan_is_not_believed(monkeypatch: 
     monkeypatch.setattr(optimizer_module, "solve_milp", lambda *a, **k: MilpResult([1, 1], "optimal", 200.0, 200.0, 0.0, 0.0))
     part = PartitionOptimizer().optimize(prof, topo, "minimize_latency")
     assert part.status == "heuristic" and set(part.stages) <= {0, 2}
+    # "infeasible" while greedy's plan fits is not believed either
+    calls.clear()
+
+    def infeasible_with_presolve(tables: CostTables, obj: Objective, **kw: Any) -> MilpResult:
+        calls.append(kw.get("presolve", True))
+        if kw.get("presolve", True):
+            return MilpResult(None, "infeasible", math.inf, math.inf, math.nan, 0.0)
+        return real(tables, obj, **kw)
+
+    monkeypatch.setattr(optimizer_module, "solve_milp", infeasible_with_presolve)
+    part = PartitionOptimizer().optimize(prof, topo, "minimize_latency")
+    assert calls == [True, False] and part.status == "optimal" and close(part.objective_value, best[0])
+    monkeypatch.setattr(optimizer_module, "solve_milp",
+                        lambda *a, **k: MilpResult(None, "infeasible", math.inf, math.inf, math.nan, 0.0))
+    part = PartitionOptimizer().optimize(prof, topo, "minimize_latency")
+    assert part.status == "heuristic" and set(part.stages) <= {0, 2}

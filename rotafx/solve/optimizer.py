@@ -238,11 +238,12 @@ class PartitionOptimizer:
         res = solve_milp(tables, obj, time_limit=self.time_limit, verbose=self.verbose, cutoff=cutoff)
         stages = res.stages if res.stages is not None and fits(tables, res.stages) else None  # never a plan that does not fit
         value = obj.value(evaluate(tables, stages)) if stages is not None else math.inf
-        if res.status == "optimal" and not exact and value > seed_value * (1 + 1e-9) + 1e-12:
-            # a "proven" optimum worse than a plan we hold: the solver is wrong (HiGHS's MIP presolve has had
-            # such bugs, see pyproject.toml); solve again without presolve, and never call the worse plan optimal
-            log.warning("rotafx: HiGHS called a plan worth %.6g optimal, but greedy's plan is worth %.6g; "
-                        "solving again with presolve off", value, seed_value)
+        if res.status in ("optimal", "infeasible") and not exact and value > seed_value * (1 + 1e-9) + 1e-12:
+            # a "proven" optimum worse than a plan we hold, or "infeasible" while we hold a plan that fits: the
+            # solver is wrong (HiGHS's MIP presolve and tolerances have had such bugs, see pyproject.toml and
+            # milp.py); solve again without presolve, and never call the worse plan optimal
+            log.warning("rotafx: HiGHS answered %s (%.6g), but greedy's plan is worth %.6g; solving again with "
+                        "presolve off", res.status, value, seed_value)
             res = solve_milp(tables, obj, time_limit=self.time_limit, verbose=self.verbose, presolve=False)
             stages = res.stages if res.stages is not None and fits(tables, res.stages) else None
             value = obj.value(evaluate(tables, stages)) if stages is not None else math.inf
