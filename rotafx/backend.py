@@ -281,7 +281,7 @@ def plan_graph(gm: fx.GraphModule, weights: Mapping[str, str], params: frozenset
             part = opt.optimize(profile, cfg.topology, cfg.objective, weights=cfg.objective_weights)
         except InfeasibleError as e:
             raise BackendError(f"rotafx: the topology cannot hold {name}: {e}") from e
-        _SOLVED[key] = part
+        _SOLVED[key] = dataclasses.replace(part, _moves={}, validation=None)  # a copy: move_layer() changes part
         while len(_SOLVED) > _MAX_SOLVED:
             del _SOLVED[next(iter(_SOLVED))]
     home = next((t.device for t in values.values()), None)

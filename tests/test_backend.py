@@ -228,6 +228,20 @@ def test_new_batch_sizes_share_one_dynamic_plan_without_replanning() -> None:
     assert "dynamic sizes costed at" in str(be.plans[1])
 
 
+@pytest.mark.parametrize("inner", ["aot_eager", "inductor"])
+def test_compiled_stages_of_a_dynamic_graph_follow_new_sizes(inner: str) -> None:
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    be = rotafx.backend(inner=inner)
+    compiled = torch.compile(model, backend=be)
+    with torch.no_grad():
+        for batch in (2, 5, 3, 7):
+            x = torch.randn(batch, 8)
+            assert_same(compiled(x), model(x), exact=False)
+    assert len(be.plans) == 2
+
+
 def test_recompiled_graph_with_the_same_costs_reuses_the_placement(monkeypatch: pytest.MonkeyPatch) -> None:
     torch._dynamo.reset()
     model, inputs = _build("small-gpt")
@@ -246,6 +260,13 @@ def test_recompiled_graph_with_the_same_costs_reuses_the_placement(monkeypatch: 
     assert solves == [] and second.plan.reused and "reused" in str(second.plan)
     fresh = rotafx.PartitionOptimizer().optimize(second.plan.profile, topo)
     assert second.plan.partition.stages == fresh.stages and second.plan.partition.profile is second.plan.profile
+    # a placement moved by hand is not what later graphs reuse
+    moved = first.plan.partition  # the object that was solved (and cached)
+    moved.stages = (0,) * len(moved.stages)  # what a valid move_layer(...).recalculate() does in place
+    torch._dynamo.reset()
+    fourth = rotafx.backend(topology=topo, devices=ON_CPU, inner="eager")
+    assert_same(torch.compile(other, backend=fourth, fullgraph=True)(*inputs), other(*inputs))
+    assert fourth.plan.reused and fourth.plan.partition.stages == fresh.stages != moved.stages
     # other costs (another objective) are solved again
     third = rotafx.backend(topology=topo, devices=ON_CPU, objective="minimize_bandwidth", inner="eager")
     torch._dynamo.reset()

@@ -655,7 +655,7 @@ def test_time_limit_code_path(monkeypatch: pytest.MonkeyPatch, milp_stages: bool
 
     monkeypatch.setattr(optimizer_module, "solve_milp", stopped)
     part = PartitionOptimizer(time_limit=3.0).optimize(prof, topo, "minimize_latency")
-    assert calls and calls[0]["time_limit"] == 3.0
+    assert calls and 2.9 < calls[0]["time_limit"] <= 3.0  # what is left of it
     assert part.status == "time_limit" and not part.is_optimal
     assert fits(tables, list(part.stages))
     assert part.objective_value == pytest.approx(objective("minimize_latency").value(evaluate(tables, part.stages)))
@@ -872,3 +872,35 @@ def test_a_claimed_optimum_worse_than_a_known_plan_is_not_believed(monkeypatch: 
                         lambda *a, **k: MilpResult(None, "infeasible", math.inf, math.inf, math.nan, 0.0))
     part = PartitionOptimizer().optimize(prof, topo, "minimize_latency")
     assert part.status == "heuristic" and set(part.stages) <= {0, 2}
+
+
+def test_a_plan_over_capacity_by_less_than_the_solver_tolerance_is_solved_again() -> None:
+    # (found in review) d0 is 50 B short of holding all three layers: HiGHS, held to 1e-7 of each capacity,
+    # may return that plan anyway; it does not fit, so the optimizer must solve again, not give up
+    specs = [{"name": "a", "weight_bytes": int(8e8), "flops": 10**9}, {"name": "b", "weight_bytes": int(9e8), "flops": 10**9},
+             {"name": "c", "weight_bytes": int(1.3e9), "flops": 10**9}]
+    prof = ModelProfile.from_layers(specs)
+    need = CostTables(prof, Topology.from_dict({"devices": [{"name": "d0", "flops": 1e12, "memory": 1e12}],
+                                                "links": []})).layers_memory([0, 1, 2])
+    topo = Topology.from_dict({
+        "devices": [{"name": "d0", "flops": 1e12, "memory": need - 50}, {"name": "d1", "flops": 1e10, "memory": 9e8 + 1e4}],
+        "links": [{"src": "d0", "dst": "d1", "bandwidth": 1e9}, {"src": "d1", "dst": "d0", "bandwidth": 1e9}],
+        "chain": ["d0", "d1", "d0"]})
+    tables = CostTables(prof, topo)
+    best_stages, (best, _) = solve_brute_force(tables, objective("minimize_latency"))
+    part = PartitionOptimizer().optimize(prof, topo)
+    assert fits(tables, list(part.stages)) and close(part.objective_value, best), (part.stages, best_stages)
+
+
+def test_a_device_without_cache_runs_nothing() -> None:
+    prof = ModelProfile.from_layers([{"name": "a", "params": 1000, "flops": 10**9, "activation_bytes": 100},
+                                     {"name": "b", "params": 1000, "flops": 10**9, "activation_bytes": 100}])
+    topo = Topology.from_dict({
+        "devices": [{"name": "d0", "flops": 1e12, "memory": 1e9, "cache": 1e6},
+                    {"name": "d1", "flops": 1e15, "memory": 1e9, "cache": 0},
+                    {"name": "d2", "flops": 1e12, "memory": 1e9, "cache": 1e6}],
+        "links": [{"src": "d0", "dst": "d1", "bandwidth": 1e9}, {"src": "d1", "dst": "d2", "bandwidth": 1e9}],
+        "chain": ["d0", "d1", "d2"], "capacity": "cache"})
+    for solver in ("milp", "dp"):
+        part = PartitionOptimizer(solver=solver).optimize(prof, topo)
+        assert 1 not in part.stages and part.status == "optimal", (solver, part.stages)

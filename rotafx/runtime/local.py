@@ -20,20 +20,30 @@ INNER_BACKENDS = ("eager", "inductor", "aot_eager")
 
 
 class CompiledStage(torch.nn.Module):
-    """A stage compiled by an inner backend on its first call (its real inputs are the example inputs)."""
+    """A stage compiled by an inner backend at its first call with each new input signature.
+
+    The inner backend compiles for the shapes it is given; a stage of a graph dynamo made
+    dynamic sees other sizes later, so the compiled code is kept per signature (shapes,
+    strides, dtypes and devices of the tensors, values of the other arguments).
+    """
 
     def __init__(self, gm: fx.GraphModule, backend: str) -> None:
         super().__init__()
         self.gm = gm
         self.backend = backend
-        self._fn: Callable[..., Any] | None = None
+        self._fns: dict[tuple, Callable[..., Any]] = {}
 
     def reset(self) -> None:
         """Forget the compiled code (after a weight was replaced by another tensor)."""
-        self._fn = None
+        self._fns.clear()
 
     def forward(self, *args: Any) -> Any:
-        if self._fn is None:
+        key = tuple((tuple(a.shape), a.stride(), a.dtype, a.device) if isinstance(a, torch.Tensor)
+                    else a if isinstance(a, (int, float, bool, str, type(None))) else repr(a) for a in args)
+        fn = self._fns.get(key)
+        if fn is None:
+            if self._fns:
+                log.info("rotafx: compiling a stage again with %s for new input shapes", self.backend)
             if self.backend == "inductor":
                 from torch._inductor.compile_fx import compile_fx
 
@@ -42,9 +52,9 @@ class CompiledStage(torch.nn.Module):
                 from torch._dynamo.backends.registry import lookup_backend
 
                 fn = lookup_backend(self.backend)(self.gm, list(args))
-            self._fn = fn
+            self._fns[key] = fn
         # a module with parameters compiles to the unboxed convention (aot_module_simplified's forward)
-        return self._fn(*args)
+        return fn(*args)
 
 
 class PipelineModule(torch.nn.Module):

@@ -40,7 +40,7 @@ class MilpResult:
     seconds: float
 
 
-def _build(tables: CostTables):  # type: ignore[no-untyped-def]
+def _build(tables: CostTables, capacity_margin: float = 0.0):  # type: ignore[no-untyped-def]
     import cvxpy as cp
 
     L, K = tables.L, tables.K
@@ -58,20 +58,23 @@ def _build(tables: CostTables):  # type: ignore[no-untyped-def]
     else:
         X = np.ones((L, 1))
         Z = None
-    # memory
+    # memory, each row in units of the device's capacity (coefficients of order 1, which a tight MIP
+    # tolerance can be held to); ``room`` keeps a fraction of it free
+    room = 1.0 - capacity_margin
     for dev, ss in tables.device_stages.items():
         on = sum(X[:, s] for s in ss)
         cap = tables.capacity[dev]
-        # rows in units of the capacity: coefficients of order 1, which a tight MIP tolerance can be held to
-        if tables.memory_rule == "sum":
-            cons.append((tables.sum_bytes / cap) @ on <= 1)
+        if cap <= 0:  # no memory (or no cache) at all: it runs nothing
+            cons.append(on == 0)
+        elif tables.memory_rule == "sum":
+            cons.append((tables.sum_bytes / cap) @ on <= room)
         else:
             held = 0
             for b, readers in tables.shared:  # held[j] >= 1 when the device runs any reader of shared weight j
                 h = cp.Variable(nonneg=True)
                 cons.append(h >= on[list(readers)])
                 held = held + (b / cap) * h
-            cons.append((tables.own_weight_bytes / cap) @ on + held + cp.multiply(tables.peak_bytes / cap, on) <= 1)
+            cons.append((tables.own_weight_bytes / cap) @ on + held + cp.multiply(tables.peak_bytes / cap, on) <= room)
     # bypass switches
     U = {}
     for i, (f, g) in enumerate(topo.bypasses):
@@ -156,7 +159,8 @@ def _terms(tables: CostTables, X, Z, U, cons, needed: set[str]):  # type: ignore
 
 
 def solve_milp(tables: CostTables, obj: Objective, *, time_limit: float = 60.0, verbose: bool = False,
-               cutoff: float | None = None, tie_break: bool = True, presolve: bool = True) -> MilpResult:
+               cutoff: float | None = None, tie_break: bool = True, presolve: bool = True,
+               capacity_margin: float = 0.0) -> MilpResult:
     """Solve ``obj`` exactly (or to the time limit). ``cutoff``: a known feasible value (upper bound).
 
     ``minimize_bandwidth`` is solved in two phases: the fewest bytes, then the lowest
@@ -165,7 +169,7 @@ def solve_milp(tables: CostTables, obj: Objective, *, time_limit: float = 60.0, 
     import cvxpy as cp  # imported here, not at start-up: it costs seconds and only the MILP needs it
 
     t0 = time.perf_counter()
-    Y, X, Z, U, cons = _build(tables)
+    Y, X, Z, U, cons = _build(tables, capacity_margin)
     if obj.name == "balance":
         needed = {k for k, w in obj.weights.items() if w}
     else:

@@ -16,7 +16,7 @@ from ..profile import ModelProfile
 from ..topology import Topology
 from .dp import dp_applies, range_memory, solve_dp
 from .greedy import fits, solve_greedy
-from .milp import solve_milp
+from .milp import MilpResult, solve_milp
 from .objective import TERMS, Objective, objective, terms
 
 __all__ = ["PartitionOptimizer", "Partition", "InfeasibleError", "SOLVERS"]
@@ -235,25 +235,33 @@ class PartitionOptimizer:
         seed = solve_dp(tables, obj)[0] if exact else solve_greedy(tables)
         seed_value = obj.value(evaluate(tables, seed)) if seed is not None else math.inf
         cutoff = seed_value if exact and seed is not None else None
-        res = solve_milp(tables, obj, time_limit=self.time_limit, verbose=self.verbose, cutoff=cutoff)
-        stages = res.stages if res.stages is not None and fits(tables, res.stages) else None  # never a plan that does not fit
-        value = obj.value(evaluate(tables, stages)) if stages is not None else math.inf
+        t0 = time.perf_counter()
+
+        def run(**kw: Any) -> tuple[MilpResult, list[int] | None, float]:
+            """Solve (within what is left of the time limit); the plan only if it fits, and its value."""
+            left = max(1.0, self.time_limit - (time.perf_counter() - t0))
+            res = solve_milp(tables, obj, time_limit=left, verbose=self.verbose, **kw)
+            stages = res.stages if res.stages is not None and fits(tables, res.stages) else None  # never one that does not fit
+            return res, stages, obj.value(evaluate(tables, stages)) if stages is not None else math.inf
+
+        res, stages, value = run(cutoff=cutoff)
+        if res.stages is not None and stages is None:
+            # over a capacity by less than HiGHS's feasibility tolerance: solve again with that much room kept free
+            res, stages, value = run(cutoff=cutoff, capacity_margin=1e-6)
         if res.status in ("optimal", "infeasible") and not exact and value > seed_value * (1 + 1e-9) + 1e-12:
             # a "proven" optimum worse than a plan we hold, or "infeasible" while we hold a plan that fits: the
             # solver is wrong (HiGHS's MIP presolve and tolerances have had such bugs, see pyproject.toml and
             # milp.py); solve again without presolve, and never call the worse plan optimal
             log.warning("rotafx: HiGHS answered %s (%.6g), but greedy's plan is worth %.6g; solving again with "
                         "presolve off", res.status, value, seed_value)
-            res = solve_milp(tables, obj, time_limit=self.time_limit, verbose=self.verbose, presolve=False)
-            stages = res.stages if res.stages is not None and fits(tables, res.stages) else None
-            value = obj.value(evaluate(tables, stages)) if stages is not None else math.inf
+            res, stages, value = run(presolve=False)
             if value > seed_value * (1 + 1e-9) + 1e-12:
                 return seed, "heuristic", math.nan, seed_value
         if seed is not None and (stages is None or value > seed_value * (1 + 1e-9) + 1e-12):
             if exact:  # the DP's plan is optimal by construction
                 return seed, "optimal", 0.0, seed_value
-            if res.status.startswith("time_limit"):
-                return seed, "time_limit", math.nan, seed_value
+            # a time limit, or a solver error: the plan we hold, not proven
+            return seed, ("time_limit" if res.status.startswith("time_limit") else "heuristic"), math.nan, seed_value
         if stages is None:
             return None, res.status, math.nan, math.inf
         return stages, res.status, res.gap, value
