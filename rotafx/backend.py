@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.fx as fx
 
-from .annotate import annotate
+from .annotate import annotate, node_value
 from .ops import check_codec
 from .profile import ModelProfile, profile_graph
 from .rewrite import Rewritten, rewrite, stage_map
@@ -286,7 +286,7 @@ def plan_graph(gm: fx.GraphModule, weights: Mapping[str, str], params: frozenset
             del _SOLVED[next(iter(_SOLVED))]
     home = next((t.device for t in values.values()), None)
     for n in gm.graph.nodes:
-        v = n.meta.get("val", n.meta.get("example_value"))
+        v = node_value(n)
         if n.op == "placeholder" and isinstance(v, torch.Tensor) and v.device.type != "meta":
             home = v.device
             break
@@ -306,7 +306,7 @@ def _size_hints(gm: fx.GraphModule) -> dict[str, int]:
     """The symbolic sizes among the graph's inputs, with the value each was costed at."""
     hints: dict[str, int] = {}
     for n in gm.graph.nodes:
-        v = n.meta.get("val", n.meta.get("example_value"))
+        v = node_value(n)
         if n.op == "placeholder" and isinstance(v, torch.SymInt) and v.node.hint is not None:
             hints[str(v)] = int(v.node.hint)
     return hints

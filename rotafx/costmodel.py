@@ -24,14 +24,17 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from .profile import ModelProfile, TensorInfo
 from .topology import Link, Topology
 
-__all__ = ["CODEC_BYTES", "codec_bytes", "CostTables", "Route", "MEMORY_RULES", "check_codec"]
+__all__ = ["CODECS", "CODEC_BYTES", "codec_bytes", "CostTables", "Route", "MEMORY_RULES", "check_codec"]
 
+# codec -> the dtype a floating tensor travels as (the transfer op applies it, the cost model prices it)
+CODECS: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8}
 # bytes per element a floating tensor is sent with, by codec (None: as it is)
-CODEC_BYTES: dict[str | None, int | None] = {None: None, "none": None, "fp16": 2, "bf16": 2, "int8": 1}
+CODEC_BYTES: dict[str | None, int | None] = {None: None, "none": None, **{c: d.itemsize for c, d in CODECS.items()}}
 MEMORY_RULES = ("liveness", "sum")
 
 

@@ -34,12 +34,9 @@ from typing import Any, Optional
 
 import torch
 
-from .costmodel import check_codec
+from .costmodel import CODECS, check_codec
 
 __all__ = ["CODECS", "transfer", "transfer_value", "move_value", "encode", "decode", "error_bound", "check_codec"]
-
-# codec -> the dtype a floating tensor travels as
-CODECS: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8}
 
 
 def _compresses(x: torch.Tensor, codec: str | None) -> bool:
