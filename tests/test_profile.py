@@ -330,3 +330,11 @@ def test_llama_config_is_checked() -> None:
         LlamaConfig(hidden=64, heads=4, kv_heads=3)
     with pytest.raises(ValueError, match="max_seq"):
         tiny_llama()(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_from_layers_reads_ties_weights_and_names_a_bad_reference() -> None:
+    p = ModelProfile.from_layers([{"name": "embed", "params": 1000}, {"name": "head", "params": 10, "reads": ["embed"]}])
+    assert p.total_params == 1010 and p.weight_bytes == 2020  # the embedding once, fp16
+    assert p.layers[1].params == 1010 and p.layers[1].weight_bytes == 2020  # what the head reads
+    with pytest.raises(ProfileError, match=r"layer 1 \(head\): reads 'tail', which is not an earlier layer \(embed\)"):
+        ModelProfile.from_layers([{"name": "embed"}, {"name": "head", "reads": ["tail"]}])
