@@ -282,8 +282,9 @@ def write(args: argparse.Namespace, rows: list[tuple]) -> None:
     lines += [
         "",
         "Both plans put their stages on the same CPU, so the 2-stage rows over the 1-stage rows are the cost of the "
-        "cut itself: one `rotafx::transfer` per crossing tensor, a real dispatcher call whose kernel is Python and "
-        "whose output is a copy (a custom op's output may not alias its input).",
+        "cut itself: the second stage's call and one `rotafx::transfer` per crossing tensor, whose output is a copy "
+        "(the op's output may not alias its input). The runtime makes that call through `rotafx.ops.transfer`, which "
+        "runs the op's Python kernel without the dispatcher when nothing (autograd, a tracer, a mode) must see the op.",
         "",
         f"Command: `.venv/bin/python benchmarks/backend.py --calls {args.calls} --batch {args.batch} --threads {args.threads}"
         f"{' --inductor' if args.inductor else ''}`",

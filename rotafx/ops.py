@@ -141,19 +141,32 @@ _lib.impl("transfer", _autograd_kernel, "Autograd", with_keyset=True)
 torch.library.register_fake("rotafx::transfer", _fake, lib=_lib)
 
 
+def _nothing_in_the_way(x: torch.Tensor) -> bool:
+    """Whether calling the op on ``x`` would only reach :func:`_transfer_kernel`: a plain tensor,
+    no gradient to record, no tracer, mode or transform that must see the op."""
+    return (type(x) is torch.Tensor and not (x.requires_grad and torch.is_grad_enabled())
+            and not torch._C._len_torch_dispatch_stack() and not torch._C._is_torch_function_mode_enabled()
+            and not torch._C._are_functorch_transforms_active() and not torch._C._get_tracing_state())
+
+
 def transfer(x: torch.Tensor, device: torch.device, codec: Optional[str] = None) -> torch.Tensor:
     """Send ``x`` to ``device``: compress with ``codec`` on the sender, decompress to ``x``'s dtype on arrival.
 
-    The same as ``torch.ops.rotafx.transfer(x, device, codec)``. Always returns a new tensor
-    (the op's output never aliases its input).
+    The same as ``torch.ops.rotafx.transfer(x, device, codec)``, and cheaper to run eagerly: where
+    nothing would see the call (no autograd, tracing, mode or transform) it runs the op's kernel
+    without a trip through the dispatcher; otherwise it calls the op. The in-process runtime runs
+    the program's transfers through this function. Always returns a new tensor (the op's output
+    never aliases its input).
     """
+    if not torch.compiler.is_compiling() and _nothing_in_the_way(x):
+        return _transfer_kernel(x, device, codec)
     return _op(x, device, codec)
 
 
 def transfer_value(x: Any, device: torch.device, codec: str | None = None) -> Any:
     """:func:`transfer` every tensor in ``x`` (a tensor, or a tuple or list of them); other values pass as they are."""
     if isinstance(x, torch.Tensor):
-        return torch.ops.rotafx.transfer(x, device, codec)
+        return transfer(x, device, codec)
     if isinstance(x, (tuple, list)):
         return type(x)(transfer_value(v, device, codec) for v in x)
     return x

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import operator
+from typing import Any
 
 import pytest
 import torch
 import torch.fx as fx
 
+import rotafx.ops
 from rotafx.ops import check_codec, error_bound, transfer_value
 from rotafx.rewrite import RewriteError, rewrite
 
@@ -80,6 +82,58 @@ def test_gradient_flows_back_through_transfer() -> None:
     x = torch.randn(3, 5, requires_grad=True)
     (transfer(x, CPU, "fp16") * 3).sum().backward()
     assert torch.equal(x.grad, torch.full_like(x, 3.0))
+
+
+@pytest.mark.parametrize("codec", [None, "fp16", "bf16", "int8"])
+def test_eager_transfer_function_equals_the_op(codec: str | None) -> None:
+    for x in (_activations(), _activations().t(), torch.randint(0, 9, (3, 4))):
+        want, got = transfer(x, CPU, codec), rotafx.ops.transfer(x, CPU, codec)
+        assert got.dtype == want.dtype and got.stride() == want.stride() and torch.equal(got, want)
+        assert got.data_ptr() != x.data_ptr()
+
+
+class _Seen(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the name of every op that reaches the dispatcher's Python key."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_eager_transfer_function_skips_the_dispatcher_only_where_nothing_would_see_the_op(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[Any] = []
+
+    class Counted:  # the op, counting the calls made through it
+        def __getattr__(self, name: str) -> Any:
+            return getattr(torch.ops.rotafx.transfer.default, name)
+
+        def __call__(self, *args: Any) -> Any:
+            calls.append(args)
+            return torch.ops.rotafx.transfer.default(*args)
+
+    monkeypatch.setattr(rotafx.ops, "_op", Counted())
+    x = torch.randn(3, 5)
+    rotafx.ops.transfer(x, CPU, None)
+    assert calls == [], "a plain tensor with nothing watching runs the kernel directly"
+    with _Seen() as seen:  # a dispatch mode (tracers, FakeTensorMode, FlopCounterMode work this way)
+        rotafx.ops.transfer(x, CPU, "fp16")
+    assert len(calls) == 1 and "rotafx.transfer.default" in seen.ops
+    w = torch.randn(3, 5, requires_grad=True)
+    y = rotafx.ops.transfer(w, CPU, "int8")  # autograd must record the op (straight-through gradient)
+    assert len(calls) > 1 and y.grad_fn is not None
+    (y * 2).sum().backward()
+    assert torch.equal(w.grad, torch.full_like(w, 2.0))
+    before = len(calls)
+    with torch.no_grad():
+        rotafx.ops.transfer(w, CPU, None)
+    assert len(calls) == before
+    traced = torch.fx.experimental.proxy_tensor.make_fx(lambda t: rotafx.ops.transfer(t, CPU, None))(x)
+    assert [n.target for n in traced.graph.nodes if n.op == "call_function"] == [torch.ops.rotafx.transfer.default]
 
 
 def test_transfer_value_maps_tuples_and_passes_other_values() -> None:
