@@ -52,7 +52,7 @@ def encode(x: torch.Tensor, codec: str | None) -> tuple[torch.Tensor, torch.Tens
         xf = x.float()
         amax = xf.abs().amax(dim=-1, keepdim=True) if x.dim() else xf.abs()
         scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
-        q = torch.round(xf / scale).clamp_(-127, 127).to(torch.int8)
+        q = torch.round(xf / scale).clamp(-127, 127).to(torch.int8)
         return q, scale
     return x.to(CODECS[codec]), None  # type: ignore[index]
 
@@ -115,6 +115,26 @@ class _Transfer(torch.autograd.Function):
         return _op(grad, ctx.src_device, None), None, None
 
 
+class _TransferUnderFunc(torch.autograd.Function):
+    """The transfer under ``torch.func`` transforms (grad, vmap, jacrev): the kernel's own ATen ops
+    with the same straight-through gradient. (The op's autograd formula runs inside the dispatcher,
+    where functorch cannot run an ``autograd.Function``.)"""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor, device: torch.device, codec: Optional[str]) -> torch.Tensor:
+        return _transfer_kernel(x, device, codec)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        ctx.src_device = inputs[0].device
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        return grad.to(ctx.src_device), None, None
+
+
 _AFTER_AUTOGRAD = torch._C._after_autograd_keyset
 _K = torch._C.DispatchKey
 # the dispatch key sets of a call on a plain CPU or CUDA tensor, with no mode, subclass or transform in the way
@@ -124,6 +144,10 @@ _PLAIN_KEYSETS = frozenset(torch._C.DispatchKeySet(backend).add(autograd).raw_re
 
 def _autograd_kernel(keyset: Any, x: torch.Tensor, device: torch.device, codec: Optional[str] = None) -> torch.Tensor:
     if torch.is_grad_enabled() and x.requires_grad:
+        if torch._C._are_functorch_transforms_active():
+            raise RuntimeError("rotafx: torch.ops.rotafx.transfer cannot be differentiated under torch.func transforms "
+                               "(an autograd formula inside the dispatcher); call rotafx.ops.transfer(x, device, codec), "
+                               "as the rotafx runtime does, which gives the same values and gradient")
         return _Transfer.apply(x, device, codec)
     if keyset.raw_repr() in _PLAIN_KEYSETS:
         # the next kernel would be _transfer_kernel itself: call it rather than dispatch to it again
@@ -155,11 +179,15 @@ def transfer(x: torch.Tensor, device: torch.device, codec: Optional[str] = None)
     The same as ``torch.ops.rotafx.transfer(x, device, codec)``, and cheaper to run eagerly: where
     nothing would see the call (no autograd, tracing, mode or transform) it runs the op's kernel
     without a trip through the dispatcher; otherwise it calls the op. The in-process runtime runs
-    the program's transfers through this function. Always returns a new tensor (the op's output
+    the program's transfers through this function; under ``torch.func`` transforms it runs the
+    kernel's ATen ops with the op's gradient, which the op itself cannot. Always returns a new tensor (the op's output
     never aliases its input).
     """
-    if not torch.compiler.is_compiling() and _nothing_in_the_way(x):
-        return _transfer_kernel(x, device, codec)
+    if not torch.compiler.is_compiling():
+        if _nothing_in_the_way(x):
+            return _transfer_kernel(x, device, codec)
+        if torch._C._are_functorch_transforms_active():
+            return _TransferUnderFunc.apply(x, device, codec)
     return _op(x, device, codec)
 
 

@@ -159,6 +159,20 @@ def test_split_model_trains_like_eager(how: str) -> None:
         torch.testing.assert_close(got[n], p.grad, msg=lambda m, n=n: f"{n}: {m}")
 
 
+def test_partition_under_torch_func_grad() -> None:
+    model, inputs = _build("transformer-block")
+    pm = rotafx.partition(model, inputs, topology=tight_topology(model, inputs), devices=ON_CPU)
+    assert len(pm.stages) >= 2
+    # the stages' attribute for each of the model's weights (no shared weights in this model)
+    name_in_pm = {w: f"program.stage{st.index}.{st.attr_of[w]}" for st in pm.stages for w in st.weight_names}
+    want = torch.func.grad(lambda p: torch.func.functional_call(model, p, inputs).square().mean())(
+        dict(model.named_parameters()))
+    got = torch.func.grad(lambda p: torch.func.functional_call(pm, p, inputs).square().mean())(
+        {name_in_pm[n]: p for n, p in model.named_parameters()})
+    for n in want:
+        torch.testing.assert_close(got[name_in_pm[n]], want[n], msg=lambda m, n=n: f"{n}: {m}")
+
+
 def test_partitioned_module_lists_each_weight_once_and_shows_its_transfers_to_tracers() -> None:
     model, inputs = _build("mlp")
     pm = rotafx.partition(model, inputs, topology=tight_topology(model, inputs), devices=ON_CPU)

@@ -136,6 +136,17 @@ def test_eager_transfer_function_skips_the_dispatcher_only_where_nothing_would_s
     assert [n.target for n in traced.graph.nodes if n.op == "call_function"] == [torch.ops.rotafx.transfer.default]
 
 
+def test_eager_transfer_function_under_torch_func() -> None:
+    x = _activations()[:4, :8]
+    g = torch.func.grad(lambda t: (rotafx.ops.transfer(t, CPU, "int8") * 3).sum())(x)
+    assert torch.equal(g, torch.full_like(x, 3.0)), "straight-through gradient, as the op's"
+    per_row = torch.func.vmap(lambda t: rotafx.ops.transfer(t, CPU, "int8"))(x)
+    assert torch.equal(per_row, transfer(x, CPU, "int8"))
+    with pytest.raises(RuntimeError, match=r"rotafx: torch.ops.rotafx.transfer cannot be differentiated under torch.func.*"
+                                           r"rotafx.ops.transfer"):
+        torch.func.grad(lambda t: transfer(t, CPU, None).sum())(x)
+
+
 def test_transfer_value_maps_tuples_and_passes_other_values() -> None:
     a, b = torch.randn(2), torch.randn(3)
     out = transfer_value((a, [b, 4], None), CPU, None)
