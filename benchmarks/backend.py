@@ -42,11 +42,15 @@ def three_cpus(memory: float) -> dict[str, Any]:
             "links": [{"src": a, "dst": b, "bandwidth": 1e10} for a, b in zip(CHAIN, CHAIN[1:])], "chain": CHAIN}
 
 
+# the torch device every stage runs on (--device); the variants read it when they are built
+DEVICE = "cpu"
+
+
 def setup(batch: int) -> tuple[torch.nn.Module, torch.Tensor, dict[str, Any]]:
     """The model, its input, and the smallest memory per node (+5%) that makes the planner cut it."""
     torch.manual_seed(0)
-    model = small_gpt().eval()  # vocab 256, d 64, 4 heads, 2 layers, seq 32
-    x = torch.randint(0, 256, (batch, 32))
+    model = small_gpt().eval().to(DEVICE)  # vocab 256, d 64, 4 heads, 2 layers, seq 32
+    x = torch.randint(0, 256, (batch, 32), device=DEVICE)
     prof = rotafx.ModelProfile.from_pytorch(model, (x,))
     need = prof.weight_bytes + max(l.peak_bytes for l in prof.layers)
     for pct in range(34, 100, 2):
@@ -81,18 +85,25 @@ VARIANTS: dict[str, tuple[str, Callable[[torch.nn.Module, torch.Tensor, dict], A
     "eager": ("eager", lambda m, x, t: m, "exact"),
     "torch.compile, eager backend": ("eager", compiled("eager"), "exact"),
     "rotastellar, 1 stage": ("eager", compiled(rotafx.backend(inner="eager")), "exact"),
-    "rotastellar, 2 stages": ("eager", lambda m, x, t: compiled(rotafx.backend(topology=t, devices="cpu", inner="eager"))(m, x, t), "exact"),
+    "rotastellar, 2 stages": ("eager", lambda m, x, t: compiled(rotafx.backend(topology=t, devices=DEVICE, inner="eager"))(m, x, t), "exact"),
     "rotastellar, 2 stages, int8 codec": ("eager", lambda m, x, t: compiled(
-        rotafx.backend(topology=t, devices="cpu", codec="int8", inner="eager"))(m, x, t), "codec"),
+        rotafx.backend(topology=t, devices=DEVICE, codec="int8", inner="eager"))(m, x, t), "codec"),
     "torch.export, unsplit (ep.module())": ("eager", lambda m, x, t: torch.export.export(m, (x,), strict=False).module(),
                                             "exact"),
-    "rotafx.partition, 2 stages": ("eager", lambda m, x, t: rotafx.partition(m, (x,), topology=t, devices="cpu"), "exact"),
+    "rotafx.partition, 2 stages": ("eager", lambda m, x, t: rotafx.partition(m, (x,), topology=t, devices=DEVICE), "exact"),
     "torch.compile, inductor": ("inductor", compiled("inductor"), "close"),
     "rotastellar inner inductor, 1 stage": ("inductor", lambda m, x, t: compiled(rotafx.backend(inner="inductor"))(m, x, t),
                                             "close"),
     "rotastellar inner inductor, 2 stages": ("inductor", lambda m, x, t: compiled(
-        rotafx.backend(topology=t, devices="cpu", inner="inductor"))(m, x, t), "close"),
+        rotafx.backend(topology=t, devices=DEVICE, inner="inductor"))(m, x, t), "close"),
 }
+
+
+def synced(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` followed by a wait for the GPU (on CUDA), so that a call's time is its work's."""
+    if torch.device(DEVICE).type != "cuda":
+        return fn
+    return lambda: (fn(), torch.cuda.synchronize())[0]
 
 
 def compile_seconds(name: str, batch: int, threads: int) -> float:
@@ -103,7 +114,7 @@ def compile_seconds(name: str, batch: int, threads: int) -> float:
     with torch.no_grad():
         t0 = time.perf_counter()
         fn = build(model, x, tight)
-        fn(x)
+        synced(lambda: fn(x))()
         return time.perf_counter() - t0
 
 
@@ -113,7 +124,8 @@ def fresh_compile_seconds(name: str, batch: int, threads: int) -> float:
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "TORCHINDUCTOR_FX_GRAPH_CACHE": "0",
                "TORCHINDUCTOR_AUTOGRAD_CACHE": "0"}
         out = subprocess.run([sys.executable, __file__, "--compile-time-of", name, "--batch", str(batch),
-                              "--threads", str(threads)], env=env, capture_output=True, text=True, check=True)
+                              "--threads", str(threads), "--device", DEVICE], env=env, capture_output=True, text=True,
+                             check=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
 
 
@@ -146,9 +158,15 @@ def main() -> None:
     ap.add_argument("--inductor", action="store_true", help="also time inner='inductor' against plain inductor")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: least noise on a shared machine)")
     ap.add_argument("--no-compile-times", action="store_true", help="skip the fresh-process compile times")
+    ap.add_argument("--device", default="cpu", help="the torch device of the model and every stage (cpu, cuda:0, ...)")
     ap.add_argument("--compile-time-of", help=argparse.SUPPRESS)
-    ap.add_argument("--out", default=str(HERE / "RESULTS_backend.md"))
+    ap.add_argument("--out", help="default: benchmarks/RESULTS_backend.md (cpu) or RESULTS_backend_cuda.md")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = args.device
+    if args.out is None:
+        args.out = str(HERE / ("RESULTS_backend.md" if torch.device(DEVICE).type == "cpu" else
+                               f"RESULTS_backend_{torch.device(DEVICE).type}.md"))
     if args.compile_time_of:
         print(json.dumps({"seconds": compile_seconds(args.compile_time_of, args.batch, args.threads)}))
         return
@@ -166,7 +184,7 @@ def main() -> None:
             group, build, check = VARIANTS[name]
             t0 = time.perf_counter()
             fn = build(model, x, tight)
-            got = fn(x)
+            got = synced(lambda: fn(x))()
             first_call[name] = time.perf_counter() - t0
             if check == "exact":
                 assert torch.equal(got, want), f"{name}: output differs from eager"
@@ -183,7 +201,7 @@ def main() -> None:
                 stages[name] = "-"
             built[name], outputs[name] = fn, got
         gc.collect()
-        times = interleaved_us([(lambda fn=built[n]: fn(x)) for n in names], args.calls)
+        times = interleaved_us([synced(lambda fn=built[n]: fn(x)) for n in names], args.calls)
 
     compile_s: dict[str, float] = {}
     if not args.no_compile_times:
@@ -217,11 +235,12 @@ def write(args: argparse.Namespace, rows: list[tuple]) -> None:
     except (OSError, StopIteration):
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    gpu = f"GPU {torch.cuda.get_device_name(torch.device(args.device))}" if args.device.startswith("cuda") else "no GPU used"
     lines = [
         "# rotastellar backend: overhead of the rewrite",
         "",
         f"Small GPT (`rotafx.models.small_gpt()`: vocab 256, d 64, 4 heads, 2 layers, sequence 32), batch {args.batch}, "
-        f"fp32, `torch.no_grad()`, {args.threads} torch thread(s), every stage on the CPU in one process. "
+        f"fp32, `torch.no_grad()`, {args.threads} torch thread(s), every stage on `{args.device}` in one process. "
         f"{args.calls} timed calls per variant after 20 warm-up calls, all variants interleaved call by call (the order "
         "reversed every round), so that the load of other jobs on this shared machine falls on all of them alike. "
         "Each output is checked before timing: bit-exact against eager (eager inner backend), `assert_close` against "
@@ -281,17 +300,17 @@ def write(args: argparse.Namespace, rows: list[tuple]) -> None:
                   f"{delta('rotastellar inner inductor, 2 stages', 'rotastellar inner inductor, 1 stage', 'torch.compile, inductor')}"]
     lines += [
         "",
-        "Both plans put their stages on the same CPU, so the 2-stage rows over the 1-stage rows are the cost of the "
+        f"Both plans put their stages on `{args.device}`, so the 2-stage rows over the 1-stage rows are the cost of the "
         "cut itself: the second stage's call and one `rotafx::transfer` per crossing tensor, whose output is a copy "
         "(the op's output may not alias its input). The runtime makes that call through `rotafx.ops.transfer`, which "
         "runs the op's Python kernel without the dispatcher when nothing (autograd, a tracer, a mode) must see the op.",
         "",
         f"Command: `.venv/bin/python benchmarks/backend.py --calls {args.calls} --batch {args.batch} --threads {args.threads}"
-        f"{' --inductor' if args.inductor else ''}`",
+        f"{' --inductor' if args.inductor else ''}{'' if args.device == 'cpu' else f' --device {args.device}'}`",
         "",
         f"Machine: {cpu}, {os.cpu_count()} logical CPUs visible, load average {load:.1f} at the end of the run "
         f"(other jobs share it), torch {torch.__version__}, Python {sys.version.split()[0]}, "
-        f"{platform.system()} {platform.release()}; torch threads {torch.get_num_threads()}. No GPU.",
+        f"{platform.system()} {platform.release()}; torch threads {torch.get_num_threads()}; {gpu}.",
         "",
     ]
     out = Path(args.out)

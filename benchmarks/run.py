@@ -11,6 +11,7 @@ BENCHMARKS = [
     ["solver.py"],                         # optimizer: time to optimality, scaling, greedy gap
     ["vendor.py"],                         # against rotastellar-distributed 0.1.1 (skipped if not installed)
     ["backend.py", "--inductor"],          # rewrite overhead against eager and against plain inductor
+    ["transfers.py"],                      # rotafx::transfer between this machine's devices, against the cost model
     ["deploy.py"],                         # three-process pipeline, link emulation, estimate vs measured
 ]
 

@@ -40,8 +40,8 @@ __all__ = ["CODECS", "transfer", "transfer_value", "move_value", "encode", "deco
 
 
 def _compresses(x: torch.Tensor, codec: str | None) -> bool:
-    """Whether ``codec`` makes ``x`` smaller (floating tensors wider than the wire dtype only)."""
-    return codec is not None and x.is_floating_point() and CODECS[codec].itemsize < x.element_size()
+    """Whether ``codec`` makes ``x`` smaller (non-empty floating tensors wider than the wire dtype only)."""
+    return codec is not None and x.is_floating_point() and CODECS[codec].itemsize < x.element_size() and x.numel() > 0
 
 
 def encode(x: torch.Tensor, codec: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -52,8 +52,8 @@ def encode(x: torch.Tensor, codec: str | None) -> tuple[torch.Tensor, torch.Tens
         xf = x.float()
         amax = xf.abs().amax(dim=-1, keepdim=True) if x.dim() else xf.abs()
         scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
-        q = torch.round(xf / scale).clamp(-127, 127).to(torch.int8)
-        return q, scale
+        q = (xf / scale).round_().clamp_min_(-127).clamp_max_(127)  # in place on the one temporary
+        return q.to(torch.int8), scale
     return x.to(CODECS[codec]), None  # type: ignore[index]
 
 
@@ -61,7 +61,8 @@ def decode(payload: torch.Tensor, scale: torch.Tensor | None, like: torch.Tensor
     """Undo :func:`encode` on ``device``: a tensor with ``like``'s dtype, shape and strides."""
     out = torch.empty_like(like, device=device)
     if scale is not None:
-        out.copy_(payload.to(device).float() * scale.to(device))
+        out.copy_(payload.to(device))  # exact: |q| <= 127
+        out.mul_(scale.to(device))  # computed in the wider of fp32 and out's dtype, rounded once
     else:
         out.copy_(payload.to(device, non_blocking=True))
     return out

@@ -63,6 +63,8 @@ def test_codec_leaves_integer_and_narrow_tensors_alone() -> None:
     assert torch.equal(transfer(ids, CPU, "int8"), ids)
     h = torch.randn(4, 8, dtype=torch.float16)
     assert torch.equal(transfer(h, CPU, "fp16"), h)
+    empty = torch.randn(3, 0)  # no row to take a scale of
+    assert transfer(empty, CPU, "int8").shape == (3, 0)
 
 
 def test_codec_keeps_strides_of_a_transposed_tensor() -> None:
