@@ -65,10 +65,13 @@ def median_ms(x: torch.Tensor, dst: torch.device, codec: str | None, repeats: in
 def fit_link(src: str, dst: str, sizes: list[int], ms: list[float]) -> Link:
     """The link (latency, bandwidth) whose model best fits ``ms`` over ``sizes`` bytes (least squares of
     the relative error, so that the small sizes count as much as the large)."""
-    y = np.array(ms, float)
-    slope, intercept = np.polyfit(np.array(sizes, float), y, 1, w=1.0 / y)
+    x, y = np.array(sizes, float), np.array(ms, float)
+    w = 1.0 / y
+    slope, intercept = np.polyfit(x, y, 1, w=w)
+    if intercept < 0:  # a latency cannot be negative: fit the line through the origin instead
+        slope, intercept = float(np.sum(w * w * x * y) / np.sum(w * w * x * x)), 0.0
     bandwidth_bps = 8.0 / (slope * 1e-3) if slope > 0 else float("inf")
-    return Link(src, dst, bandwidth_bps=bandwidth_bps, latency_ms=max(float(intercept), 0.0))
+    return Link(src, dst, bandwidth_bps=bandwidth_bps, latency_ms=float(intercept))
 
 
 def estimate_ms(t: TensorInfo, codec: str | None, link: Link) -> float:
@@ -85,6 +88,10 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="default: benchmarks/RESULTS_transfers.md (CPU only) or "
                                                  "RESULTS_transfers_cuda.md")
     args = ap.parse_args()
+    if args.max_mib < 1:
+        ap.error(f"--max-mib {args.max_mib}: give at least 1, so that there are sizes to fit a link to")
+    if args.latency_us is not None and not args.bandwidth_gbps:
+        ap.error("--latency-us declares a link together with --bandwidth-gbps; give both, or neither to fit them")
     torch.set_num_threads(args.threads)
     devs = devices()
     sizes = [64 * 1024 * 4**k for k in range(12) if 64 * 1024 * 4**k <= args.max_mib * 2**20]
@@ -130,9 +137,11 @@ def write(args: argparse.Namespace, rows: list[tuple], links: dict) -> None:
               "|---|---:|---|---:|---:|---:|"]
     for src, dst, nbytes, codec, ms, est in rows:
         size = f"{nbytes / 2**20:g} MiB" if nbytes >= 2**20 else f"{nbytes // 1024} KiB"
-        lines.append(f"| {src} -> {dst} | {size} | {codec or 'none'} | {ms:.4f} | {est:.4f} | {ms / est:.2f} |")
-    worst = {c: max(r[4] / r[5] for r in rows if r[3] == c) for c in CODEC_NAMES}
-    best = {c: min(r[4] / r[5] for r in rows if r[3] == c) for c in CODEC_NAMES}
+        ratio = f"{ms / est:.2f}" if est > 0 else "-"
+        lines.append(f"| {src} -> {dst} | {size} | {codec or 'none'} | {ms:.4f} | {est:.4f} | {ratio} |")
+    ratios = {c: [r[4] / r[5] for r in rows if r[3] == c and r[5] > 0] or [float("nan")] for c in CODEC_NAMES}
+    worst = {c: max(v) for c, v in ratios.items()}
+    best = {c: min(v) for c, v in ratios.items()}
     lines += ["", "Measured over estimated, smallest to largest, by codec: "
               + "; ".join(f"{c or 'none'} {best[c]:.2f}-{worst[c]:.2f}" for c in CODEC_NAMES) + ".", "",
               f"Command: `.venv/bin/python benchmarks/transfers.py --repeats {args.repeats} --max-mib {args.max_mib}"

@@ -33,6 +33,8 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
+from torch._C._functorch import TransformType
+from torch._functorch.pyfunctorch import retrieve_current_functorch_interpreter
 
 from .costmodel import CODECS, check_codec
 
@@ -40,8 +42,8 @@ __all__ = ["CODECS", "transfer", "transfer_value", "move_value", "encode", "deco
 
 
 def _compresses(x: torch.Tensor, codec: str | None) -> bool:
-    """Whether ``codec`` makes ``x`` smaller (non-empty floating tensors wider than the wire dtype only)."""
-    return codec is not None and x.is_floating_point() and CODECS[codec].itemsize < x.element_size() and x.numel() > 0
+    """Whether ``codec`` makes ``x`` smaller (floating tensors wider than the wire dtype only)."""
+    return codec is not None and x.is_floating_point() and CODECS[codec].itemsize < x.element_size()
 
 
 def encode(x: torch.Tensor, codec: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -50,9 +52,14 @@ def encode(x: torch.Tensor, codec: str | None) -> tuple[torch.Tensor, torch.Tens
         return x, None
     if codec == "int8":
         xf = x.float()
-        amax = xf.abs().amax(dim=-1, keepdim=True) if x.dim() else xf.abs()
+        if not x.dim():
+            amax = xf.abs()
+        elif x.shape[-1] == 0:  # rows of no element: nothing to take a maximum of
+            amax = xf.new_zeros(*x.shape[:-1], 1)
+        else:
+            amax = xf.abs().amax(dim=-1, keepdim=True)
         scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
-        q = (xf / scale).round_().clamp_min_(-127).clamp_max_(127)  # in place on the one temporary
+        q = (xf / scale).round_().clamp_(-127, 127)  # in place on the one temporary
         return q.to(torch.int8), scale
     return x.to(CODECS[codec]), None  # type: ignore[index]
 
@@ -60,11 +67,9 @@ def encode(x: torch.Tensor, codec: str | None) -> tuple[torch.Tensor, torch.Tens
 def decode(payload: torch.Tensor, scale: torch.Tensor | None, like: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Undo :func:`encode` on ``device``: a tensor with ``like``'s dtype, shape and strides."""
     out = torch.empty_like(like, device=device)
+    out.copy_(payload)  # across devices too; exact for int8 (|q| <= 127)
     if scale is not None:
-        out.copy_(payload.to(device))  # exact: |q| <= 127
         out.mul_(scale.to(device))  # computed in the wider of fp32 and out's dtype, rounded once
-    else:
-        out.copy_(payload.to(device, non_blocking=True))
     return out
 
 
@@ -129,11 +134,25 @@ class _TransferUnderFunc(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-        ctx.src_device = inputs[0].device
+        ctx.src_device, ctx.dst_device = inputs[0].device, inputs[1]
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
         return grad.to(ctx.src_device), None, None
+
+    @staticmethod
+    def jvp(ctx: Any, x_t: torch.Tensor, *_: Any) -> torch.Tensor:
+        return x_t.to(ctx.dst_device, copy=True)  # straight through, as the gradient
+
+
+_DIFFERENTIATING = frozenset({TransformType.Grad, TransformType.Jvp, TransformType.Vmap})
+
+
+def _under_func_transform() -> bool:
+    """Whether the innermost ``torch.func`` transform is one :class:`_TransferUnderFunc` serves
+    (grad, jvp, vmap); functionalization goes through the op."""
+    return (torch._C._are_functorch_transforms_active()
+            and retrieve_current_functorch_interpreter().key() in _DIFFERENTIATING)
 
 
 _AFTER_AUTOGRAD = torch._C._after_autograd_keyset
@@ -180,14 +199,15 @@ def transfer(x: torch.Tensor, device: torch.device, codec: Optional[str] = None)
     The same as ``torch.ops.rotafx.transfer(x, device, codec)``, and cheaper to run eagerly: where
     nothing would see the call (no autograd, tracing, mode or transform) it runs the op's kernel
     without a trip through the dispatcher; otherwise it calls the op. The in-process runtime runs
-    the program's transfers through this function; under ``torch.func`` transforms it runs the
-    kernel's ATen ops with the op's gradient, which the op itself cannot. Always returns a new tensor (the op's output
-    never aliases its input).
+    the program's transfers through this function. Under ``torch.func`` transforms (grad, jvp, vmap)
+    it runs the kernel's ATen ops with the op's straight-through derivative, which the op itself
+    cannot; a tracer inside such a transform then records those ops, not the op. Always returns a
+    new tensor (the op's output never aliases its input).
     """
     if not torch.compiler.is_compiling():
         if _nothing_in_the_way(x):
             return _transfer_kernel(x, device, codec)
-        if torch._C._are_functorch_transforms_active():
+        if _under_func_transform():
             return _TransferUnderFunc.apply(x, device, codec)
     return _op(x, device, codec)
 

@@ -17,7 +17,8 @@ import torch
 import rotafx
 import rotafx.runtime.links
 from rotafx.costmodel import CostTables
-from rotafx.export import SCHEMA_VERSION, LoadedStage, PlanError, read_plan
+from rotafx.export import SCHEMA_VERSION, LoadedStage, PlanError, TensorSpec, read_plan
+from rotafx.ops import encode
 from rotafx.models import convnet, example_inputs, small_gpt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +59,16 @@ def gpt_plan(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.M
     path = tmp_path_factory.mktemp("export") / "gpt"
     spec = rotafx.export(model, x, path=path, topology=three_stage_topology(model, x))
     return path, model, x, spec
+
+
+@pytest.mark.parametrize("codec", [None, "fp16", "bf16", "int8"])
+def test_wire_layout_is_what_encode_sends(codec: str | None) -> None:
+    # the plan's message layout and the encoder must agree, empty tensors and scalars included
+    for shape, dtype in (((2, 5), torch.float32), ((3, 0), torch.float32), ((0, 8), torch.float32), ((), torch.float32),
+                         ((4, 6), torch.float16), ((2, 3), torch.int64)):
+        x = torch.zeros(shape, dtype=dtype)
+        sent = [t for t in encode(x, codec) if t is not None]
+        assert [TensorSpec.of(t) for t in sent] == TensorSpec.of(x).wire(codec), (shape, dtype, codec)
 
 
 def test_round_trip_equals_model(gpt_plan: Any) -> None:

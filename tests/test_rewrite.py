@@ -63,8 +63,11 @@ def test_codec_leaves_integer_and_narrow_tensors_alone() -> None:
     assert torch.equal(transfer(ids, CPU, "int8"), ids)
     h = torch.randn(4, 8, dtype=torch.float16)
     assert torch.equal(transfer(h, CPU, "fp16"), h)
-    empty = torch.randn(3, 0)  # no row to take a scale of
-    assert transfer(empty, CPU, "int8").shape == (3, 0)
+    for shape in ((3, 0), (0, 8), (0,)):  # empty tensors, and rows with no element to take a scale of
+        for codec in ("fp16", "int8"):
+            empty = torch.randn(shape)
+            got = transfer(empty, CPU, codec)
+            assert got.shape == shape and got.dtype == torch.float32
 
 
 def test_codec_keeps_strides_of_a_transposed_tensor() -> None:
@@ -86,12 +89,28 @@ def test_gradient_flows_back_through_transfer() -> None:
     assert torch.equal(x.grad, torch.full_like(x, 3.0))
 
 
+def _reference(x: torch.Tensor, codec: str | None) -> torch.Tensor:
+    """What a transfer should deliver, written out from the codec table (the op's docstring)."""
+    if codec is None or not x.is_floating_point() or x.element_size() <= (1 if codec == "int8" else 2):
+        return x.clone()
+    if codec in ("fp16", "bf16"):
+        return x.to(torch.float16 if codec == "fp16" else torch.bfloat16).to(x.dtype)
+    xf = x.float()
+    s = xf.abs().amax(dim=-1, keepdim=True) / 127.0
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    return (torch.round(xf / s).clamp(-127, 127).to(torch.int8).float() * s).to(x.dtype)
+
+
 @pytest.mark.parametrize("codec", [None, "fp16", "bf16", "int8"])
-def test_eager_transfer_function_equals_the_op(codec: str | None) -> None:
-    for x in (_activations(), _activations().t(), torch.randint(0, 9, (3, 4))):
-        want, got = transfer(x, CPU, codec), rotafx.ops.transfer(x, CPU, codec)
-        assert got.dtype == want.dtype and got.stride() == want.stride() and torch.equal(got, want)
-        assert got.data_ptr() != x.data_ptr()
+def test_transfer_delivers_the_codec_tables_values(codec: str | None) -> None:
+    acts = _activations()
+    for x in (acts, acts.t(), acts.half(), acts.clamp(-1e4, 1e4).bfloat16(), torch.randint(0, 9, (3, 4))):
+        want = _reference(x, codec)
+        for fn in (transfer, rotafx.ops.transfer):  # the op, and the function the runtime calls
+            got = fn(x, CPU, codec)
+            assert got.dtype == x.dtype and got.stride() == x.stride(), (fn, x.dtype)
+            assert torch.equal(got, want), f"{fn}: {x.dtype} {codec}: worst {(got.double() - want.double()).abs().max()}"
+            assert got.data_ptr() != x.data_ptr()
 
 
 class _Seen(torch.utils._python_dispatch.TorchDispatchMode):
@@ -138,12 +157,18 @@ def test_eager_transfer_function_skips_the_dispatcher_only_where_nothing_would_s
     assert [n.target for n in traced.graph.nodes if n.op == "call_function"] == [torch.ops.rotafx.transfer.default]
 
 
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # vmap runs clamp_ slice by slice
 def test_eager_transfer_function_under_torch_func() -> None:
     x = _activations()[:4, :8]
     g = torch.func.grad(lambda t: (rotafx.ops.transfer(t, CPU, "int8") * 3).sum())(x)
     assert torch.equal(g, torch.full_like(x, 3.0)), "straight-through gradient, as the op's"
     per_row = torch.func.vmap(lambda t: rotafx.ops.transfer(t, CPU, "int8"))(x)
     assert torch.equal(per_row, transfer(x, CPU, "int8"))
+    _, tangent = torch.func.jvp(lambda t: rotafx.ops.transfer(t, CPU, "int8"), (x,), (torch.ones_like(x),))
+    assert torch.equal(tangent, torch.ones_like(x)), "straight-through tangent"
+    traced = torch.fx.experimental.proxy_tensor.make_fx(
+        torch.func.functionalize(lambda t: rotafx.ops.transfer(t, CPU, None) * 2))(x)
+    assert torch.ops.rotafx.transfer.default in [n.target for n in traced.graph.nodes], "functionalize keeps the op"
     with pytest.raises(RuntimeError, match=r"rotafx: torch.ops.rotafx.transfer cannot be differentiated under torch.func.*"
                                            r"rotafx.ops.transfer"):
         torch.func.grad(lambda t: transfer(t, CPU, None).sum())(x)

@@ -70,6 +70,11 @@ class PipelineModule(torch.nn.Module):
     ``weight_args`` (the dynamo calling convention) gives, for each weight passed as an
     argument, its position: a weight whose tensor object or version changed since it
     was copied is copied again before the call.
+
+    ``program`` is the rewritten graph as planned (each transfer a ``rotafx::transfer`` call, for
+    tracing and export); a call runs a copy of it made at construction, whose transfers go through
+    :func:`rotafx.ops.transfer`. Its stages are shared, so weights moved or replaced in them are
+    seen; edits to ``program``'s own graph, or hooks on ``program``, are not.
     """
 
     def __init__(self, rewritten: Rewritten, *, inner: str = "eager", in_spec: TreeSpec | None = None,
