@@ -193,6 +193,42 @@ def test_partitioned_module_lists_each_weight_once_and_shows_its_transfers_to_tr
     assert_same(out, model(*inputs))
 
 
+def test_partitioned_module_sees_weight_changes_and_runs_stage_hooks() -> None:
+    # a call runs the stages pasted into one function that reads each weight from its stage at call time
+    model, inputs = _build("transformer-block")
+    pm = rotafx.partition(model, inputs, topology=tight_topology(model, inputs), devices=ON_CPU)
+    assert len(pm.stages) >= 2
+    last = pm.stages[-1]
+    name = last.weight_names[0]
+    attr = last.attr_of[name]
+    with torch.no_grad():
+        new = torch.randn_like(model.get_parameter(name))
+        setattr(last.module, attr, nn.Parameter(new.clone()))  # a new tensor object in the stage
+        model.get_parameter(name).copy_(new)
+        assert_same(pm(*inputs), model(*inputs))
+        held = getattr(last.module, attr).detach()
+        del last.module._parameters[attr]  # the weight moves from parameters to buffers (as refresh() may do)
+        last.module.register_buffer(attr, held * 3)
+        model.get_parameter(name).mul_(3)
+        assert_same(pm(*inputs), model(*inputs))
+        seen: list[str] = []
+        handle = pm.stages[0].module.register_forward_hook(lambda m, a, out: seen.append("hook"))
+        assert_same(pm(*inputs), model(*inputs))
+        handle.remove()
+    assert seen == ["hook"], "a hook on a stage module runs"
+
+
+def test_partitioned_module_compiles_and_exports_with_its_transfers() -> None:
+    model, inputs = _build("mlp")
+    pm = rotafx.partition(model, inputs, topology=tight_topology(model, inputs), devices=ON_CPU)
+    n = len(pm.plan.rewritten.transfers)
+    assert n >= 1
+    assert_same(torch.compile(pm, backend="eager", fullgraph=True)(*inputs), model(*inputs))
+    ep = torch.export.export(pm, inputs, strict=False)
+    assert [t for t in (node.target for node in ep.graph.nodes) if t is torch.ops.rotafx.transfer.default] != []
+    assert_same(ep.module()(*inputs), model(*inputs))
+
+
 def test_partition_tied_weight_is_held_by_both_stages() -> None:
     model, inputs = _build("small-gpt-tied")
     pm = rotafx.partition(model, inputs, topology=tight_topology(model, inputs), devices=ON_CPU)

@@ -72,9 +72,8 @@ class PipelineModule(torch.nn.Module):
     was copied is copied again before the call.
 
     ``program`` is the rewritten graph as planned (each transfer a ``rotafx::transfer`` call, for
-    tracing and export); a call runs a copy of it made at construction, whose transfers go through
-    :func:`rotafx.ops.transfer`. Its stages are shared, so weights moved or replaced in them are
-    seen; edits to ``program``'s own graph, or hooks on ``program``, are not.
+    tracing and export); a call runs a :class:`FlatProgram` made from it at construction. Weights
+    moved or replaced in the stages are seen; later edits to the graphs are not.
     """
 
     def __init__(self, rewritten: Rewritten, *, inner: str = "eager", in_spec: TreeSpec | None = None,
@@ -90,9 +89,9 @@ class PipelineModule(torch.nn.Module):
         if inner != "eager":
             for st in rewritten.stages:
                 setattr(self.program, f"stage{st.index}", CompiledStage(st.module, inner))
-        # what a call runs: the program, its transfers made through ops.transfer (kept out of the
-        # module tree: it shares the program's stages, and state_dict() must list them once)
-        self.__dict__["_run"] = _runnable(self.program).forward
+        # what a call runs (kept out of the module tree: it shares the program's stages, and
+        # state_dict() must list them once)
+        self.__dict__["_run"] = FlatProgram(self.program)
         # the calls whose pytree handling is the identity: n plain positional inputs, one output
         n = len(rewritten.inputs)
         self._plain_in = in_spec is not None and in_spec == tree_structure((tuple(range(n)), {}))
@@ -185,19 +184,103 @@ class FlatRunner:
         return self._run(*self._inputs(args))
 
 
-def _runnable(program: fx.GraphModule) -> fx.GraphModule:
-    """A copy of ``program`` whose ``rotafx::transfer`` calls go through :func:`rotafx.ops.transfer`.
+_nn_hooks = torch.nn.modules.module
+_GLOBAL_HOOKS = (_nn_hooks._global_forward_hooks, _nn_hooks._global_forward_pre_hooks,
+                 _nn_hooks._global_backward_hooks, _nn_hooks._global_backward_pre_hooks)
 
-    The function calls the op's kernel directly where the op's dispatch would reach nothing
-    else (about 35 µs a call saved on a CPU) and the op where something must see it
-    (autograd, a tracer, a mode); ``program`` keeps the op, for tracing and export.
+
+def _pastable(stage: torch.nn.Module) -> bool:
+    """An fx stage whose graph calls no submodule and reads only tensors (it can be pasted inline)."""
+    return isinstance(stage, fx.GraphModule) and all(
+        n.op != "call_module" and (n.op != "get_attr" or isinstance(_attr(stage, n.target), torch.Tensor))
+        for n in stage.graph.nodes)
+
+
+def _attr(mod: torch.nn.Module, target: str) -> Any:
+    *path, name = target.split(".")
+    return getattr(mod.get_submodule(".".join(path)) if path else mod, name, None)
+
+
+class FlatProgram:
+    """What a :class:`PipelineModule` call runs: ``program`` as one flat fx function.
+
+    The graphs of the eager stages are pasted into the top-level graph, their weights become
+    arguments read at each call from the stages' own ``_parameters``/``_buffers`` dicts, and each
+    ``rotafx::transfer`` call goes through :func:`rotafx.ops.transfer` (the op's kernel without the
+    dispatcher where nothing must see the op). A weight attribute costs an ``nn.Module.__getattr__``
+    call (about 1 µs) and a stage call a few more; on the small GPT this is 40-55 µs of a 1.5 ms step.
+    Stages compiled by an inner backend are called as they are. ``program`` itself keeps the op
+    and its submodules, for tracing and export; a hook on a pasted stage module (or a global module
+    hook, or the JIT tracer) sends the call to ``program``, so that hooks run as they would.
     """
-    graph = fx.Graph()
-    graph.output(graph.graph_copy(program.graph, {}))
-    for node in graph.nodes:
-        if node.op == "call_function" and node.target is torch.ops.rotafx.transfer.default:
-            node.target = transfer
-    return fx.GraphModule(program, graph, class_name="RotafxRun")
+
+    def __init__(self, program: fx.GraphModule) -> None:
+        self.program = program
+        graph = fx.Graph()
+        env: dict[fx.Node, Any] = {}
+        nodes = list(program.graph.nodes)
+        for n in nodes:  # the program's inputs, then one input per weight read by a pasted stage
+            if n.op == "placeholder":
+                env[n] = graph.placeholder(n.name, type_expr=n.type)
+        self._reads: list[tuple[torch.nn.Module, str]] = []  # (stage module, attribute) per weight input
+        weight_input: dict[tuple[str, str], fx.Node] = {}
+        pasted = {n.target: m for n in nodes
+                  if n.op == "call_module" and _pastable(m := program.get_submodule(n.target))}
+        for name, stage in pasted.items():
+            for sn in stage.graph.nodes:
+                if sn.op == "get_attr":
+                    weight_input[name, sn.target] = graph.placeholder(f"{name}_{sn.target}".replace(".", "_"))
+                    self._reads.append((stage, sn.target))
+        for n in nodes:
+            if n.op == "placeholder":
+                continue
+            if n.op == "call_module" and n.target in pasted:
+                args = fx.node.map_arg(n.args, env.__getitem__)
+                inner: dict[fx.Node, Any] = {}
+                for sn in pasted[n.target].graph.nodes:
+                    if sn.op == "placeholder":
+                        inner[sn] = args[len(inner)]
+                    elif sn.op == "get_attr":
+                        inner[sn] = weight_input[n.target, sn.target]
+                    elif sn.op == "output":
+                        env[n] = fx.node.map_arg(sn.args[0], inner.__getitem__)
+                    else:
+                        inner[sn] = graph.node_copy(sn, inner.__getitem__)
+            elif n.op == "call_function" and n.target is operator.getitem and isinstance(env[n.args[0]], (tuple, list)):
+                env[n] = env[n.args[0]][n.args[1]]  # an output of a pasted stage: the node itself
+            elif n.op == "output":
+                graph.output(fx.node.map_arg(n.args[0], env.__getitem__))
+            else:
+                env[n] = copy = graph.node_copy(n, env.__getitem__)
+                if copy.op == "call_function" and copy.target is torch.ops.rotafx.transfer.default:
+                    copy.target = transfer
+        self.forward = fx.GraphModule(program, graph, class_name="RotafxFlat").forward
+        self._hooks = _GLOBAL_HOOKS + tuple(d for m in pasted.values() for d in (
+            m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks))
+        self._bind()
+
+    def _bind(self) -> None:
+        """Find, for each weight input, the dict that holds it (parameters, buffers or plain attributes)."""
+        bound = []
+        for mod, target in self._reads:
+            *path, name = target.split(".")
+            owner = mod.get_submodule(".".join(path)) if path else mod
+            where = next((d for d in (owner._parameters, owner._buffers, owner.__dict__) if name in d), None)
+            if where is None:  # e.g. a parametrized weight (a property): no dict to read it from
+                self._weights = None
+                return
+            bound.append((where, name))
+        self._weights = bound
+
+    def __call__(self, *inputs: Any) -> Any:
+        if self._weights is None or any(self._hooks) or torch._C._get_tracing_state():
+            return self.program(*inputs)
+        try:
+            weights = [d[k] for d, k in self._weights]
+        except KeyError:  # a weight moved between parameters and buffers (refresh): find it again
+            self._bind()
+            return self(*inputs)
+        return self.forward(*inputs, *weights)
 
 
 def _getter(positions: tuple[int, ...]) -> Callable[[tuple], tuple]:
