@@ -1,14 +1,14 @@
 """Overhead of the rotastellar rewrite: against eager, and (``--inductor``) against plain inductor.
 
-A small GPT at batch 8, all stages on the CPU in one process. Every variant's output is
-checked first (bit-exact against eager for the eager inner backend; ``assert_close``
-against plain inductor for the inductor inner backend), then all variants are timed
-interleaved, call by call (the order reversed every round), so that load from other
-processes falls on all of them alike. Compile time is the first call of each compiled
-variant, each in a fresh process with an empty inductor cache. Writes
-benchmarks/RESULTS_backend.md.
+A small GPT at batch 8, all stages on one device (``--device``, the CPU by default) in one
+process. Every variant's output is checked first (bit-exact against eager for the eager inner
+backend; ``assert_close`` against plain inductor for the inductor inner backend), then the
+variants of each group (eager, inductor) are timed interleaved, call by call (the order
+reversed every round), so that load from other processes falls on all of them alike.
+Compile time is the first call of each compiled variant, each in a fresh process with an
+empty inductor cache. Writes benchmarks/RESULTS_backend.md (RESULTS_backend_cuda.md on CUDA).
 
-    .venv/bin/python benchmarks/backend.py [--calls 500] [--batch 8] [--inductor]
+    .venv/bin/python benchmarks/backend.py [--calls 500] [--batch 8] [--inductor] [--device cuda:0]
 """
 
 from __future__ import annotations
@@ -159,7 +159,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: least noise on a shared machine)")
     ap.add_argument("--no-compile-times", action="store_true", help="skip the fresh-process compile times")
     ap.add_argument("--device", default="cpu", help="the torch device of the model and every stage (cpu, cuda:0, ...)")
+    ap.add_argument("--runs", type=int, default=3, help="fresh processes per group; figures are medians over the runs")
     ap.add_argument("--compile-time-of", help=argparse.SUPPRESS)
+    ap.add_argument("--time-group", choices=("eager", "inductor"), help=argparse.SUPPRESS)
     ap.add_argument("--out", help="default: benchmarks/RESULTS_backend.md (cpu) or RESULTS_backend_cuda.md")
     args = ap.parse_args()
     global DEVICE
@@ -170,38 +172,21 @@ def main() -> None:
     if args.compile_time_of:
         print(json.dumps({"seconds": compile_seconds(args.compile_time_of, args.batch, args.threads)}))
         return
-    torch.set_num_threads(args.threads)
-    model, x, tight = setup(args.batch)
-    names = [n for n, (group, _, _) in VARIANTS.items() if group == "eager" or args.inductor]
-
-    with torch.no_grad():
-        want = model(x)
-        built: dict[str, Any] = {}
-        outputs: dict[str, torch.Tensor] = {}
-        stages: dict[str, Any] = {}
-        first_call: dict[str, float] = {}
-        for name in names:
-            group, build, check = VARIANTS[name]
-            t0 = time.perf_counter()
-            fn = build(model, x, tight)
-            got = synced(lambda: fn(x))()
-            first_call[name] = time.perf_counter() - t0
-            if check == "exact":
-                assert torch.equal(got, want), f"{name}: output differs from eager"
-            elif check == "codec":
-                torch.testing.assert_close(got, want, rtol=0.1, atol=0.1)
-            else:  # against plain inductor, itself checked against eager
-                torch.testing.assert_close(got, outputs.get("torch.compile, inductor", want))
-            if name.startswith("rotas") or name.startswith("rotafx"):
-                plan = rotafx.last_plan()
-                stages[name] = len(plan.stages)
-                if "2 stages" in name:
-                    assert len(plan.stages) == 2 and len(plan.rewritten.transfers) >= 1, f"{name}: {plan}"
-            else:
-                stages[name] = "-"
-            built[name], outputs[name] = fn, got
-        gc.collect()
-        times = interleaved_us([synced(lambda fn=built[n]: fn(x)) for n in names], args.calls)
+    if args.time_group:
+        print(json.dumps(time_group(args.time_group, args)))
+        return
+    groups = ["eager"] + (["inductor"] if args.inductor else [])
+    names = [n for n, (group, _, _) in VARIANTS.items() if group in groups]
+    runs: list[dict[str, Any]] = []
+    for run in range(args.runs):
+        measured: dict[str, Any] = {}
+        for group in groups:  # each group in a fresh process: nothing one group built runs beside the other's calls
+            out = subprocess.run([sys.executable, __file__, "--time-group", group, "--calls", str(args.calls), "--batch",
+                                  str(args.batch), "--threads", str(args.threads), "--device", DEVICE],
+                                 capture_output=True, text=True, check=True)
+            measured.update(json.loads(out.stdout.strip().splitlines()[-1]))
+        runs.append(measured)
+        print(f"run {run + 1}: " + ", ".join(f"{n} {statistics.median(measured[n]['times']):.0f} us" for n in names), flush=True)
 
     compile_s: dict[str, float] = {}
     if not args.no_compile_times:
@@ -211,20 +196,60 @@ def main() -> None:
                 print(f"compile {name}: {compile_s[name]:.1f} s", flush=True)
 
     rows = []
-    base_of = {}
-    for name, t in zip(names, times):
+    base_of: dict[str, str] = {}
+    for name in names:
         group = VARIANTS[name][0]
-        base_of.setdefault(group, name)
-        base = times[names.index(base_of[group])]
-        ratio = statistics.median(t) / statistics.median(base)
-        paired = statistics.median(a / b for a, b in zip(t, base))
-        diff = float((outputs[name] - want).abs().max())
-        rows.append((name, group, stages[name], statistics.median(t), pct(t, 0.1), pct(t, 0.9), ratio, paired,
-                     first_call[name], compile_s.get(name), diff))
-        print(f"{name:<40} stages {stages[name]!s:>2}  median {statistics.median(t):8.1f} us  (p10 {pct(t, 0.1):.1f}, "
-              f"p90 {pct(t, 0.9):.1f})  {ratio:.3f}x {base_of[group]} (paired {paired:.3f}x)", flush=True)
+        base = base_of.setdefault(group, name)
+        # per run: the ratio of the medians and the paired ratio; reported: the median over the runs
+        ratios = [statistics.median(r[name]["times"]) / statistics.median(r[base]["times"]) for r in runs]
+        paireds = [statistics.median(a / b for a, b in zip(r[name]["times"], r[base]["times"])) for r in runs]
+        t = [v for r in runs for v in r[name]["times"]]
+        last = runs[-1][name]
+        rows.append((name, group, last["stages"], statistics.median(t), pct(t, 0.1), pct(t, 0.9), statistics.median(ratios),
+                     statistics.median(paireds), last["first_call"], compile_s.get(name), last["diff"], ratios))
+        print(f"{name:<40} stages {last['stages']!s:>2}  median {statistics.median(t):8.1f} us  (p10 {pct(t, 0.1):.1f}, "
+              f"p90 {pct(t, 0.9):.1f})  {statistics.median(ratios):.3f}x {base} (runs: "
+              f"{', '.join(f'{r:.3f}' for r in ratios)}; paired {statistics.median(paireds):.3f}x)", flush=True)
     write(args, rows)
     print(f"wrote {args.out}")
+
+
+def time_group(group: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Build the variants of ``group``, check their outputs, time them interleaved; in this process."""
+    torch.set_num_threads(args.threads)
+    torch._inductor.config.compile_threads = 1  # no pool of compile workers alive beside the timed calls
+    model, x, tight = setup(args.batch)
+    names = [n for n, (g, _, _) in VARIANTS.items() if g == group]
+    result: dict[str, Any] = {}
+    with torch.no_grad():
+        want = model(x)
+        built: dict[str, Any] = {}
+        outputs: dict[str, torch.Tensor] = {}
+        for name in names:
+            _, build, check = VARIANTS[name]
+            t0 = time.perf_counter()
+            fn = build(model, x, tight)
+            got = synced(lambda: fn(x))()
+            first_call = time.perf_counter() - t0
+            if check == "exact":
+                assert torch.equal(got, want), f"{name}: output differs from eager"
+            elif check == "codec":
+                torch.testing.assert_close(got, want, rtol=0.1, atol=0.1)
+            else:  # against plain inductor, itself checked against eager
+                torch.testing.assert_close(got, outputs.get("torch.compile, inductor", want))
+            stages: Any = "-"
+            if name.startswith("rotas") or name.startswith("rotafx"):
+                plan = rotafx.last_plan()
+                stages = len(plan.stages)
+                if "2 stages" in name:
+                    assert len(plan.stages) == 2 and len(plan.rewritten.transfers) >= 1, f"{name}: {plan}"
+            built[name], outputs[name] = fn, got
+            result[name] = {"stages": stages, "first_call": first_call, "diff": float((got - want).abs().max())}
+        gc.collect()
+        times = interleaved_us([synced(lambda fn=built[n]: fn(x)) for n in names], args.calls)
+    for name, t in zip(names, times):
+        result[name]["times"] = t
+    return result
 
 
 def write(args: argparse.Namespace, rows: list[tuple]) -> None:
@@ -241,15 +266,17 @@ def write(args: argparse.Namespace, rows: list[tuple]) -> None:
         "",
         f"Small GPT (`rotafx.models.small_gpt()`: vocab 256, d 64, 4 heads, 2 layers, sequence 32), batch {args.batch}, "
         f"fp32, `torch.no_grad()`, {args.threads} torch thread(s), every stage on `{args.device}` in one process. "
-        f"{args.calls} timed calls per variant after 20 warm-up calls, all variants interleaved call by call (the order "
-        "reversed every round), so that the load of other jobs on this shared machine falls on all of them alike. "
-        "Each output is checked before timing: bit-exact against eager (eager inner backend), `assert_close` against "
-        "plain inductor (inductor inner backend), within 0.1 for the int8 codec.",
+        f"{args.runs} runs; in each, each group of variants (eager, inductor) is built and timed in a fresh process: "
+        f"{args.calls} timed calls per variant after 20 warm-up calls, the group's variants interleaved call by call "
+        "(the order reversed every round), so that the load of other jobs on this shared machine falls on all of them "
+        "alike. Each output is checked before timing: bit-exact against eager (eager inner backend), `assert_close` "
+        "against plain inductor (inductor inner backend), within 0.1 for the int8 codec.",
         "",
-        "\"vs base\" is the ratio of the medians to the group's first row; \"paired\" the median over the rounds of "
-        "each call's time over the base's call in the same round (less sensitive to load that drifts). "
-        "\"first call\" is build plus first call in the timing process (caches warm from earlier variants); "
-        "\"compile\" the same in a fresh process with an empty inductor cache.",
+        "\"vs base\" is the median over the runs of the ratio of the variant's median to the group's first row's "
+        "(\"runs\" lists each run's); \"paired\" the median over the runs of the median over the rounds of each "
+        "call's time over the base's call in the same round (less sensitive to load that drifts). \"median\", \"p10\" "
+        "and \"p90\" pool the calls of all runs. \"first call\" is build plus first call in the timing process "
+        "(caches warm from earlier variants); \"compile\" the same in a fresh process with an empty inductor cache.",
         "",
     ]
     for group, title in (("eager", "Eager inner backend, against eager"), ("inductor", "Inductor inner backend, against plain inductor")):
@@ -257,10 +284,12 @@ def write(args: argparse.Namespace, rows: list[tuple]) -> None:
         if not grp:
             continue
         lines += [f"## {title}", "",
-                  "| variant | stages | median µs | p10 µs | p90 µs | vs base | paired | first call s | compile s | max abs diff vs eager |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for name, _, stages, med, p10, p90, ratio, paired, first, comp, diff in grp:
-            lines.append(f"| {name} | {stages} | {med:.1f} | {p10:.1f} | {p90:.1f} | {ratio:.3f}x | {paired:.3f}x | "
+                  "| variant | stages | median µs | p10 µs | p90 µs | vs base | runs | paired | first call s | compile s "
+                  "| max abs diff vs eager |",
+                  "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+        for name, _, stages, med, p10, p90, ratio, paired, first, comp, diff, ratios in grp:
+            lines.append(f"| {name} | {stages} | {med:.1f} | {p10:.1f} | {p90:.1f} | {ratio:.3f}x | "
+                         f"{', '.join(f'{r:.3f}' for r in ratios)} | {paired:.3f}x | "
                          f"{first:.2f} | {'-' if comp is None else f'{comp:.1f}'} | {diff:.2g} |")
         lines.append("")
 
@@ -301,16 +330,19 @@ def write(args: argparse.Namespace, rows: list[tuple]) -> None:
     lines += [
         "",
         f"Both plans put their stages on `{args.device}`, so the 2-stage rows over the 1-stage rows are the cost of the "
-        "cut itself: the second stage's call and one `rotafx::transfer` per crossing tensor, whose output is a copy "
-        "(the op's output may not alias its input). The runtime makes that call through `rotafx.ops.transfer`, which "
-        "runs the op's Python kernel without the dispatcher when nothing (autograd, a tracer, a mode) must see the op.",
+        "cut itself: one `rotafx::transfer` per crossing tensor, whose output is a copy (the op's output may not alias "
+        "its input), and, with an inner backend, a second compiled graph (no fusion across the cut). With the eager "
+        "inner backend the runtime pastes the stages into one function (`FlatProgram`) and makes the transfer through "
+        "`rotafx.ops.transfer`, which runs the op's Python kernel without the dispatcher when nothing (autograd, a "
+        "tracer, a mode) must see the op.",
         "",
-        f"Command: `.venv/bin/python benchmarks/backend.py --calls {args.calls} --batch {args.batch} --threads {args.threads}"
+        f"Command: `.venv/bin/python benchmarks/backend.py --calls {args.calls} --runs {args.runs} --batch {args.batch} "
+        f"--threads {args.threads}"
         f"{' --inductor' if args.inductor else ''}{'' if args.device == 'cpu' else f' --device {args.device}'}`",
         "",
         f"Machine: {cpu}, {os.cpu_count()} logical CPUs visible, load average {load:.1f} at the end of the run "
         f"(other jobs share it), torch {torch.__version__}, Python {sys.version.split()[0]}, "
-        f"{platform.system()} {platform.release()}; torch threads {torch.get_num_threads()}; {gpu}.",
+        f"{platform.system()} {platform.release()}; torch threads {args.threads}; {gpu}.",
         "",
     ]
     out = Path(args.out)
