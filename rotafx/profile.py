@@ -62,6 +62,13 @@ class LayerProfile:
     weight_names: tuple[str, ...] = ()
     nodes: tuple[fx.Node, ...] = field(default=(), repr=False, compare=False)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # the nodes belong to the traced graph (fake tensors in their meta): copies and pickles leave them behind
+        return {**self.__dict__, "nodes": ()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
     @property
     def activation_size_mb(self) -> float:
         return self.activation_bytes / MB
@@ -99,6 +106,13 @@ class ModelProfile:
     batch_size: int | None = None
     graph_module: fx.GraphModule | None = field(default=None, repr=False)
     unknown_ops: dict[str, str] = field(default_factory=dict)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the traced graph stays behind in copies and pickles (a torch.export graph cannot be unpickled)
+        return {**self.__dict__, "graph_module": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     # -- the seed's properties -----------------------------------------------
     @property

@@ -233,6 +233,10 @@ def rewrite(
     for st in stages:
         root.add_module(f"stage{st.index}", st.module)
     program = fx.GraphModule(root, top, class_name="RotafxProgram")
+    for m in (program, *(st.module for st in stages)):
+        # unpickling re-traces a GraphModule's code with its graph's tracer class; torch.export's
+        # tracer cannot be made that way, and fx's own Tracer reads this code as well
+        m._tracer_cls = None
     return Rewritten(program=program, stages=stages, inputs=tuple(inputs), weights=list(slots.values()), codec=codec)
 
 

@@ -218,6 +218,29 @@ def test_partitioned_module_sees_weight_changes_and_runs_stage_hooks() -> None:
     assert seen == ["hook"], "a hook on a stage module runs"
 
 
+@pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated:FutureWarning")  # torch's own
+def test_partitioned_module_deepcopies_and_pickles(tmp_path: Any) -> None:
+    import copy
+
+    model, inputs = _build("small-gpt-tied")
+    pm = rotafx.partition(model, inputs, topology=tight_topology(model, inputs), devices=ON_CPU)
+    want = model(*inputs)
+    twin = copy.deepcopy(pm)
+    torch.save(pm, tmp_path / "pm.pt")
+    loaded = torch.load(tmp_path / "pm.pt", weights_only=False)
+    for other in (twin, loaded):
+        assert_same(other(*inputs), want)
+        with torch.no_grad():
+            for p in other.parameters():
+                p.mul_(0.5)
+        assert not torch.equal(_logits(other(*inputs)), _logits(want)), "the copy holds weights of its own"
+        assert_same(pm(*inputs), want)
+    seen: list[int] = []
+    loaded.stages[-1].module.register_forward_hook(lambda *a: seen.append(1))
+    loaded(*inputs)
+    assert seen == [1], "hooks on a loaded module's stages run"
+
+
 def test_partitioned_module_compiles_and_exports_with_its_transfers() -> None:
     model, inputs = _build("mlp")
     pm = rotafx.partition(model, inputs, topology=tight_topology(model, inputs), devices=ON_CPU)

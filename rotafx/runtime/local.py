@@ -259,6 +259,10 @@ class FlatProgram:
             m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks))
         self._bind()
 
+    def __reduce__(self) -> tuple:
+        # made again from the program on copy and unpickling: the hook dicts must be the live ones
+        return FlatProgram, (self.program,)
+
     def _bind(self) -> None:
         """Find, for each weight input, the dict that holds it (parameters, buffers or plain attributes)."""
         bound = []
