@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import pickle
 from typing import Any, Callable
 
 import pytest
@@ -139,18 +140,20 @@ def test_partition_equals_eager(name: str) -> None:
     assert_weights_placed(pm, model)
 
 
-@pytest.mark.parametrize("how", ["partition", "torch.compile"])
+@pytest.mark.parametrize("how", ["partition", "partition, inner aot_eager", "torch.compile"])
 def test_split_model_trains_like_eager(how: str) -> None:
     # gradients flow back through the stages and transfers to the model's own parameters
     model, inputs = _build("transformer-block")
     options = dict(topology=tight_topology(model, inputs), devices=ON_CPU)
-    if how == "partition":
-        split: Any = rotafx.partition(model, inputs, **options)
+    if how.startswith("partition"):
+        split: Any = rotafx.partition(model, inputs, inner="aot_eager" if "aot" in how else "eager", **options)
+        with torch.no_grad():
+            split(*inputs)  # a compiled stage's first call records nothing: the next must compile for autograd
     else:
         be = rotafx.backend(inner="eager", **options)
         split = torch.compile(model, backend=be, fullgraph=True)
     split(*inputs).square().mean().backward()
-    plan = split.plan if how == "partition" else be.plan
+    plan = split.plan if how.startswith("partition") else be.plan
     assert len(plan.stages) >= 2
     got = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
@@ -239,6 +242,33 @@ def test_partitioned_module_deepcopies_and_pickles(tmp_path: Any) -> None:
     loaded.stages[-1].module.register_forward_hook(lambda *a: seen.append(1))
     loaded(*inputs)
     assert seen == [1], "hooks on a loaded module's stages run"
+
+
+@pytest.mark.parametrize("inner", ["aot_eager", "inductor"])
+def test_compiled_stages_read_replaced_weights_without_compiling_again(inner: str) -> None:
+    model, inputs = _build("mlp")
+    pm = rotafx.partition(model, inputs, topology=tight_topology(model, inputs), devices=ON_CPU, inner=inner)
+    compiled = [m for m in pm.program.children() if isinstance(m, rotafx.runtime.CompiledStage)]
+    assert len(compiled) == len(pm.stages) >= 2
+    with torch.no_grad():
+        assert_same(pm(*inputs), model(*inputs), exact=False)
+        # new weight tensors every call, as torch.func.functional_call passes them
+        for scale in (2.0, 3.0):
+            new = {n: p * scale for n, p in model.named_parameters()}
+            name_in_pm = {w: f"program.stage{st.index}.gm.{st.attr_of[w]}" for st in pm.stages for w in st.weight_names}
+            got = torch.func.functional_call(pm, {name_in_pm[n]: t for n, t in new.items()}, inputs)
+            assert_same(got, torch.func.functional_call(model, new, inputs), exact=False)
+        assert [len(m._fns) for m in compiled] == [1] * len(compiled), "no stage compiled again"
+        assert_same(pm(*inputs), model(*inputs), exact=False)  # the stages' own weights again
+        st = pm.stages[0]
+        name = next(w for w in st.weight_names if model.get_parameter(w).dim() == 2)
+        w = getattr(st.module, st.attr_of[name]).detach()
+        setattr(st.module, st.attr_of[name], nn.Parameter(w.t().contiguous().t()))  # same values, other strides
+        assert_same(pm(*inputs), model(*inputs), exact=False)
+        assert len(compiled[0]._fns) == 2, "a weight with other strides compiles the stage again"
+    loaded = pickle.loads(pickle.dumps(pm))  # compiled code stays behind; the stages compile again
+    with torch.no_grad():
+        assert_same(loaded(*inputs), model(*inputs), exact=False)
 
 
 def test_partitioned_module_compiles_and_exports_with_its_transfers() -> None:

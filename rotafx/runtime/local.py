@@ -21,41 +21,59 @@ INNER_BACKENDS = ("eager", "inductor", "aot_eager")
 
 
 class CompiledStage(torch.nn.Module):
-    """A stage compiled by an inner backend at its first call with each new input signature.
+    """A stage compiled by an inner backend at its first call with each new signature.
 
-    The inner backend compiles for the shapes it is given; a stage of a graph dynamo made
-    dynamic sees other sizes later, so the compiled code is kept per signature (shapes,
-    strides, dtypes and devices of the tensors, values of the other arguments).
+    The stage's weights are compiled as inputs (its ``get_attr`` nodes become placeholders) and
+    read from the stage module at each call, so a weight replaced by another tensor (a refresh,
+    ``load_state_dict(assign=True)``, ``torch.func.functional_call``) is used without compiling
+    again, unless its shape, stride, dtype or device changed. The inner backend compiles for the
+    shapes it is given; a stage of a graph dynamo made dynamic sees other sizes later, so the
+    compiled code is kept per signature (shapes, strides, dtypes and devices of the inputs and
+    weights, values of the other arguments, and whether autograd is recording).
     """
 
     def __init__(self, gm: fx.GraphModule, backend: str) -> None:
         super().__init__()
         self.gm = gm
         self.backend = backend
+        lifted, reads = _lift_weights(gm)
+        self.__dict__["_lifted"] = lifted  # no weights of its own: kept out of the module tree
+        self._weights = _WeightReader(reads)
         self._fns: dict[tuple, Callable[..., Any]] = {}
+        self._seen: list[torch.Tensor] = []  # the weights of the last call, and their signature
+        self._seen_key: tuple = ()
 
-    def reset(self) -> None:
-        """Forget the compiled code (after a weight was replaced by another tensor)."""
-        self._fns.clear()
+    def __getstate__(self) -> dict[str, Any]:
+        # compiled code does not pickle: a loaded stage compiles again at its first call
+        return {**self.__dict__, "_fns": {}, "_seen": [], "_seen_key": ()}
 
     def forward(self, *args: Any) -> Any:
-        key = tuple((tuple(a.shape), a.stride(), a.dtype, a.device) if isinstance(a, torch.Tensor)
-                    else a if isinstance(a, (int, float, bool, str, type(None))) else repr(a) for a in args)
+        weights = self._weights()
+        if len(weights) != len(self._seen) or any(map(operator.is_not, weights, self._seen)):
+            self._seen, self._seen_key = weights, tuple(map(_signature, weights))
+        # grad mode too: code compiled for inference records no gradient
+        key = (tuple(map(_signature, args)), self._seen_key, torch.is_grad_enabled())
         fn = self._fns.get(key)
         if fn is None:
             if self._fns:
-                log.info("rotafx: compiling a stage again with %s for new input shapes", self.backend)
+                log.info("rotafx: compiling a stage again with %s for new input shapes or weights", self.backend)
+            example = [*args, *weights]
             if self.backend == "inductor":
                 from torch._inductor.compile_fx import compile_fx
 
-                fn = compile_fx(self.gm, list(args))
+                fn = compile_fx(self._lifted, example)
             else:
                 from torch._dynamo.backends.registry import lookup_backend
 
-                fn = lookup_backend(self.backend)(self.gm, list(args))
+                fn = lookup_backend(self.backend)(self._lifted, example)
             self._fns[key] = fn
-        # a module with parameters compiles to the unboxed convention (aot_module_simplified's forward)
-        return fn(*args)
+        return fn(*args, *weights)
+
+
+def _signature(a: Any) -> Any:
+    if isinstance(a, torch.Tensor):
+        return tuple(a.shape), a.stride(), a.dtype, a.device
+    return a if isinstance(a, (int, float, bool, str, type(None))) else repr(a)
 
 
 class PipelineModule(torch.nn.Module):
@@ -131,21 +149,15 @@ class PipelineModule(torch.nn.Module):
             if tensor.device == device:
                 if held is not tensor:  # the stage aliased the old tensor: point it at the new one
                     _set(mod, attr, tensor)
-                    self._reset_compiled()
             elif held.shape == tensor.shape and held.dtype == tensor.dtype:
                 with torch.no_grad():
                     held.copy_(tensor)
             else:
                 new = tensor.detach().to(device)
                 _set(mod, attr, torch.nn.Parameter(new, tensor.requires_grad) if isinstance(held, torch.nn.Parameter) else new)
-                self._reset_compiled()
         slot.source = tensor
         slot.version = version_of(tensor)
 
-    def _reset_compiled(self) -> None:
-        for m in self.program.children():
-            if isinstance(m, CompiledStage):
-                m.reset()
 
 
 class FlatRunner:
@@ -201,17 +213,69 @@ def _attr(mod: torch.nn.Module, target: str) -> Any:
     return getattr(mod.get_submodule(".".join(path)) if path else mod, name, None)
 
 
+def _lift_weights(gm: fx.GraphModule) -> tuple[fx.GraphModule, list[tuple[torch.nn.Module, str]]]:
+    """``gm`` with each tensor it reads as an attribute taken as an input after its own inputs,
+    and the ``(gm, attribute)`` of each such input."""
+    graph = fx.Graph()
+    env: dict[fx.Node, Any] = {}
+    nodes = list(gm.graph.nodes)
+    for n in nodes:
+        if n.op == "placeholder":
+            env[n] = graph.node_copy(n, env.__getitem__)
+    reads: list[tuple[torch.nn.Module, str]] = []
+    for n in nodes:
+        if n.op == "get_attr" and isinstance(_attr(gm, n.target), torch.Tensor):
+            env[n] = graph.placeholder("w_" + n.target.replace(".", "_"))
+            reads.append((gm, n.target))
+    for n in nodes:
+        if n not in env:
+            env[n] = graph.node_copy(n, env.__getitem__)
+    return fx.GraphModule(gm, graph, class_name="RotafxStage"), reads
+
+
+class _WeightReader:
+    """Reads, at each call, the tensors fx stages hold as attributes, from the dicts that hold them
+    (``_parameters``, ``_buffers`` or plain attributes): a weight moved or replaced in a stage is
+    read where it is now. An attribute costs an ``nn.Module.__getattr__`` call, about 1 µs; a
+    dict look-up a tenth of that."""
+
+    def __init__(self, reads: Sequence[tuple[torch.nn.Module, str]]) -> None:
+        self.reads = list(reads)
+        self._bind()
+
+    def _bind(self) -> None:
+        bound = []
+        for mod, target in self.reads:
+            *path, name = target.split(".")
+            owner = mod.get_submodule(".".join(path)) if path else mod
+            where = next((d for d in (owner._parameters, owner._buffers, owner.__dict__) if name in d), None)
+            if where is None:  # e.g. a parametrized weight (a property): read as an attribute
+                self._bound = None
+                return
+            bound.append((where, name))
+        self._bound = bound
+
+    def __call__(self) -> list[torch.Tensor]:
+        if self._bound is not None:
+            try:
+                return [d[k] for d, k in self._bound]
+            except KeyError:  # a weight moved between parameters and buffers (refresh): find it again
+                self._bind()
+                return self()
+        return [_attr(mod, target) for mod, target in self.reads]
+
+
 class FlatProgram:
     """What a :class:`PipelineModule` call runs: ``program`` as one flat fx function.
 
     The graphs of the eager stages are pasted into the top-level graph, their weights become
-    arguments read at each call from the stages' own ``_parameters``/``_buffers`` dicts, and each
-    ``rotafx::transfer`` call goes through :func:`rotafx.ops.transfer` (the op's kernel without the
-    dispatcher where nothing must see the op). A weight attribute costs an ``nn.Module.__getattr__``
-    call (about 1 µs) and a stage call a few more; on the small GPT this is 40-55 µs of a 1.5 ms step.
-    Stages compiled by an inner backend are called as they are. ``program`` itself keeps the op
-    and its submodules, for tracing and export; a hook on a pasted stage module (or a global module
-    hook, or the JIT tracer) sends the call to ``program``, so that hooks run as they would.
+    arguments read at each call by a :class:`_WeightReader`, and each ``rotafx::transfer`` call
+    goes through :func:`rotafx.ops.transfer` (the op's kernel without the dispatcher where nothing
+    must see the op). A weight attribute costs an ``nn.Module.__getattr__`` call (about 1 µs) and a
+    stage call a few more; on the small GPT this is 40-55 µs of a 1.5 ms step. Stages compiled by
+    an inner backend are called as they are. ``program`` itself keeps the op and its submodules,
+    for tracing and export; a hook on a pasted stage module (or a global module hook, or the JIT
+    tracer) sends the call to ``program``, so that hooks run as they would.
     """
 
     def __init__(self, program: fx.GraphModule) -> None:
@@ -222,26 +286,19 @@ class FlatProgram:
         for n in nodes:  # the program's inputs, then one input per weight read by a pasted stage
             if n.op == "placeholder":
                 env[n] = graph.placeholder(n.name, type_expr=n.type)
-        self._reads: list[tuple[torch.nn.Module, str]] = []  # (stage module, attribute) per weight input
-        weight_input: dict[tuple[str, str], fx.Node] = {}
-        pasted = {n.target: m for n in nodes
+        pasted = {n.target: _lift_weights(m) for n in nodes
                   if n.op == "call_module" and _pastable(m := program.get_submodule(n.target))}
-        for name, stage in pasted.items():
-            for sn in stage.graph.nodes:
-                if sn.op == "get_attr":
-                    weight_input[name, sn.target] = graph.placeholder(f"{name}_{sn.target}".replace(".", "_"))
-                    self._reads.append((stage, sn.target))
+        weight_inputs = {name: [graph.placeholder(f"{name}_{t}".replace(".", "_")) for _, t in reads]
+                         for name, (_, reads) in pasted.items()}
         for n in nodes:
             if n.op == "placeholder":
                 continue
             if n.op == "call_module" and n.target in pasted:
-                args = fx.node.map_arg(n.args, env.__getitem__)
+                args = [*fx.node.map_arg(n.args, env.__getitem__), *weight_inputs[n.target]]
                 inner: dict[fx.Node, Any] = {}
-                for sn in pasted[n.target].graph.nodes:
+                for sn in pasted[n.target][0].graph.nodes:
                     if sn.op == "placeholder":
                         inner[sn] = args[len(inner)]
-                    elif sn.op == "get_attr":
-                        inner[sn] = weight_input[n.target, sn.target]
                     elif sn.op == "output":
                         env[n] = fx.node.map_arg(sn.args[0], inner.__getitem__)
                     else:
@@ -255,36 +312,19 @@ class FlatProgram:
                 if copy.op == "call_function" and copy.target is torch.ops.rotafx.transfer.default:
                     copy.target = transfer
         self.forward = fx.GraphModule(program, graph, class_name="RotafxFlat").forward
-        self._hooks = _GLOBAL_HOOKS + tuple(d for m in pasted.values() for d in (
+        stages = [program.get_submodule(name) for name in pasted]
+        self._weights = _WeightReader([r for _, reads in pasted.values() for r in reads])
+        self._hooks = _GLOBAL_HOOKS + tuple(d for m in stages for d in (
             m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks))
-        self._bind()
 
     def __reduce__(self) -> tuple:
         # made again from the program on copy and unpickling: the hook dicts must be the live ones
         return FlatProgram, (self.program,)
 
-    def _bind(self) -> None:
-        """Find, for each weight input, the dict that holds it (parameters, buffers or plain attributes)."""
-        bound = []
-        for mod, target in self._reads:
-            *path, name = target.split(".")
-            owner = mod.get_submodule(".".join(path)) if path else mod
-            where = next((d for d in (owner._parameters, owner._buffers, owner.__dict__) if name in d), None)
-            if where is None:  # e.g. a parametrized weight (a property): no dict to read it from
-                self._weights = None
-                return
-            bound.append((where, name))
-        self._weights = bound
-
     def __call__(self, *inputs: Any) -> Any:
-        if self._weights is None or any(self._hooks) or torch._C._get_tracing_state():
+        if any(self._hooks) or torch._C._get_tracing_state():
             return self.program(*inputs)
-        try:
-            weights = [d[k] for d, k in self._weights]
-        except KeyError:  # a weight moved between parameters and buffers (refresh): find it again
-            self._bind()
-            return self(*inputs)
-        return self.forward(*inputs, *weights)
+        return self.forward(*inputs, *self._weights())
 
 
 def _getter(positions: tuple[int, ...]) -> Callable[[tuple], tuple]:
