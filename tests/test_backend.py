@@ -244,18 +244,51 @@ def test_partitioned_module_deepcopies_and_pickles(tmp_path: Any) -> None:
     assert seen == [1], "hooks on a loaded module's stages run"
 
 
+@pytest.mark.parametrize("codec", [None, "int8"])
+def test_program_on_one_device_compiles_as_one_function(codec: str | None) -> None:
+    # a transfer to the device its tensor is on, uncompressed, is the copy it is; with a codec it stays the op
+    model, inputs = _build("mlp")
+    pm = rotafx.partition(model, inputs, topology=tight_topology(model, inputs), devices=ON_CPU, inner="aot_eager",
+                          codec=codec)
+    n = len(pm.plan.rewritten.transfers)
+    assert n >= 1 and all(isinstance(m, torch.fx.GraphModule) for m in pm.program.children())
+    targets = [node.target for node in pm._run._compiled._lifted.graph.nodes if node.op == "call_function"]
+    if codec is None:
+        assert targets.count(torch.ops.aten.clone.default) == n and rotafx.ops.transfer not in targets
+    else:
+        assert targets.count(rotafx.ops.transfer) == n
+    with torch.no_grad():
+        torch.testing.assert_close(pm(*inputs), model(*inputs), **({} if codec is None else {"rtol": 0.1, "atol": 0.1}))
+    assert "torch.ops.rotafx.transfer.default" in pm.program.code, "the program keeps the op"
+
+
+def test_a_stage_compiled_on_its_own_reads_replaced_weights() -> None:
+    # stages on several devices are compiled each on its own (CUDA-only in this process; here directly)
+    model, inputs = _build("mlp")
+    pm = rotafx.partition(model, inputs, topology=tight_topology(model, inputs), devices=ON_CPU)
+    st = pm.stages[0]
+    stage = rotafx.runtime.CompiledStage(st.module, "aot_eager")
+    with torch.no_grad():
+        assert_same(stage(*inputs)[0], st.module(*inputs)[0])
+        for attr in st.attr_of.values():
+            setattr(st.module, attr, nn.Parameter(getattr(st.module, attr).detach() * 2))
+        assert_same(stage(*inputs)[0], st.module(*inputs)[0])
+    assert len(stage._fns) == 1
+
+
 @pytest.mark.parametrize("inner", ["aot_eager", "inductor"])
-def test_compiled_stages_read_replaced_weights_without_compiling_again(inner: str) -> None:
+def test_compiled_program_reads_replaced_weights_without_compiling_again(inner: str) -> None:
     model, inputs = _build("mlp")
     pm = rotafx.partition(model, inputs, topology=tight_topology(model, inputs), devices=ON_CPU, inner=inner)
-    compiled = [m for m in pm.program.children() if isinstance(m, rotafx.runtime.CompiledStage)]
-    assert len(compiled) == len(pm.stages) >= 2
+    assert len(pm.stages) >= 2
+    compiled = [pm._run._compiled]  # stages on one device: the program is compiled as one function
+    assert isinstance(compiled[0], rotafx.runtime.CompiledStage)
     with torch.no_grad():
         assert_same(pm(*inputs), model(*inputs), exact=False)
         # new weight tensors every call, as torch.func.functional_call passes them
         for scale in (2.0, 3.0):
             new = {n: p * scale for n, p in model.named_parameters()}
-            name_in_pm = {w: f"program.stage{st.index}.gm.{st.attr_of[w]}" for st in pm.stages for w in st.weight_names}
+            name_in_pm = {w: f"program.stage{st.index}.{st.attr_of[w]}" for st in pm.stages for w in st.weight_names}
             got = torch.func.functional_call(pm, {name_in_pm[n]: t for n, t in new.items()}, inputs)
             assert_same(got, torch.func.functional_call(model, new, inputs), exact=False)
         assert [len(m._fns) for m in compiled] == [1] * len(compiled), "no stage compiled again"

@@ -10,6 +10,7 @@ import torch
 import torch.fx as fx
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_structure, tree_unflatten
 
+from ..annotate import node_value
 from ..ops import transfer
 from ..rewrite import Rewritten, StageInfo, WeightSlot, version_of
 
@@ -32,11 +33,13 @@ class CompiledStage(torch.nn.Module):
     weights, values of the other arguments, and whether autograd is recording).
     """
 
-    def __init__(self, gm: fx.GraphModule, backend: str) -> None:
+    def __init__(self, gm: fx.GraphModule, backend: str,
+                 reads: Sequence[tuple[torch.nn.Module, str]] | None = None) -> None:
         super().__init__()
         self.gm = gm
         self.backend = backend
-        lifted, reads = _lift_weights(gm)
+        # ``reads``: ``gm`` already takes these weights as its last inputs (a FlatProgram's function)
+        lifted, reads = _lift_weights(gm) if reads is None else (gm, list(reads))
         self.__dict__["_lifted"] = lifted  # no weights of its own: kept out of the module tree
         self._weights = _WeightReader(reads)
         self._fns: dict[tuple, Callable[..., Any]] = {}
@@ -104,12 +107,14 @@ class PipelineModule(torch.nn.Module):
         self.inner = inner
         self.in_spec = in_spec
         self.out_spec = out_spec
-        if inner != "eager":
+        if inner != "eager" and len({st.device for st in rewritten.stages}) > 1:
+            # stages on several devices: each compiled on its own (all on one device: the whole
+            # program is compiled as one function by FlatProgram)
             for st in rewritten.stages:
                 setattr(self.program, f"stage{st.index}", CompiledStage(st.module, inner))
         # what a call runs (kept out of the module tree: it shares the program's stages, and
         # state_dict() must list them once)
-        self.__dict__["_run"] = FlatProgram(self.program)
+        self.__dict__["_run"] = FlatProgram(self.program, inner)
         # the calls whose pytree handling is the identity: n plain positional inputs, one output
         n = len(rewritten.inputs)
         self._plain_in = in_spec is not None and in_spec == tree_structure((tuple(range(n)), {}))
@@ -272,14 +277,17 @@ class FlatProgram:
     arguments read at each call by a :class:`_WeightReader`, and each ``rotafx::transfer`` call
     goes through :func:`rotafx.ops.transfer` (the op's kernel without the dispatcher where nothing
     must see the op). A weight attribute costs an ``nn.Module.__getattr__`` call (about 1 µs) and a
-    stage call a few more; on the small GPT this is 40-55 µs of a 1.5 ms step. Stages compiled by
-    an inner backend are called as they are. ``program`` itself keeps the op and its submodules,
+    stage call a few more; on the small GPT this is 40-55 µs of a 1.5 ms step. With an inner
+    backend (``inner``), a program whose stages share one device is compiled as one function (a
+    :class:`CompiledStage` over the pasted graph); stages on several devices are compiled each on
+    its own and called as they are. ``program`` itself keeps the op and its submodules,
     for tracing and export; a hook on a pasted stage module (or a global module hook, or the JIT
     tracer) sends the call to ``program``, so that hooks run as they would.
     """
 
-    def __init__(self, program: fx.GraphModule) -> None:
+    def __init__(self, program: fx.GraphModule, inner: str = "eager") -> None:
         self.program = program
+        self.inner = inner
         graph = fx.Graph()
         env: dict[fx.Node, Any] = {}
         nodes = list(program.graph.nodes)
@@ -295,14 +303,14 @@ class FlatProgram:
                 continue
             if n.op == "call_module" and n.target in pasted:
                 args = [*fx.node.map_arg(n.args, env.__getitem__), *weight_inputs[n.target]]
-                inner: dict[fx.Node, Any] = {}
+                local: dict[fx.Node, Any] = {}  # the stage's nodes -> theirs in the flat graph
                 for sn in pasted[n.target][0].graph.nodes:
                     if sn.op == "placeholder":
-                        inner[sn] = args[len(inner)]
+                        local[sn] = args[len(local)]
                     elif sn.op == "output":
-                        env[n] = fx.node.map_arg(sn.args[0], inner.__getitem__)
+                        env[n] = fx.node.map_arg(sn.args[0], local.__getitem__)
                     else:
-                        inner[sn] = graph.node_copy(sn, inner.__getitem__)
+                        local[sn] = graph.node_copy(sn, local.__getitem__)
             elif n.op == "call_function" and n.target is operator.getitem and isinstance(env[n.args[0]], (tuple, list)):
                 env[n] = env[n.args[0]][n.args[1]]  # an output of a pasted stage: the node itself
             elif n.op == "output":
@@ -311,20 +319,45 @@ class FlatProgram:
                 env[n] = copy = graph.node_copy(n, env.__getitem__)
                 if copy.op == "call_function" and copy.target is torch.ops.rotafx.transfer.default:
                     copy.target = transfer
-        self.forward = fx.GraphModule(program, graph, class_name="RotafxFlat").forward
+        flat = fx.GraphModule(program, graph, class_name="RotafxFlat")
+        self.forward = flat.forward
+        if inner != "eager":
+            flat = _same_device_transfers_as_copies(flat)
         stages = [program.get_submodule(name) for name in pasted]
-        self._weights = _WeightReader([r for _, reads in pasted.values() for r in reads])
+        reads = [r for _, reads in pasted.values() for r in reads]
+        self._weights = _WeightReader(reads)
+        # compiled as one function when every stage is pasted (they share one device); the transfers
+        # stay calls of the op in it, which a compiler cannot fuse across
+        self._compiled = (CompiledStage(flat, inner, reads) if inner != "eager" and not any(
+            n.op == "call_module" for n in graph.nodes) else None)
         self._hooks = _GLOBAL_HOOKS + tuple(d for m in stages for d in (
             m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks))
 
     def __reduce__(self) -> tuple:
         # made again from the program on copy and unpickling: the hook dicts must be the live ones
-        return FlatProgram, (self.program,)
+        return FlatProgram, (self.program, self.inner)
 
     def __call__(self, *inputs: Any) -> Any:
         if any(self._hooks) or torch._C._get_tracing_state():
             return self.program(*inputs)
+        if self._compiled is not None:
+            return self._compiled(*inputs)
         return self.forward(*inputs, *self._weights())
+
+
+def _same_device_transfers_as_copies(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of ``gm`` for a compiler: each transfer to the device its tensor is already on, with no
+    codec, becomes the copy it is (``aten.clone``), which the compiler can fuse; a transfer the op
+    must make (another device, a codec) stays a call of the op, through the dispatcher."""
+    graph = fx.Graph()
+    graph.output(graph.graph_copy(gm.graph, {}))
+    for n in graph.nodes:
+        if n.op == "call_function" and n.target in (transfer, torch.ops.rotafx.transfer.default):
+            x, device, codec = (list(n.args) + [None])[:3]
+            v = node_value(x) if isinstance(x, fx.Node) else None
+            if codec is None and isinstance(v, torch.Tensor) and v.device == torch.device(device):
+                n.target, n.args, n.kwargs = torch.ops.aten.clone.default, (x,), {}
+    return fx.GraphModule(gm, graph, class_name="RotafxFlat")
 
 
 def _getter(positions: tuple[int, ...]) -> Callable[[tuple], tuple]:
