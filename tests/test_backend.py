@@ -262,6 +262,36 @@ def test_program_on_one_device_compiles_as_one_function(codec: str | None) -> No
     assert "torch.ops.rotafx.transfer.default" in pm.program.code, "the program keeps the op"
 
 
+def test_compiled_program_follows_modes_conversions_and_copies() -> None:
+    import copy
+
+    model, inputs = _build("mlp")
+    pm = rotafx.partition(model, inputs, topology=tight_topology(model, inputs), devices=ON_CPU, inner="aot_eager")
+    x = inputs[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert pm(x).dtype == torch.bfloat16
+    assert pm(x).dtype == torch.float32, "code compiled under autocast is not reused without it"
+    for p in model.parameters():  # frozen, then trained: the second call must record gradients
+        p.requires_grad_(False)
+    assert pm(x).grad_fn is None
+    for p in model.parameters():
+        p.requires_grad_(True)
+    pm(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    twin, loaded = copy.deepcopy(pm), pickle.loads(pickle.dumps(pm))
+    doubled = {k: v * 2 for k, v in pm.state_dict().items()}
+    with torch.no_grad():
+        for other in (twin, loaded):  # a copy reads its own weights, also after they are replaced
+            other.load_state_dict(doubled, assign=True)
+            assert not torch.equal(other(x), pm(x))
+        pm.double()  # the same parameter objects, converted in place
+        torch.testing.assert_close(pm(x.double()), model(x.double()), rtol=0, atol=0)
+    seen: list[int] = []
+    pm.program.register_forward_hook(lambda *a: seen.append(1))
+    pm(x.double())
+    assert seen == [1], "a hook on the program runs"
+
+
 def test_a_stage_compiled_on_its_own_reads_replaced_weights() -> None:
     # stages on several devices are compiled each on its own (CUDA-only in this process; here directly)
     model, inputs = _build("mlp")
@@ -287,7 +317,7 @@ def test_compiled_program_reads_replaced_weights_without_compiling_again(inner: 
         assert_same(pm(*inputs), model(*inputs), exact=False)
         # new weight tensors every call, as torch.func.functional_call passes them
         for scale in (2.0, 3.0):
-            new = {n: p * scale for n, p in model.named_parameters()}
+            new = {n: (p * scale).requires_grad_(p.requires_grad) for n, p in model.named_parameters()}
             name_in_pm = {w: f"program.stage{st.index}.{st.attr_of[w]}" for st in pm.stages for w in st.weight_names}
             got = torch.func.functional_call(pm, {name_in_pm[n]: t for n, t in new.items()}, inputs)
             assert_same(got, torch.func.functional_call(model, new, inputs), exact=False)

@@ -8,6 +8,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.fx as fx
+from torch._C._dynamo.guards import GlobalStateGuard
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_structure, tree_unflatten
 
 from ..annotate import node_value
@@ -27,10 +28,12 @@ class CompiledStage(torch.nn.Module):
     The stage's weights are compiled as inputs (its ``get_attr`` nodes become placeholders) and
     read from the stage module at each call, so a weight replaced by another tensor (a refresh,
     ``load_state_dict(assign=True)``, ``torch.func.functional_call``) is used without compiling
-    again, unless its shape, stride, dtype or device changed. The inner backend compiles for the
-    shapes it is given; a stage of a graph dynamo made dynamic sees other sizes later, so the
-    compiled code is kept per signature (shapes, strides, dtypes and devices of the inputs and
-    weights, values of the other arguments, and whether autograd is recording).
+    again. Compiled code is kept per signature: shape, strides, dtype, device and
+    ``requires_grad`` of every input and weight (checked at every call: ``module.half()`` or
+    ``requires_grad_()`` keep the tensor object), values of the other arguments, and the global
+    state dynamo guards on (grad mode, inference mode, autocast, ...), so a stage of a graph
+    dynamo made dynamic, a converted model and a training step after an inference call each get
+    code compiled for them. Hooks on the stage module do not run inside compiled code.
     """
 
     def __init__(self, gm: fx.GraphModule, backend: str,
@@ -42,24 +45,20 @@ class CompiledStage(torch.nn.Module):
         lifted, reads = _lift_weights(gm) if reads is None else (gm, list(reads))
         self.__dict__["_lifted"] = lifted  # no weights of its own: kept out of the module tree
         self._weights = _WeightReader(reads)
-        self._fns: dict[tuple, Callable[..., Any]] = {}
-        self._seen: list[torch.Tensor] = []  # the weights of the last call, and their signature
-        self._seen_key: tuple = ()
+        self._fns: dict[tuple, list[tuple[Any, Callable[..., Any]]]] = {}  # signature -> (global state, code)
 
     def __getstate__(self) -> dict[str, Any]:
         # compiled code does not pickle: a loaded stage compiles again at its first call
-        return {**self.__dict__, "_fns": {}, "_seen": [], "_seen_key": ()}
+        return {**self.__dict__, "_fns": {}}
 
     def forward(self, *args: Any) -> Any:
         weights = self._weights()
-        if len(weights) != len(self._seen) or any(map(operator.is_not, weights, self._seen)):
-            self._seen, self._seen_key = weights, tuple(map(_signature, weights))
-        # grad mode too: code compiled for inference records no gradient
-        key = (tuple(map(_signature, args)), self._seen_key, torch.is_grad_enabled())
-        fn = self._fns.get(key)
+        entries = self._fns.setdefault((tuple(map(_signature, args)), tuple(map(_signature, weights))), [])
+        fn = next((code for state, code in entries if state.check()), None)
         if fn is None:
-            if self._fns:
-                log.info("rotafx: compiling a stage again with %s for new input shapes or weights", self.backend)
+            if len(self._fns) > 1 or entries:
+                log.info("rotafx: compiling a stage again with %s for new input shapes, weights or modes", self.backend)
+            state = GlobalStateGuard()
             example = [*args, *weights]
             if self.backend == "inductor":
                 from torch._inductor.compile_fx import compile_fx
@@ -69,13 +68,13 @@ class CompiledStage(torch.nn.Module):
                 from torch._dynamo.backends.registry import lookup_backend
 
                 fn = lookup_backend(self.backend)(self._lifted, example)
-            self._fns[key] = fn
+            entries.append((state, fn))
         return fn(*args, *weights)
 
 
 def _signature(a: Any) -> Any:
     if isinstance(a, torch.Tensor):
-        return tuple(a.shape), a.stride(), a.dtype, a.device
+        return a.shape, a.stride(), a.dtype, a.device, a.requires_grad
     return a if isinstance(a, (int, float, bool, str, type(None))) else repr(a)
 
 
@@ -246,7 +245,14 @@ class _WeightReader:
 
     def __init__(self, reads: Sequence[tuple[torch.nn.Module, str]]) -> None:
         self.reads = list(reads)
-        self._bind()
+        self._bound: Any = _UNBOUND
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a copy finds its dicts again: a copied module holds dicts of its own
+        return {"reads": self.reads}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.reads, self._bound = state["reads"], _UNBOUND
 
     def _bind(self) -> None:
         bound = []
@@ -261,13 +267,19 @@ class _WeightReader:
         self._bound = bound
 
     def __call__(self) -> list[torch.Tensor]:
-        if self._bound is not None:
+        for _ in range(2):
+            if self._bound is _UNBOUND:
+                self._bind()
+            if self._bound is None:
+                break
             try:
                 return [d[k] for d, k in self._bound]
             except KeyError:  # a weight moved between parameters and buffers (refresh): find it again
-                self._bind()
-                return self()
+                self._bound = _UNBOUND
         return [_attr(mod, target) for mod, target in self.reads]
+
+
+_UNBOUND = object()
 
 
 class FlatProgram:
@@ -281,8 +293,8 @@ class FlatProgram:
     backend (``inner``), a program whose stages share one device is compiled as one function (a
     :class:`CompiledStage` over the pasted graph); stages on several devices are compiled each on
     its own and called as they are. ``program`` itself keeps the op and its submodules,
-    for tracing and export; a hook on a pasted stage module (or a global module hook, or the JIT
-    tracer) sends the call to ``program``, so that hooks run as they would.
+    for tracing and export; a hook on ``program`` or on a pasted stage module (or a global module
+    hook, or the JIT tracer) sends the call to ``program``, so that hooks run as they would.
     """
 
     def __init__(self, program: fx.GraphModule, inner: str = "eager") -> None:
@@ -330,7 +342,7 @@ class FlatProgram:
         # stay calls of the op in it, which a compiler cannot fuse across
         self._compiled = (CompiledStage(flat, inner, reads) if inner != "eager" and not any(
             n.op == "call_module" for n in graph.nodes) else None)
-        self._hooks = _GLOBAL_HOOKS + tuple(d for m in stages for d in (
+        self._hooks = _GLOBAL_HOOKS + tuple(d for m in (program, *stages) for d in (
             m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks))
 
     def __reduce__(self) -> tuple:
