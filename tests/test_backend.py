@@ -262,6 +262,7 @@ def test_program_on_one_device_compiles_as_one_function(codec: str | None) -> No
     assert "torch.ops.rotafx.transfer.default" in pm.program.code, "the program keeps the op"
 
 
+@pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated:FutureWarning")  # torch's own
 def test_compiled_program_follows_modes_conversions_and_copies() -> None:
     import copy
 
@@ -290,6 +291,56 @@ def test_compiled_program_follows_modes_conversions_and_copies() -> None:
     pm.program.register_forward_hook(lambda *a: seen.append(1))
     pm(x.double())
     assert seen == [1], "a hook on the program runs"
+
+
+class WithCond(nn.Module):
+    """A ``torch.cond`` between two linears: its stage holds subgraphs, which are not tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(16, 64), nn.Linear(64, 64), nn.Linear(64, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        h = torch.cond(h.sum() > 0, lambda t: self.b(t).relu(), lambda t: self.b(t).tanh(), (h,))
+        return self.c(h)
+
+
+@pytest.mark.filterwarnings("ignore:rotafx. no cost rule for cond")  # the profiler says so, rightly
+def test_stages_that_cannot_be_pasted_are_still_compiled() -> None:
+    torch.manual_seed(0)
+    model, x = WithCond().eval(), torch.randn(4, 16)
+    pm = rotafx.partition(model, (x,), topology=tight_topology(model, (x,)), devices=ON_CPU, inner="aot_eager")
+    assert len(pm.stages) >= 2
+    assert all(isinstance(m, rotafx.runtime.CompiledStage) for m in pm.program.children())
+    with torch.no_grad():
+        torch.testing.assert_close(pm(x), model(x))
+
+
+def test_a_stage_the_inner_backend_cannot_compile_runs_eagerly_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch._dynamo.backends.registry as registry
+
+    def refuse(name: str) -> Callable[..., Any]:
+        def compile_nothing(gm: Any, example: Any) -> Any:
+            raise RuntimeError("this backend compiles nothing")
+        return compile_nothing
+
+    monkeypatch.setattr(registry, "lookup_backend", refuse)
+    model, inputs = _build("mlp")
+    pm = rotafx.partition(model, inputs, topology=tight_topology(model, inputs), devices=ON_CPU, inner="aot_eager")
+    with pytest.warns(UserWarning, match="rotafx: the inner backend 'aot_eager' could not compile a stage "
+                                         r"\(RuntimeError: this backend compiles nothing\); running it eagerly"):
+        got = pm(*inputs)
+    assert_same(got, model(*inputs))
+
+
+def test_a_compiled_program_is_traced_as_its_stages() -> None:
+    model, inputs = _build("mlp")
+    pm = rotafx.partition(model, inputs, topology=tight_topology(model, inputs), devices=ON_CPU, inner="aot_eager")
+    ep = torch.export.export(pm, inputs, strict=False)
+    assert torch.ops.rotafx.transfer.default in [n.target for n in ep.graph.nodes]
+    assert_same(ep.module()(*inputs), model(*inputs))
+    assert_same(torch.compile(pm, backend="eager", fullgraph=True)(*inputs), model(*inputs))
 
 
 def test_a_stage_compiled_on_its_own_reads_replaced_weights() -> None:

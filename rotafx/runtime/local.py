@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import warnings
 from typing import Any, Callable, Sequence
 
 import torch
@@ -11,7 +12,6 @@ import torch.fx as fx
 from torch._C._dynamo.guards import GlobalStateGuard
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_structure, tree_unflatten
 
-from ..annotate import node_value
 from ..ops import transfer
 from ..rewrite import Rewritten, StageInfo, WeightSlot, version_of
 
@@ -51,6 +51,21 @@ class CompiledStage(torch.nn.Module):
         # compiled code does not pickle: a loaded stage compiles again at its first call
         return {**self.__dict__, "_fns": {}}
 
+    def _compile(self, example: list[Any]) -> Callable[..., Any]:
+        try:
+            if self.backend == "inductor":
+                from torch._inductor.compile_fx import compile_fx
+
+                return compile_fx(self._lifted, example)
+            from torch._dynamo.backends.registry import lookup_backend
+
+            return lookup_backend(self.backend)(self._lifted, example)
+        except Exception as e:  # noqa: BLE001 - whatever the compiler raises, the stage still runs, and says so
+            warnings.warn(f"rotafx: the inner backend {self.backend!r} could not compile a stage "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); running it eagerly",
+                          stacklevel=3)
+            return self._lifted.forward
+
     def forward(self, *args: Any) -> Any:
         weights = self._weights()
         entries = self._fns.setdefault((tuple(map(_signature, args)), tuple(map(_signature, weights))), [])
@@ -59,22 +74,15 @@ class CompiledStage(torch.nn.Module):
             if len(self._fns) > 1 or entries:
                 log.info("rotafx: compiling a stage again with %s for new input shapes, weights or modes", self.backend)
             state = GlobalStateGuard()
-            example = [*args, *weights]
-            if self.backend == "inductor":
-                from torch._inductor.compile_fx import compile_fx
-
-                fn = compile_fx(self._lifted, example)
-            else:
-                from torch._dynamo.backends.registry import lookup_backend
-
-                fn = lookup_backend(self.backend)(self._lifted, example)
+            fn = self._compile([*args, *weights])
             entries.append((state, fn))
         return fn(*args, *weights)
 
 
 def _signature(a: Any) -> Any:
-    if isinstance(a, torch.Tensor):
-        return a.shape, a.stride(), a.dtype, a.device, a.requires_grad
+    if isinstance(a, torch.Tensor):  # a tensor subclass needs code of its own; a Parameter does not
+        kind = torch.Tensor if type(a) is torch.nn.Parameter else type(a)
+        return kind, a.shape, a.stride(), a.dtype, a.device, a.requires_grad
     return a if isinstance(a, (int, float, bool, str, type(None))) else repr(a)
 
 
@@ -106,14 +114,16 @@ class PipelineModule(torch.nn.Module):
         self.inner = inner
         self.in_spec = in_spec
         self.out_spec = out_spec
-        if inner != "eager" and len({st.device for st in rewritten.stages}) > 1:
-            # stages on several devices: each compiled on its own (all on one device: the whole
-            # program is compiled as one function by FlatProgram)
+        devices = {st.device for st in rewritten.stages}
+        one_device = len(devices) == 1 and all(_pastable(st.module) for st in rewritten.stages)
+        if inner != "eager" and not one_device:
+            # stages on several devices (or one FlatProgram cannot paste): each compiled on its own;
+            # stages on one device are compiled as one function by FlatProgram
             for st in rewritten.stages:
                 setattr(self.program, f"stage{st.index}", CompiledStage(st.module, inner))
         # what a call runs (kept out of the module tree: it shares the program's stages, and
         # state_dict() must list them once)
-        self.__dict__["_run"] = FlatProgram(self.program, inner)
+        self.__dict__["_run"] = FlatProgram(self.program, inner, devices.pop() if one_device else None)
         # the calls whose pytree handling is the identity: n plain positional inputs, one output
         n = len(rewritten.inputs)
         self._plain_in = in_spec is not None and in_spec == tree_structure((tuple(range(n)), {}))
@@ -297,9 +307,10 @@ class FlatProgram:
     hook, or the JIT tracer) sends the call to ``program``, so that hooks run as they would.
     """
 
-    def __init__(self, program: fx.GraphModule, inner: str = "eager") -> None:
+    def __init__(self, program: fx.GraphModule, inner: str = "eager", device: torch.device | None = None) -> None:
         self.program = program
         self.inner = inner
+        self.device = device  # the one device of every stage, when they share one
         graph = fx.Graph()
         env: dict[fx.Node, Any] = {}
         nodes = list(program.graph.nodes)
@@ -333,42 +344,42 @@ class FlatProgram:
                     copy.target = transfer
         flat = fx.GraphModule(program, graph, class_name="RotafxFlat")
         self.forward = flat.forward
-        if inner != "eager":
-            flat = _same_device_transfers_as_copies(flat)
         stages = [program.get_submodule(name) for name in pasted]
         reads = [r for _, reads in pasted.values() for r in reads]
         self._weights = _WeightReader(reads)
-        # compiled as one function when every stage is pasted (they share one device); the transfers
-        # stay calls of the op in it, which a compiler cannot fuse across
-        self._compiled = (CompiledStage(flat, inner, reads) if inner != "eager" and not any(
-            n.op == "call_module" for n in graph.nodes) else None)
+        # compiled as one function when every stage is pasted and they share one device
+        self._compiled = None
+        if inner != "eager" and device is not None and not any(n.op == "call_module" for n in graph.nodes):
+            self._compiled = CompiledStage(_same_device_transfers_as_copies(flat, device), inner, reads)
         self._hooks = _GLOBAL_HOOKS + tuple(d for m in (program, *stages) for d in (
             m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks))
 
     def __reduce__(self) -> tuple:
         # made again from the program on copy and unpickling: the hook dicts must be the live ones
-        return FlatProgram, (self.program, self.inner)
+        return FlatProgram, (self.program, self.inner, self.device)
 
     def __call__(self, *inputs: Any) -> Any:
         if any(self._hooks) or torch._C._get_tracing_state():
             return self.program(*inputs)
         if self._compiled is not None:
+            if (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+                    or torch._C._len_torch_dispatch_stack()):
+                return self.program(*inputs)  # traced or transformed: the stages themselves, not compiled code
             return self._compiled(*inputs)
         return self.forward(*inputs, *self._weights())
 
 
-def _same_device_transfers_as_copies(gm: fx.GraphModule) -> fx.GraphModule:
-    """A copy of ``gm`` for a compiler: each transfer to the device its tensor is already on, with no
-    codec, becomes the copy it is (``aten.clone``), which the compiler can fuse; a transfer the op
-    must make (another device, a codec) stays a call of the op, through the dispatcher."""
+def _same_device_transfers_as_copies(gm: fx.GraphModule, device: torch.device) -> fx.GraphModule:
+    """A copy of ``gm``, whose stages all run on ``device``, for a compiler: each transfer to
+    ``device`` with no codec is the copy it is (``aten.clone``), which the compiler can fuse; a
+    transfer with a codec stays a call of the op."""
     graph = fx.Graph()
     graph.output(graph.graph_copy(gm.graph, {}))
     for n in graph.nodes:
         if n.op == "call_function" and n.target in (transfer, torch.ops.rotafx.transfer.default):
-            x, device, codec = (list(n.args) + [None])[:3]
-            v = node_value(x) if isinstance(x, fx.Node) else None
-            if codec is None and isinstance(v, torch.Tensor) and v.device == torch.device(device):
-                n.target, n.args, n.kwargs = torch.ops.aten.clone.default, (x,), {}
+            call = {**dict(zip(("x", "device", "codec"), n.args)), **n.kwargs}
+            if call.get("codec") is None and call.get("device") is not None and torch.device(call["device"]) == device:
+                n.target, n.args, n.kwargs = torch.ops.aten.clone.default, (call["x"],), {}
     return fx.GraphModule(gm, graph, class_name="RotafxFlat")
 
 
