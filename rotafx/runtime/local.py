@@ -222,9 +222,15 @@ def _pastable(stage: torch.nn.Module) -> bool:
         for n in stage.graph.nodes)
 
 
-def _attr(mod: torch.nn.Module, target: str) -> Any:
+def _owner(mod: torch.nn.Module, target: str) -> tuple[torch.nn.Module, str]:
+    """The module that holds the attribute ``target`` (``"sub.weight"``) of ``mod``, and its name there."""
     *path, name = target.split(".")
-    return getattr(mod.get_submodule(".".join(path)) if path else mod, name, None)
+    return (mod.get_submodule(".".join(path)) if path else mod), name
+
+
+def _attr(mod: torch.nn.Module, target: str) -> Any:
+    owner, name = _owner(mod, target)
+    return getattr(owner, name, None)
 
 
 def _lift_weights(gm: fx.GraphModule) -> tuple[fx.GraphModule, list[tuple[torch.nn.Module, str]]]:
@@ -267,8 +273,7 @@ class _WeightReader:
     def _bind(self) -> None:
         bound = []
         for mod, target in self.reads:
-            *path, name = target.split(".")
-            owner = mod.get_submodule(".".join(path)) if path else mod
+            owner, name = _owner(mod, target)
             where = next((d for d in (owner._parameters, owner._buffers, owner.__dict__) if name in d), None)
             if where is None:  # e.g. a parametrized weight (a property): read as an attribute
                 self._bound = None
@@ -310,7 +315,8 @@ class FlatProgram:
     def __init__(self, program: fx.GraphModule, inner: str = "eager", device: torch.device | None = None) -> None:
         self.program = program
         self.inner = inner
-        self.device = device  # the one device of every stage, when they share one
+        self.device = device  # the one device of every stage, when they share one and all can be pasted
+        compiled = inner != "eager" and device is not None  # then the whole program is compiled as one function
         graph = fx.Graph()
         env: dict[fx.Node, Any] = {}
         nodes = list(program.graph.nodes)
@@ -341,16 +347,13 @@ class FlatProgram:
             else:
                 env[n] = copy = graph.node_copy(n, env.__getitem__)
                 if copy.op == "call_function" and copy.target is torch.ops.rotafx.transfer.default:
-                    copy.target = transfer
+                    _retarget_transfer(copy, device if compiled else None)
         flat = fx.GraphModule(program, graph, class_name="RotafxFlat")
         self.forward = flat.forward
         stages = [program.get_submodule(name) for name in pasted]
         reads = [r for _, reads in pasted.values() for r in reads]
         self._weights = _WeightReader(reads)
-        # compiled as one function when every stage is pasted and they share one device
-        self._compiled = None
-        if inner != "eager" and device is not None and not any(n.op == "call_module" for n in graph.nodes):
-            self._compiled = CompiledStage(_same_device_transfers_as_copies(flat, device), inner, reads)
+        self._compiled = CompiledStage(flat, inner, reads) if compiled else None
         self._hooks = _GLOBAL_HOOKS + tuple(d for m in (program, *stages) for d in (
             m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks))
 
@@ -369,18 +372,16 @@ class FlatProgram:
         return self.forward(*inputs, *self._weights())
 
 
-def _same_device_transfers_as_copies(gm: fx.GraphModule, device: torch.device) -> fx.GraphModule:
-    """A copy of ``gm``, whose stages all run on ``device``, for a compiler: each transfer to
-    ``device`` with no codec is the copy it is (``aten.clone``), which the compiler can fuse; a
-    transfer with a codec stays a call of the op."""
-    graph = fx.Graph()
-    graph.output(graph.graph_copy(gm.graph, {}))
-    for n in graph.nodes:
-        if n.op == "call_function" and n.target in (transfer, torch.ops.rotafx.transfer.default):
-            call = {**dict(zip(("x", "device", "codec"), n.args)), **n.kwargs}
-            if call.get("codec") is None and call.get("device") is not None and torch.device(call["device"]) == device:
-                n.target, n.args, n.kwargs = torch.ops.aten.clone.default, (call["x"],), {}
-    return fx.GraphModule(gm, graph, class_name="RotafxFlat")
+def _retarget_transfer(node: fx.Node, device: torch.device | None) -> None:
+    """Make a pasted ``rotafx::transfer`` call go through :func:`rotafx.ops.transfer`; or, for a
+    compiler, when every stage runs on ``device``, make a transfer to ``device`` with no codec the
+    copy it is (``aten.clone``), which the compiler can fuse."""
+    call = {**dict(zip(("x", "device", "codec"), node.args)), **node.kwargs}
+    if (device is not None and call.get("codec") is None and call.get("device") is not None
+            and torch.device(call["device"]) == device):
+        node.target, node.args, node.kwargs = torch.ops.aten.clone.default, (call["x"],), {}
+    else:
+        node.target = transfer
 
 
 def _getter(positions: tuple[int, ...]) -> Callable[[tuple], tuple]:
