@@ -33,9 +33,10 @@ from rotafx.costmodel import CostTables  # noqa: E402
 from rotafx.estimate import evaluate  # noqa: E402
 from rotafx.placement import format_ranges  # noqa: E402
 from rotafx.solve.dp import dp_applies, solve_dp  # noqa: E402
-from rotafx.solve.greedy import fits, solve_greedy  # noqa: E402
+from rotafx.solve.feasibility import fits  # noqa: E402
+from rotafx.solve.greedy import solve_greedy  # noqa: E402
 from rotafx.solve.milp import solve_milp  # noqa: E402
-from rotafx.solve.objective import OBJECTIVES, Objective, objective  # noqa: E402
+from rotafx.objective import OBJECTIVES, Objective, objective  # noqa: E402
 from rotafx.topology import PRESETS, Topology  # noqa: E402
 
 __all__ = ["llama70b_profile", "seed_topology", "bench_llama", "bench_scaling", "machine", "write_section"]

@@ -4,7 +4,7 @@ For every ordered pair of devices here (``cpu`` and each ``cuda:i``; without CUD
 ``cpu -> cpu``), activation sizes from 64 KiB to 16 MiB (fp32; --max-mib) and each codec: the median
 time of ``rotafx.ops.transfer(x, dst, codec)`` (CUDA synchronised before the clock is
 read), and the cost model's time for the link, ``latency + wire bytes * 8 / bandwidth``
-(``CostTables.transfer_ms`` on the bytes ``codec_bytes`` says the codec sends).
+(``rotafx.costmodel.transfer_ms`` on the bytes ``rotafx.wire.wire_bytes`` says the codec sends).
 
 The link's bandwidth and latency are what a topology file would declare. By default they
 are fitted (least squares of the relative error) to the uncompressed measurements of that pair, and printed, so
@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rotafx.costmodel import CostTables, codec_bytes
+from rotafx.costmodel import transfer_ms
+from rotafx.wire import wire_bytes
 from rotafx.ops import transfer
-from rotafx.profile import TensorInfo
+from rotafx.layers import TensorInfo
 from rotafx.topology import Link
 
 HERE = Path(__file__).resolve().parent
@@ -75,7 +76,7 @@ def fit_link(src: str, dst: str, sizes: list[int], ms: list[float]) -> Link:
 
 
 def estimate_ms(t: TensorInfo, codec: str | None, link: Link) -> float:
-    return link.latency_ms + CostTables.transfer_ms(codec_bytes(t, codec), link)
+    return link.latency_ms + transfer_ms(wire_bytes(t.numel, t.itemsize, t.floating, codec), link)
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ from solver import _plan, llama70b_profile, machine, seed_topology, write_sectio
 from rotafx import LayerPlacement, ModelProfile, PartitionOptimizer  # noqa: E402
 from rotafx.costmodel import CostTables  # noqa: E402
 from rotafx.estimate import evaluate  # noqa: E402
-from rotafx.solve.greedy import fits  # noqa: E402
+from rotafx.solve.feasibility import fits  # noqa: E402
 from rotafx.topology import Topology  # noqa: E402
 
 SPEED_OF_LIGHT_KM_S = 299792.458

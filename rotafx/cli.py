@@ -11,6 +11,19 @@ from typing import Any, Sequence
 
 import torch
 
+from .costmodel import MEMORY_RULES
+from .estimate import LatencyEstimator
+from . import models
+from .layers import ProfileError
+from .objective import OBJECTIVES
+from .placement import LayerPlacement, PlacementError
+from .plan.write import export
+from .profile import ModelProfile
+from .runtime.distributed.stage import add_serve_args, serve_from_args
+from .solve import SOLVERS, InfeasibleError, PartitionOptimizer
+from .topology import PRESETS, Topology, TopologyError
+from .wire import CODECS
+
 __all__ = ["main", "load_model"]
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
@@ -22,8 +35,6 @@ def load_model(spec: str, batch_size: int = 1) -> tuple[torch.nn.Module, tuple |
 
     Returns the model and example inputs (None when the factory gives none).
     """
-    from . import models
-
     if spec in models.EXAMPLES:
         return models.EXAMPLES[spec](), models.example_inputs(spec, batch_size)
     if ":" not in spec:
@@ -46,9 +57,7 @@ def load_model(spec: str, batch_size: int = 1) -> tuple[torch.nn.Module, tuple |
     return model, None
 
 
-def _profile(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from .profile import ModelProfile
-
+def _profile(args: argparse.Namespace) -> ModelProfile:
     model, inputs = load_model(args.model, args.batch_size)
     dtype = DTYPES[args.dtype] if args.dtype else None
     return ModelProfile.from_pytorch(model, inputs, dtype=dtype, batch_size=None if inputs is not None else args.batch_size,
@@ -64,9 +73,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_topology_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--topology", default="seed", help="preset (seed, seed-llama70b, h100x16-l2) or a JSON/YAML/TOML file")
-    p.add_argument("--codec", choices=["none", "fp16", "bf16", "int8"], default=None, help="compress transfers")
-    p.add_argument("--memory-rule", choices=["liveness", "sum"], default="liveness")
+    p.add_argument("--topology", default="seed", help=f"preset ({', '.join(PRESETS)}) or a JSON/YAML/TOML file")
+    p.add_argument("--codec", choices=["none", *CODECS], default=None, help="compress transfers")
+    p.add_argument("--memory-rule", choices=MEMORY_RULES, default="liveness")
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -76,10 +85,6 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from .estimate import LatencyEstimator
-    from .placement import LayerPlacement
-    from .topology import Topology
-
     topo = Topology.coerce(args.topology)
     if args.placement_file:
         text = Path(args.placement_file).read_text()
@@ -103,8 +108,6 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
-    from .solve import InfeasibleError, PartitionOptimizer
-
     prof = _profile(args)
     opt = PartitionOptimizer(solver=args.solver, time_limit=args.time_limit, codec=args.codec, memory_rule=args.memory_rule)
     try:
@@ -117,15 +120,11 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def cmd_topology(args: argparse.Namespace) -> int:
-    from .topology import Topology
-
     print(Topology.coerce(args.topology).describe())
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export
-
     model, inputs = load_model(args.model, args.batch_size)
     if inputs is None:
         raise SystemExit(f"rotafx: {args.model!r} gives no example inputs; export needs them (a factory may return "
@@ -146,8 +145,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .runtime.distributed import serve_from_args
-
     return serve_from_args(args)
 
 
@@ -169,24 +166,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("optimize", help="find the optimal partition")
     _add_model_args(p)
     _add_topology_args(p)
-    p.add_argument("--objective", default="minimize_latency",
-                   choices=["minimize_latency", "maximize_throughput", "minimize_bandwidth", "minimize_energy", "balance"])
-    p.add_argument("--solver", default="milp", choices=["milp", "dp", "greedy"])
+    p.add_argument("--objective", default="minimize_latency", choices=OBJECTIVES)
+    p.add_argument("--solver", default="milp", choices=SOLVERS)
     p.add_argument("--time-limit", type=float, default=60.0, help="seconds for the MILP (default 60)")
     p.set_defaults(func=cmd_optimize)
     p = sub.add_parser("export", help="partition a model and write a plan directory (plan.json + one program per stage)")
     _add_model_args(p)
     _add_topology_args(p)
-    p.add_argument("--objective", default="minimize_latency",
-                   choices=["minimize_latency", "maximize_throughput", "minimize_bandwidth", "minimize_energy", "balance"])
-    p.add_argument("--solver", default=None, choices=["milp", "dp", "greedy"])
+    p.add_argument("--objective", default="minimize_latency", choices=OBJECTIVES)
+    p.add_argument("--solver", default=None, choices=SOLVERS)
     p.add_argument("--time-limit", type=float, default=60.0, help="seconds for the MILP (default 60)")
     p.add_argument("--path", required=True, help="the plan directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing plan directory")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("serve", help="run one stage of a plan in this process (the driver is rank 0 at MASTER_ADDR:MASTER_PORT)")
-    from .runtime.distributed import add_serve_args
-
     add_serve_args(p)
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("topology", help="describe a topology preset or file")
@@ -197,10 +190,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rotafx`` console script."""
-    from .placement import PlacementError
-    from .profile import ProfileError
-    from .topology import TopologyError
-
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -1,16 +1,19 @@
-"""The one cost model: compute time, transfer time, energy and memory of a placement.
+"""The one cost model: compute time, transfer time, routes, energy, memory and the terms objectives weigh.
 
-Every figure rotafx prints, and every figure its solvers optimise, comes from the
-tables built here (:class:`CostTables`), so the estimator and the solvers cannot
-disagree.
+Every figure rotafx prints, and every figure its solvers optimise, comes from here:
+the estimator prices a placement with :class:`CostTables` and :func:`route`, the DP and
+the MILP build their coefficients from the same tables and from :func:`hop_coefficients`,
+so the estimator and the solvers cannot disagree.
 
 * compute time of an op on a device: the roofline ``max(flops / device.flops,
   bytes_moved / bandwidth)``, with bandwidth the device's memory bandwidth, or its
   cache bandwidth when the topology's capacity rule is ``"cache"`` (the stage then
   lives in cache); a layer's time is the sum over its ops;
-* a transfer: ``bytes * 8 / bandwidth_bps`` plus the link's one-way latency;
-  compressed transfers (codec ``fp16``, ``bf16``, ``int8``) send floating tensors at
-  2, 2 or 1 bytes per element;
+* a transfer: ``bytes * 8 / bandwidth_bps`` (:func:`rotafx.wire.serialization_ms`) plus
+  the link's one-way latency; compressed transfers (codec ``fp16``, ``bf16``, ``int8``)
+  send floating tensors at 2, 2 or 1 bytes per element (:func:`rotafx.wire.wire_bytes`);
+* the route: every chain link, except that a bypassable run of empty stages is crossed
+  by its bypass link (:func:`route`);
 * energy: busy time x device power, plus bits x link energy per bit;
 * memory of a device: its stages' weights (each once) + the largest live-activation
   peak among their layers (``rule="liveness"``), or the paper's plain sum
@@ -19,45 +22,72 @@ disagree.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import torch
 
-from .profile import ModelProfile, TensorInfo
+from .profile import ModelProfile
 from .topology import Link, Topology
+from .wire import check_codec, serialization_ms
 
-__all__ = ["CODECS", "CODEC_BYTES", "codec_bytes", "CostTables", "Route", "MEMORY_RULES", "check_codec"]
+__all__ = ["CostTables", "Route", "route", "transfer_ms", "link_energy_j", "hop_coefficients", "MEMORY_RULES"]
 
-# codec -> the dtype a floating tensor travels as (the transfer op applies it, the cost model prices it)
-CODECS: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8}
-# bytes per element a floating tensor is sent with, by codec (None: as it is)
-CODEC_BYTES: dict[str | None, int | None] = {None: None, "none": None, **{c: d.itemsize for c, d in CODECS.items()}}
 MEMORY_RULES = ("liveness", "sum")
 
 
-def check_codec(codec: str | None) -> str | None:
-    """Normalise a codec name (``None`` and ``"none"`` mean no codec), or raise naming the known ones."""
-    if codec not in CODEC_BYTES:
-        raise ValueError(f"rotafx: unknown transfer codec {codec!r}; use one of None, 'fp16', 'bf16', 'int8'")
-    return None if codec in (None, "none") else codec
+def transfer_ms(nbytes: float, link: Link) -> float:
+    """Serialisation time of ``nbytes`` on ``link`` in ms (latency not included)."""
+    return serialization_ms(nbytes, link.bandwidth_bps)
 
 
-def codec_bytes(t: TensorInfo, codec: str | None) -> int:
-    """Bytes a tensor is sent with under ``codec`` (integer tensors are never compressed)."""
-    size = CODEC_BYTES[check_codec(codec)]
-    if size is None or not t.floating:
-        return t.nbytes
-    return t.numel * min(size, t.itemsize)
+def link_energy_j(nbytes: float, link: Link) -> float:
+    """Joules to send ``nbytes`` over ``link``."""
+    return nbytes * 8.0 * link.energy_per_bit_j
+
+
+def hop_coefficients(link: Link, counts_for_bandwidth: bool) -> dict[str, tuple[float, float]]:
+    """What one hop over ``link`` adds to each objective term, as ``(per byte, constant)``: a hop of ``b``
+    bytes costs ``per_byte * b + constant`` (latency in ms, period in ms, bandwidth in bytes, energy in J)."""
+    per_byte_ms = transfer_ms(1.0, link)
+    return {"latency": (per_byte_ms, link.latency_ms), "period": (per_byte_ms, 0.0),
+            "bandwidth": (1.0 if counts_for_bandwidth else 0.0, 0.0), "energy": (link_energy_j(1.0, link), 0.0)}
 
 
 @dataclass(frozen=True)
 class Route:
-    """The links a request takes from one boundary to the next, given which stages are empty."""
+    """The links a request takes, given which stages are empty.
 
-    hops: tuple[tuple[int, Link], ...]  # (chain boundary whose cut position sets the bytes, link)
+    ``hops[i] = (b, link)``: the link leaves chain stage ``b``, and the bytes it carries
+    are those of the cut after chain stage ``b``.
+    """
+
+    hops: tuple[tuple[int, Link], ...]
+
+
+def route(topology: Topology, stages: Sequence[int]) -> Route:
+    """The links a request crosses under a placement (``stages[l]``: the chain stage of layer ``l``):
+    every chain link, except that a bypassable run of empty stages is replaced by its bypass link.
+
+    >>> from rotafx import preset
+    >>> topo = preset("seed")
+    >>> [(b, l.kind) for b, l in route(topo, [0, 0, 5]).hops]   # the orbital stages 1-4 empty: the ground link
+    [(0, 'ground')]
+    """
+    K = topology.num_stages
+    used = set(int(s) for s in stages)
+    bypass_at = {f - 1: g for f, g in topology.bypasses}
+    hops: list[tuple[int, Link]] = []
+    b = 0
+    while b < K - 1:
+        g = bypass_at.get(b)
+        if g is not None and not used.intersection(range(b + 1, g + 1)):
+            hops.append((b, topology.link(topology.chain[b], topology.chain[g + 1])))
+            b = g + 1
+        else:
+            hops.append((b, topology.link(topology.chain[b], topology.chain[b + 1])))
+            b += 1
+    return Route(tuple(hops))
 
 
 class CostTables:
@@ -66,8 +96,11 @@ class CostTables:
     Times are in milliseconds, energy in joules, bytes in bytes.
 
     ``compute_ms[l, s]``: layer ``l`` on the device of stage ``s``;
+    ``stage_terms[term][l, s]``: what layer ``l`` on stage ``s`` adds to each additive
+    objective term (latency ms, energy J, bandwidth bytes);
     ``boundary_bytes[p]``: bytes crossing the boundary before layer ``p`` (0..L);
-    ``link_ms_per_byte[b]``: serialisation time per byte on chain link ``b`` (stage b -> b+1).
+    ``links[b]``: the chain link from stage ``b`` to ``b + 1``; ``bypass_links[i]``: the
+    link of the topology's bypass ``i``.
     """
 
     def __init__(self, profile: ModelProfile, topology: Topology, *, codec: str | None = None,
@@ -88,6 +121,8 @@ class CostTables:
             for l, layer in enumerate(profile.layers):
                 self.compute_ms[l, s] = 1e3 * sum(max(f / d.flops, b / bw) for f, b in layer.work)
         self.power_w = np.array([topology.devices[n].power_w for n in topology.chain])
+        self.stage_terms = {"latency": self.compute_ms, "energy": self.compute_ms * 1e-3 * self.power_w[None, :],
+                            "bandwidth": np.zeros((L, K))}
         self.boundary_bytes = np.array([profile.boundary_bytes(p, self.codec) for p in range(L + 1)], dtype=float)
         self.links = [topology.link(a, b) for a, b in zip(topology.chain, topology.chain[1:])]
         self.weight_bytes = np.array([l.weight_bytes for l in profile.layers], dtype=float)
@@ -121,14 +156,9 @@ class CostTables:
         return float(self.own_weight_bytes.sum()) + sum(b for b, _ in self.shared)
 
     # -- transfers -----------------------------------------------------------
-    @staticmethod
-    def transfer_ms(nbytes: float, link: Link) -> float:
-        """Serialisation time of ``nbytes`` on ``link`` in ms (latency not included)."""
-        return 0.0 if math.isinf(link.bandwidth_bps) else nbytes * 8.0 / link.bandwidth_bps * 1e3
-
-    @staticmethod
-    def link_energy_j(nbytes: float, link: Link) -> float:
-        return nbytes * 8.0 * link.energy_per_bit_j
+    def hop_coefficients(self, link: Link) -> dict[str, tuple[float, float]]:
+        """:func:`hop_coefficients` of ``link`` under this topology's bandwidth rule."""
+        return hop_coefficients(link, self.counts_for_bandwidth(link))
 
     def counts_for_bandwidth(self, link: Link) -> bool:
         """Whether bytes on this link count towards the ``minimize_bandwidth`` objective."""
@@ -143,22 +173,8 @@ class CostTables:
         return [int(x) for x in np.cumsum(counts)[:-1]]
 
     def route(self, stages: Sequence[int]) -> Route:
-        """The links a request crosses: every chain link, except that a bypassable run of
-        empty stages is replaced by its bypass link."""
-        counts = np.bincount(np.asarray(stages, dtype=int), minlength=self.K)
-        hops: list[tuple[int, Link]] = []
-        b = 0
-        bypass_at = {f - 1: (g, link) for (f, g), link in zip(self.topology.bypasses, self.bypass_links)}
-        while b < self.K - 1:
-            if b in bypass_at:
-                g, link = bypass_at[b]
-                if counts[b + 1: g + 1].sum() == 0:
-                    hops.append((b, link))
-                    b = g + 1
-                    continue
-            hops.append((b, self.links[b]))
-            b += 1
-        return Route(tuple(hops))
+        """:func:`route` on this table's topology."""
+        return route(self.topology, stages)
 
     def device_memory(self, stages: Sequence[int]) -> dict[str, float]:
         """Bytes each device must hold."""

@@ -6,8 +6,11 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from .costmodel import CostTables
-from .profile import MB, ModelProfile, TensorInfo
+from .layers import TensorInfo
+from .placement import LayerPlacement
+from .profile import ModelProfile
 from .topology import Topology
+from .units import MB
 
 __all__ = ["Estimate", "LayerEstimate", "TransferEstimate", "LatencyEstimator", "evaluate"]
 
@@ -109,6 +112,11 @@ class Estimate:
     def transfer_size_mb(self) -> float:
         return self.transfer_bytes / MB
 
+    def terms(self) -> dict[str, float]:
+        """The quantities an objective weighs (:mod:`rotafx.objective`): latency ms, period ms, bandwidth bytes, energy J."""
+        return {"latency": self.total_ms, "period": self.period_ms, "bandwidth": float(self.bandwidth_bytes),
+                "energy": self.energy_j}
+
     def parts(self) -> dict[str, float]:
         """Every part of ``total_ms`` by name; they add up to it."""
         out = {f"{k}_compute_ms": v for k, v in self.compute_ms_by_kind.items()}
@@ -135,7 +143,11 @@ class Estimate:
 
 
 def evaluate(tables: CostTables, stages: Sequence[int]) -> Estimate:
-    """Price a placement given as the chain stage of every layer (non-decreasing)."""
+    """Price a placement given as the chain stage of every layer (non-decreasing).
+
+    Each layer adds ``tables.stage_terms`` and each hop of the route its
+    ``tables.hop_coefficients``: the coefficients the DP and the MILP optimise.
+    """
     topo, prof = tables.topology, tables.profile
     stages = tuple(int(s) for s in stages)
     if len(stages) != tables.L:
@@ -148,27 +160,27 @@ def evaluate(tables: CostTables, stages: Sequence[int]) -> Estimate:
     energy = 0.0
     for l, s in enumerate(stages):
         name = topo.chain[s]
-        dev = topo.devices[name]
-        t = float(tables.compute_ms[l, s])
-        compute_by_kind[dev.kind] = compute_by_kind.get(dev.kind, 0.0) + t
+        t = float(tables.stage_terms["latency"][l, s])
+        kind = topo.devices[name].kind
+        compute_by_kind[kind] = compute_by_kind.get(kind, 0.0) + t
         busy_ms[name] = busy_ms.get(name, 0.0) + t
-        energy += t * 1e-3 * dev.power_w
+        energy += float(tables.stage_terms["energy"][l, s])
         by_layer.append(LayerEstimate(l, prof.layers[l].name, name, s, t))
     cuts = tables.cut_positions(stages)
     transfer_by_kind: dict[str, float] = {}
     transfers = []
     prop = 0.0
-    bw_bytes = 0
+    bw_bytes = 0.0
     link_busy = 0.0
     for b, link in tables.route(stages).hops:
         p = cuts[b]
         nbytes = int(tables.boundary_bytes[p])
-        t = tables.transfer_ms(nbytes, link)
+        co = tables.hop_coefficients(link)
+        t = co["period"][0] * nbytes
         transfer_by_kind[link.kind] = transfer_by_kind.get(link.kind, 0.0) + t
-        prop += link.latency_ms
-        energy += tables.link_energy_j(nbytes, link)
-        if tables.counts_for_bandwidth(link):
-            bw_bytes += nbytes
+        prop += co["latency"][1]
+        energy += co["energy"][0] * nbytes
+        bw_bytes += co["bandwidth"][0] * nbytes
         link_busy = max(link_busy, t)
         transfers.append(TransferEstimate(p, link.src, link.dst, link.kind, nbytes, t, link.latency_ms,
                                           tuple(prof.boundaries[p])))
@@ -176,7 +188,7 @@ def evaluate(tables: CostTables, stages: Sequence[int]) -> Estimate:
     period = max([link_busy, *busy_ms.values()])
     return Estimate(total_ms=total, compute_ms_by_kind=compute_by_kind, transfer_ms_by_kind=transfer_by_kind,
                     propagation_ms=prop, by_layer=tuple(by_layer), transfers=tuple(transfers), period_ms=period,
-                    energy_j=energy, bandwidth_bytes=bw_bytes, memory_bytes=tables.device_memory(stages),
+                    energy_j=energy, bandwidth_bytes=int(bw_bytes), memory_bytes=tables.device_memory(stages),
                     stages=stages, codec=tables.codec)
 
 
@@ -212,8 +224,6 @@ class LatencyEstimator:
         A partition carries its profile; a placement uses the profile it was validated
         with unless ``profile`` is given.
         """
-        from .placement import LayerPlacement
-
         if hasattr(placement, "stages") and hasattr(placement, "profile") and not isinstance(placement, LayerPlacement):
             profile = profile or placement.profile
             stages = placement.stages

@@ -2,25 +2,9 @@
 
 The op is a ``torch.library`` operator with a fake (meta) kernel and an autograd
 formula, so ``torch.compile`` and inductor keep it as one opaque call and the plan
-stays visible in the compiled code.
-
-Codecs (floating tensors only; integer and bool tensors always travel as they are,
-and a codec never widens a tensor: ``fp16`` on an ``fp16`` tensor sends it as is):
-
-============ =========================== ====================================================
-codec        sent as                     error bound on each element ``x`` (fp32 input)
-============ =========================== ====================================================
-``None``     the tensor itself           exact
-``"fp16"``   float16                     ``|x' - x| <= 2**-11 * |x|`` for
-                                         ``6.1e-5 <= |x| <= 65504``; ``<= 2**-25`` below
-                                         (subnormals); values beyond 65504 become ``inf``
-``"bf16"``   bfloat16                    ``|x' - x| <= 2**-8 * |x|`` (fp32's whole range)
-``"int8"``   int8 + one fp32 scale per   ``|x' - x| <= s / 2`` with ``s = max|row| / 127``,
-             row (last dimension)        the largest magnitude in ``x``'s row over 127
-============ =========================== ====================================================
-
-The receiver gets the tensor back in its original dtype, shape and strides (dense
-tensors), on the destination device.
+stays visible in the compiled code. The codecs (``fp16``, ``bf16``, ``int8``) and their
+error bounds are :mod:`rotafx.wire`'s; the receiver gets the tensor back in its
+original dtype, shape and strides (dense tensors), on the destination device.
 
 >>> import torch
 >>> x = torch.tensor([[1.0, -0.5, 0.25]])
@@ -36,56 +20,9 @@ import torch
 from torch._C._functorch import TransformType
 from torch._functorch.pyfunctorch import retrieve_current_functorch_interpreter
 
-from .costmodel import CODECS, check_codec
+from .wire import check_codec, compresses, decode, encode
 
-__all__ = ["CODECS", "transfer", "transfer_value", "move_value", "encode", "decode", "error_bound", "check_codec"]
-
-
-def _compresses(x: torch.Tensor, codec: str | None) -> bool:
-    """Whether ``codec`` makes ``x`` smaller (floating tensors wider than the wire dtype only)."""
-    return codec is not None and x.is_floating_point() and CODECS[codec].itemsize < x.element_size()
-
-
-def encode(x: torch.Tensor, codec: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Compress ``x`` for the wire: ``(payload, scale)``; ``scale`` is only set for int8."""
-    if not _compresses(x, codec):
-        return x, None
-    if codec == "int8":
-        xf = x.float()
-        if not x.dim():
-            amax = xf.abs()
-        elif x.shape[-1] == 0:  # rows of no element: nothing to take a maximum of
-            amax = xf.new_zeros(*x.shape[:-1], 1)
-        else:
-            amax = xf.abs().amax(dim=-1, keepdim=True)
-        scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
-        q = (xf / scale).round_().clamp_(-127, 127)  # in place on the one temporary
-        return q.to(torch.int8), scale
-    return x.to(CODECS[codec]), None  # type: ignore[index]
-
-
-def decode(payload: torch.Tensor, scale: torch.Tensor | None, like: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Undo :func:`encode` on ``device``: a tensor with ``like``'s dtype, shape and strides."""
-    out = torch.empty_like(like, device=device)
-    out.copy_(payload)  # across devices too; exact for int8 (|q| <= 127)
-    if scale is not None:
-        out.mul_(scale.to(device))  # computed in the wider of fp32 and out's dtype, rounded once
-    return out
-
-
-def error_bound(x: torch.Tensor, codec: str | None) -> torch.Tensor:
-    """The largest error :func:`transfer` may make on each element of ``x`` under ``codec`` (see the table)."""
-    xf = x.detach().double()
-    if not _compresses(x, codec):
-        return torch.zeros_like(xf)
-    if codec == "fp16":
-        return torch.maximum(xf.abs() * 2.0**-11, torch.full_like(xf, 2.0**-25))
-    if codec == "bf16":
-        return xf.abs() * 2.0**-8
-    amax = xf.abs().amax(dim=-1, keepdim=True) if x.dim() else xf.abs()
-    # s / 2, plus the fp32 arithmetic of scale and dequantisation and the rounding back to x's dtype
-    eps = max(torch.finfo(torch.float32).eps, torch.finfo(x.dtype).eps)
-    return (amax / 127.0) / 2 * (1 + 4 * eps) + xf.abs() * 2 * eps
+__all__ = ["transfer", "transfer_value", "move_value"]
 
 
 # The op is defined with torch.library directly rather than with @custom_op: custom_op's generated
@@ -100,7 +37,7 @@ def _transfer_kernel(x: torch.Tensor, device: torch.device, codec: Optional[str]
     """The op on every backend: a copy, or encode on the sender and decode on ``device``."""
     if codec is not None:
         codec = check_codec(codec)
-    if not _compresses(x, codec):
+    if not compresses(x, codec):
         return x.to(device, copy=True)
     payload, scale = encode(x, codec)
     return decode(payload, scale, x, device)
@@ -219,7 +156,6 @@ def transfer_value(x: Any, device: torch.device, codec: str | None = None) -> An
     if isinstance(x, (tuple, list)):
         return type(x)(transfer_value(v, device, codec) for v in x)
     return x
-
 
 
 def move_value(x: Any, device: torch.device) -> Any:

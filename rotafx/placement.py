@@ -8,10 +8,9 @@ from typing import Any, Iterable, Mapping, Sequence
 from .costmodel import CostTables
 from .profile import ModelProfile
 from .topology import Topology
+from .units import fmt_bytes, format_ranges
 
-__all__ = ["LayerPlacement", "Validation", "PlacementError", "format_ranges", "fmt_bytes", "memory_issues"]
-
-GB = 1e9
+__all__ = ["LayerPlacement", "Validation", "PlacementError", "memory_issues"]
 
 
 class PlacementError(ValueError):
@@ -29,28 +28,6 @@ class Validation:
 
     def __bool__(self) -> bool:
         return self.is_valid
-
-
-def fmt_bytes(n: float) -> str:
-    """Bytes in the largest decimal unit that keeps them readable: ``'1.712 GB'``, ``'300 kB'``."""
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:,.3f} {unit}"
-    return f"{n:,.0f} B"
-
-
-def format_ranges(indices: Iterable[int]) -> str:
-    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
-    xs = sorted(set(indices))
-    out: list[str] = []
-    i = 0
-    while i < len(xs):
-        j = i
-        while j + 1 < len(xs) and xs[j + 1] == xs[j] + 1:
-            j += 1
-        out.append(str(xs[i]) if i == j else f"{xs[i]}-{xs[j]}")
-        i = j + 1
-    return ", ".join(out)
 
 
 class LayerPlacement:

@@ -18,16 +18,17 @@ from __future__ import annotations
 import operator
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 import torch.fx as fx
 from torch.fx.passes.split_module import split_module
 
-from .annotate import node_value
-from .ops import check_codec, move_value, transfer_value
+from .frontends.pytorch.annotate import node_value
+from .ops import move_value, transfer_value
+from .wire import check_codec
 
-__all__ = ["rewrite", "Rewritten", "StageInfo", "WeightSlot", "RewriteError", "stage_map", "version_of"]
+__all__ = ["rewrite", "Rewritten", "StageInfo", "WeightSlot", "RewriteError", "stage_map", "version_of", "home_device"]
 
 _transfer = torch.ops.rotafx.transfer.default
 
@@ -79,11 +80,11 @@ class Rewritten:
         return [n for n in self.program.graph.nodes if n.op == "call_function" and n.target in (_transfer, transfer_value)]
 
 
-def stage_map(layer_nodes: Sequence[Sequence[fx.Node]], stages: Sequence[int]) -> dict[str, int]:
-    """Node name -> chain stage, from a profile's layers (``layer.nodes``) and a partition's ``stages``."""
-    if len(layer_nodes) != len(stages):
-        raise RewriteError(f"rotafx: {len(layer_nodes)} layers but {len(stages)} stages in the partition")
-    return {n.name: int(s) for ns, s in zip(layer_nodes, stages) for n in ns}
+def stage_map(layer_ops: Sequence[Sequence[str]], stages: Sequence[int]) -> dict[str, int]:
+    """Node name -> chain stage, from a profile's layers (``layer.ops``: their node names) and a partition's ``stages``."""
+    if len(layer_ops) != len(stages):
+        raise RewriteError(f"rotafx: {len(layer_ops)} layers but {len(stages)} stages in the partition")
+    return {n: int(s) for ns, s in zip(layer_ops, stages) for n in ns}
 
 
 def rewrite(
@@ -141,7 +142,7 @@ def rewrite(
     if not stage:
         raise RewriteError("rotafx: the graph has no operations to split")
 
-    home = _home_device(nodes, values)
+    home = home_device(nodes, values)
     for n, s in stage.items():
         if devices[s] != home and home is not None:
             n.args = _retarget(n.args, home, devices[s])
@@ -191,7 +192,7 @@ def rewrite(
             name = ph.name
             if name in weight_names:
                 qual = weight_names[name]
-                src = values[qual] if qual in values else _fetch(gm, str(originals[name].target))
+                src = values[qual] if qual in values else operator.attrgetter(str(originals[name].target))(gm)
                 attr = held.get(qual) or _attr_name(qual, sub)
                 t = copies.get((qual, devices[s]))
                 if t is None:
@@ -289,8 +290,8 @@ def _send(graph: fx.Graph, value: fx.Node, orig: fx.Node, device: torch.device, 
     return n
 
 
-def _home_device(nodes: Sequence[fx.Node], values: Mapping[str, torch.Tensor]) -> torch.device | None:
-    """The device the original graph runs on: that of its first tensor input or weight."""
+def home_device(nodes: Iterable[fx.Node], values: Mapping[str, torch.Tensor]) -> torch.device | None:
+    """The device a graph runs on: that of its first tensor input (not on ``meta``), else of its first weight."""
     for n in nodes:
         if n.op == "placeholder":
             d = _device_of(n)
@@ -350,9 +351,3 @@ def _to_get_attr(sub: fx.GraphModule, ph: fx.Node, attr: str) -> None:
     ph.replace_all_uses_with(g)
     sub.graph.erase_node(ph)
 
-
-def _fetch(gm: torch.nn.Module, target: str) -> torch.Tensor:
-    obj: Any = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj

@@ -207,6 +207,23 @@ class Topology:
             return _from_general(data)
         return _from_seed(data)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The general form of this topology (``Topology.from_dict`` reads it back equal).
+
+        >>> t = preset("seed")
+        >>> Topology.from_dict(t.to_dict()) == t
+        True
+        """
+        devices = []
+        for d in self.devices.values():
+            devices.append({"name": d.name, "kind": d.kind, "flops": d.flops, "memory": d.memory_bytes,
+                            "memory_bandwidth": d.memory_bandwidth, "cache": d.cache_bytes,
+                            "cache_bandwidth": d.cache_bandwidth, "power": d.power_w})
+        links = [{"src": l.src, "dst": l.dst, "kind": l.kind, "bandwidth": l.bandwidth_bps, "latency_ms": l.latency_ms,
+                  "energy_per_bit": l.energy_per_bit_j, "bidirectional": False} for l in self.links.values()]
+        return {"devices": devices, "links": links, "chain": list(self.chain),
+                "bypasses": [list(b) for b in self.bypasses], "capacity": self.capacity}
+
     # -- queries -----------------------------------------------------------
     def link(self, src: str, dst: str) -> Link:
         """The link from ``src`` to ``dst``; a device talks to itself for free."""

@@ -18,8 +18,8 @@ import time
 import warnings
 
 from rotafx import InfeasibleError, PartitionOptimizer
-from rotafx.solve.greedy import solve_brute_force
-from rotafx.solve.objective import OBJECTIVES
+from rotafx.solve.brute_force import solve_brute_force
+from rotafx.objective import OBJECTIVES
 from tests.test_solve import PROBLEMS, brute_objective, close, magnification
 
 

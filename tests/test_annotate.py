@@ -1,4 +1,4 @@
-"""rotafx.annotate: per-node costs against analytic counts and torch's own FLOP counter."""
+"""rotafx.frontends.pytorch.annotate: per-node costs against analytic counts and torch's own FLOP counter."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from rotafx.annotate import CostRuleError, NodeCost, annotate, node_cost, tensor_bytes
-from rotafx.profile import trace
+from rotafx.frontends.pytorch.annotate import NodeCost, annotate, node_cost, tensor_bytes
+from rotafx.layers import CostRuleError
+from rotafx.frontends.pytorch.trace import trace
 from tests.models import TransformerBlock
 
 aten = torch.ops.aten
@@ -19,9 +20,9 @@ aten = torch.ops.aten
 
 def annotated(model: nn.Module, *inputs: torch.Tensor, dtype: torch.dtype | None = None, strict: bool = True):
     """Export ``model`` and annotate its graph; strict so that an op with no rule fails the test."""
-    gm, weights, _ = trace(model, inputs)
-    annotate(gm, weights, dtype=dtype, strict=strict)
-    return gm
+    traced = trace(model, inputs)
+    annotate(traced.graph_module, traced.weights, dtype=dtype, strict=strict)
+    return traced.graph_module
 
 
 def nodes_of(gm, target) -> list:
@@ -217,7 +218,8 @@ def test_op_without_a_rule_warns_or_raises() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.fft.rfft(x).abs()
 
-    gm, weights, _ = trace(M(), (torch.randn(2, 8),))
+    traced = trace(M(), (torch.randn(2, 8),))
+    gm, weights = traced.graph_module, traced.weights
     with pytest.raises(CostRuleError, match="no cost rule"):
         annotate(gm, weights, strict=True)
     with warnings.catch_warnings(record=True) as caught:

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 import rotafx
 from rotafx.backend import BackendError, RotaStellarBackend, rotastellar
-from rotafx.solve.optimizer import InfeasibleError
+from rotafx import InfeasibleError
 from tests.models import ZOO
 
 CHAIN = ["cpu0", "cpu1", "cpu2"]
@@ -312,7 +312,7 @@ def test_stages_that_cannot_be_pasted_are_still_compiled() -> None:
     model, x = WithCond().eval(), torch.randn(4, 16)
     pm = rotafx.partition(model, (x,), topology=tight_topology(model, (x,)), devices=ON_CPU, inner="aot_eager")
     assert len(pm.stages) >= 2
-    assert all(isinstance(m, rotafx.runtime.CompiledStage) for m in pm.program.children())
+    assert all(isinstance(m, rotafx.runtime.local.CompiledStage) for m in pm.program.children())
     with torch.no_grad():
         torch.testing.assert_close(pm(x), model(x))
 
@@ -348,7 +348,7 @@ def test_a_stage_compiled_on_its_own_reads_replaced_weights() -> None:
     model, inputs = _build("mlp")
     pm = rotafx.partition(model, inputs, topology=tight_topology(model, inputs), devices=ON_CPU)
     st = pm.stages[0]
-    stage = rotafx.runtime.CompiledStage(st.module, "aot_eager")
+    stage = rotafx.runtime.local.CompiledStage(st.module, "aot_eager")
     with torch.no_grad():
         assert_same(stage(*inputs)[0], st.module(*inputs)[0])
         for attr in st.attr_of.values():
@@ -363,7 +363,7 @@ def test_compiled_program_reads_replaced_weights_without_compiling_again(inner: 
     pm = rotafx.partition(model, inputs, topology=tight_topology(model, inputs), devices=ON_CPU, inner=inner)
     assert len(pm.stages) >= 2
     compiled = [pm._run._compiled]  # stages on one device: the program is compiled as one function
-    assert isinstance(compiled[0], rotafx.runtime.CompiledStage)
+    assert isinstance(compiled[0], rotafx.runtime.local.CompiledStage)
     with torch.no_grad():
         assert_same(pm(*inputs), model(*inputs), exact=False)
         # new weight tensors every call, as torch.func.functional_call passes them

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 import rotafx
-from rotafx.export import PlanError
+from rotafx import PlanError
 from rotafx.runtime.distributed import DistributedError, LocalCluster, launch_local
 from rotafx.runtime.links import hop_delay_s
+from tests import faulty_stage
 from tests.test_export import build, three_stage_topology
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -108,7 +109,7 @@ def test_convnet_then_a_stage_that_dies(conv_plan: Any) -> None:
     path, model, x = conv_plan
     first, second = _requests(x, 5, seed=0), _requests(x, 6, seed=1)
     # stage 1 crashes when request 8 (the 4th of the second run) reaches it, after passing 0-7 on
-    with launch_local(path, timeout=TIMEOUT, join_timeout=90, faults={1: "die@8"}) as cluster:
+    with launch_local(path, timeout=TIMEOUT, join_timeout=90, stage_commands={1: faulty_stage.command("die@8")}) as cluster:
         outs = cluster.run(first, window=3)
         for r, y in zip(first, outs):
             assert y.shape == (2, 10) and y.dtype == torch.float32
@@ -125,7 +126,7 @@ def test_convnet_then_a_stage_that_dies(conv_plan: Any) -> None:
             torch.testing.assert_close(err.outputs[i], model(*second[i]), rtol=0, atol=0)
         codes = cluster.wait(15)
     assert all(c is not None for c in codes), f"every stage process stops: exit codes {codes}"
-    assert codes[1] == 17 and codes[0] != 0 and codes[2] != 0
+    assert codes[1] == faulty_stage.DIED and codes[0] != 0 and codes[2] != 0
     assert "stage 1 (orbital0)" in cluster.stderr(2), cluster.stderr(2)[-500:]
 
 
@@ -133,7 +134,7 @@ def test_a_stage_that_hangs_is_named(conv_plan: Any) -> None:
     path, model, x = conv_plan
     reqs = _requests(x, 6)
     timeout = 4.0
-    with launch_local(path, timeout=timeout, join_timeout=90, faults={1: "hang@2"}) as cluster:
+    with launch_local(path, timeout=timeout, join_timeout=90, stage_commands={1: faulty_stage.command("hang@2")}) as cluster:
         t0 = time.perf_counter()
         with pytest.raises(DistributedError, match=r"stage 1 \(orbital0\) made no progress on request 2") as info:
             cluster.run(reqs, window=2)

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from rotafx import CostTables, LatencyEstimator, LayerPlacement, ModelProfile, Topology
 from rotafx.estimate import evaluate
-from rotafx.profile import LayerProfile, TensorInfo
+from rotafx.layers import LayerProfile, TensorInfo
 
 # ---------------------------------------------------------------------------
 # a two-layer model on one ground node and one orbital node, every figure given explicitly

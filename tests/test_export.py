@@ -1,4 +1,4 @@
-"""rotafx.export / rotafx.load: the plan directory round trip, one stage alone, and the errors that stop a bad plan."""
+"""rotafx.plan (rotafx.export / rotafx.load): the plan directory round trip, one stage alone, and the errors that stop a bad plan."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ import torch
 import rotafx
 import rotafx.runtime.links
 from rotafx.costmodel import CostTables
-from rotafx.export import SCHEMA_VERSION, LoadedStage, PlanError, TensorSpec, read_plan
-from rotafx.ops import encode
+from rotafx.plan.load import LoadedStage
+from rotafx.plan.schema import SCHEMA_VERSION, PlanError, TensorSpec, read_plan
+from rotafx.wire import encode
 from rotafx.models import convnet, example_inputs, small_gpt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,7 +149,7 @@ def test_loads_without_the_model_code(gpt_plan: Any, tmp_path: Path) -> None:
 import sys, types, torch
 for name, p in (("rotafx", {str(ROOT / 'rotafx')!r}), ("rotafx.runtime", {str(ROOT / 'rotafx' / 'runtime')!r})):
     m = types.ModuleType(name); m.__path__ = [p]; sys.modules[name] = m
-from rotafx.export import load
+from rotafx.plan.load import load
 io = torch.load({str(tmp_path / 'io.pt')!r})
 y = load({str(path)!r})(io["x"])
 assert torch.equal(y, io["y"])

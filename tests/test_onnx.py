@@ -17,10 +17,9 @@ pytest.importorskip("onnxscript")  # torch.onnx.export (dynamo) needs it
 from onnx import TensorProto, helper  # noqa: E402
 
 from rotafx import ModelProfile, PartitionOptimizer  # noqa: E402
-from rotafx.annotate import CostRuleError  # noqa: E402
-from rotafx.frontends import FrontendProfile  # noqa: E402
+from rotafx.layers import CostRuleError  # noqa: E402
 from rotafx.frontends.onnx import export_stages, run_stages, stage_ranges  # noqa: E402
-from rotafx.profile import ProfileError  # noqa: E402
+from rotafx.layers import ProfileError  # noqa: E402
 from tests.models import convnet, example_inputs, mlp, small_gpt  # noqa: E402
 
 OPSET = 21
@@ -72,7 +71,7 @@ def test_onnx_profile_agrees_with_pytorch(zoo: dict, name: str) -> None:
     model, args, path = zoo[name]
     tp = ModelProfile.from_pytorch(model, args)
     op = ModelProfile.from_onnx(path)
-    assert isinstance(op, FrontendProfile) and op.source == "onnx"
+    assert isinstance(op, ModelProfile) and op.source == "onnx"
     assert [l.name for l in op.layers] == [l.name for l in tp.layers], "layers differ"
     assert op.total_params == tp.total_params == sum(p.numel() for p in model.parameters()), "parameter counts differ"
     assert [l.params for l in op.layers] == [l.params for l in tp.layers]
@@ -292,15 +291,17 @@ def test_attention_subgraph_and_attention_op() -> None:
     assert layer.buffer_bytes == b * h * lq * lk * 4
     qkv = (b * h * lq * d + 2 * b * h * lk * d) * 4
     out = b * h * lq * d * 4
-    # the score matrices are workspace: the peak is q, k, v and one score matrix
-    assert layer.peak_bytes == qkv + b * h * lq * lk * 4
-    assert layer.activation_bytes == out
+    # one fused op, as PyTorch's scaled_dot_product_attention: while it runs, q, k, v and its output are live,
+    # and its score matrix is workspace
+    assert layer.peak_bytes == qkv + out + b * h * lq * lk * 4
+    assert layer.activation_bytes == out and layer.ops == ("/attn/MatMul_1",)
     # the same attention as one ONNX Attention op (opset 23)
     k4 = vi("k", [b, h, lk, d])
     att = make_model([helper.make_node("Attention", ["q", "k", "v"], ["o"], name="/attn/Attention")],
                      [q, k4, v], [vi("o", [b, h, lq, d])], opset=23)
     p2 = ModelProfile.from_onnx(att)
     assert p2.layers[0].flops == layer.flops and p2.layers[0].buffer_bytes == layer.buffer_bytes
+    assert p2.layers[0].peak_bytes == layer.peak_bytes
 
 
 def test_shared_initializer_counted_once_per_stage() -> None:

@@ -10,6 +10,7 @@ import torch
 import torch.fx.config
 import torch.nn as nn
 
+from rotafx.frontends.pytorch import read_module
 from rotafx.profile import ModelProfile, ProfileError
 from tests.models import (EXAMPLES, ZOO, LlamaConfig, TransformerBlock, convnet, example_inputs, llama, llama70b, mlp,
                           small_gpt, tiny_llama)
@@ -150,8 +151,9 @@ def test_small_gpt_flops_and_workspace() -> None:
     block = gpt_block_flops(b, s, d, heads)
     assert [l.flops for l in p.layers] == [t * d, block, block, 5 * t * d, 2 * t * d * vocab]
     assert [l.buffer_bytes for l in p.layers] == [0, b * heads * s * s * 4, b * heads * s * s * 4, 0, 0]
-    sdpa = [n for n in p.layers[1].nodes if n.target is aten.scaled_dot_product_attention.default]
-    assert len(sdpa) == 1 and sdpa[0].meta["rotafx"].buffer_bytes == b * heads * s * s * 4
+    ops = read_module(small_gpt(vocab=vocab, d=d, heads=heads, layers=2), (torch.zeros(b, s, dtype=torch.long),)).ops
+    sdpa = [op for op in ops if op.op_type == "scaled_dot_product_attention.default"]
+    assert len(sdpa) == 2 and sdpa[0].buffer_bytes == b * heads * s * s * 4 and sdpa[0].name in p.layers[1].ops
 
 
 # ---------------------------------------------------------------------------
@@ -300,7 +302,7 @@ def test_small_gpt_boundaries() -> None:
     assert (logits.numel, logits.itemsize) == (b * s * vocab, 4)
     # before layers.1: the residual stream that layers.0 produced
     i = p.layer_index("layers.1")
-    produced_by_block0 = {n.name for n in p.layers[p.layer_index("layers.0")].nodes}
+    produced_by_block0 = set(p.layers[p.layer_index("layers.0")].ops)
     stream = [ti for ti in p.boundaries[i] if ti.name in produced_by_block0]
     assert [(ti.numel, ti.nbytes) for ti in stream] == [(b * s * d, b * s * d * 4)]
     assert p.layers[p.layer_index("layers.0")].activation_bytes == b * s * d * 4

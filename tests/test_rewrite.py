@@ -10,7 +10,8 @@ import torch
 import torch.fx as fx
 
 import rotafx.ops
-from rotafx.ops import check_codec, error_bound, transfer_value
+from rotafx.ops import transfer_value
+from rotafx.wire import check_codec, error_bound
 from rotafx.rewrite import RewriteError, rewrite
 
 CPU = torch.device("cpu")

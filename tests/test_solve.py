@@ -12,13 +12,15 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from rotafx import InfeasibleError, ModelProfile, Partition, PartitionOptimizer
-from rotafx.costmodel import CostTables
+from rotafx.costmodel import CostTables, link_energy_j, transfer_ms
 from rotafx.estimate import evaluate
 from rotafx.solve import optimizer as optimizer_module
 from rotafx.solve.dp import dp_applies, solve_dp
-from rotafx.solve.greedy import enumerate_placements, fits, solve_brute_force, solve_greedy
+from rotafx.solve.brute_force import enumerate_placements, solve_brute_force
+from rotafx.solve.feasibility import fits
+from rotafx.solve.greedy import solve_greedy
 from rotafx.solve.milp import MilpResult, solve_milp
-from rotafx.solve.objective import OBJECTIVES, TERMS, Objective, objective
+from rotafx.objective import OBJECTIVE_TERM, OBJECTIVES, Objective, objective
 from rotafx.topology import Topology
 
 REL = 1e-6  # ties between placements are allowed: compare values, not plans
@@ -26,7 +28,7 @@ REL = 1e-6  # ties between placements are allowed: compare values, not plans
 # 1e-6 (a kB over a 1e-10 J/bit link: 8e-7 J) are invisible to the MILP; random profiles with zero-FLOP layers
 # have whole objectives that small
 ABS = 1e-5
-SINGLE = {term: name for name, term in TERMS.items()}  # "latency" -> "minimize_latency", ...
+SINGLE = {term: name for name, term in OBJECTIVE_TERM.items()}  # "latency" -> "minimize_latency", ...
 WEIGHT_KEYS = {"latency": "latency", "throughput": "period", "bandwidth": "bandwidth", "energy": "energy"}
 
 SLOW = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -48,15 +50,12 @@ def milp_slack(tables: CostTables, obj: Objective) -> float:
     by = tables.boundary_bytes.max(initial=0.0)
     costs = {"latency": [], "period": [], "bandwidth": [], "energy": []}
     for link in [*tables.links, *tables.bypass_links]:
-        t = tables.transfer_ms(by, link)
+        t = transfer_ms(by, link)
         costs["latency"].append(t)
         costs["period"].append(t)
         costs["bandwidth"].append(by if tables.counts_for_bandwidth(link) else 0.0)
-        costs["energy"].append(tables.link_energy_j(by, link))
-    if obj.name == "balance":
-        weights = {k: w / obj.norms[k] for k, w in obj.weights.items() if w}
-    else:
-        weights = {TERMS[obj.name]: 1.0}
+        costs["energy"].append(link_energy_j(by, link))
+    weights = {k: w / obj.norms.get(k, 1.0) for k, w in obj.weights.items() if w}
     return 1e-6 * sum(w * sum(costs[k]) for k, w in weights.items())
 
 

@@ -1,4 +1,4 @@
-"""rotafx.frontends.tensorflow: Keras profiles against analytic counts, Keras's own parameter count and PyTorch."""
+"""rotafx.frontends.keras: Keras profiles against analytic counts, Keras's own parameter count and PyTorch."""
 
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ if not hasattr(keras, "KerasTensor"):  # pragma: no cover
 import torch  # noqa: E402
 
 from rotafx import ModelProfile, PartitionOptimizer  # noqa: E402
-from rotafx.annotate import CostRuleError  # noqa: E402
-from rotafx.frontends import FrontendProfile  # noqa: E402
-from rotafx.profile import ProfileError  # noqa: E402
+from rotafx.layers import CostRuleError  # noqa: E402
+from rotafx.layers import ProfileError  # noqa: E402
 from tests.models import example_inputs, mlp  # noqa: E402
 
 L = keras.layers
@@ -33,7 +32,7 @@ def test_sequential_mlp_matches_analytic_counts() -> None:
                          name="mlp")
     b = 4
     p = ModelProfile.from_tensorflow(m, batch_size=b)
-    assert isinstance(p, FrontendProfile) and p.source == "keras" and p.name == "mlp" and p.batch_size == b
+    assert isinstance(p, ModelProfile) and p.source == "keras" and p.name == "mlp" and p.batch_size == b
     assert names(p) == ["fc1", "fc2"]
     assert p.total_params == m.count_params() == 32 * 64 + 64 + 64 * 10 + 10
     assert [l.params for l in p.layers] == [32 * 64 + 64, 64 * 10 + 10]

@@ -1,5 +1,2 @@
-"""Run: execute a rewritten program in this process (``local``)."""
-
-from .local import CompiledStage, PipelineModule
-
-__all__ = ["PipelineModule", "CompiledStage"]
+"""Run: a partitioned program in this process (:mod:`.local`), a loaded plan in this process (:mod:`.loaded`) or one
+process per stage (:mod:`.distributed`), with emulated links (:mod:`.links`)."""

@@ -1,10 +1,10 @@
-"""Solve: where each contiguous range of layers runs (MILP, dynamic program, greedy)."""
+"""Solve: where each contiguous range of layers runs: the MILP (:mod:`.milp`), the dynamic program (:mod:`.dp`), the
+paper's greedy fill (:mod:`.greedy`), brute force (:mod:`.brute_force`), feasibility (:mod:`.feasibility`), the
+:class:`Partition` they give (:mod:`.partition`) and the :class:`PartitionOptimizer` that chooses among them
+(:mod:`.optimizer`)."""
 
-from .dp import solve_dp
-from .greedy import enumerate_placements, solve_brute_force, solve_greedy
-from .milp import solve_milp
-from .objective import OBJECTIVES, Objective, objective
-from .optimizer import InfeasibleError, Partition, PartitionOptimizer
+from .feasibility import InfeasibleError
+from .optimizer import SOLVERS, PartitionOptimizer
+from .partition import Partition
 
-__all__ = ["solve_dp", "solve_greedy", "solve_milp", "solve_brute_force", "enumerate_placements", "OBJECTIVES",
-           "Objective", "objective", "InfeasibleError", "Partition", "PartitionOptimizer"]
+__all__ = ["InfeasibleError", "Partition", "PartitionOptimizer", "SOLVERS"]

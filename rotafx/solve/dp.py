@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..costmodel import CostTables
-from .objective import Objective
+from ..objective import Objective
 
 __all__ = ["solve_dp", "dp_applies", "range_memory"]
 
@@ -42,30 +42,16 @@ def range_memory(tables: CostTables) -> np.ndarray:
     return mem
 
 
-def _hop_terms(tables: CostTables, link, obj: Objective) -> tuple[np.ndarray, np.ndarray, float]:
-    """Per cut position p: (additive cost, bottleneck cost) of one hop over ``link``; and a constant."""
+def _hop_arrays(tables: CostTables, link) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    """Each objective term of one hop over ``link``, for every cut position ``p`` (the bytes of boundary ``p``)."""
     by = tables.boundary_bytes
-    t = np.array([tables.transfer_ms(b, link) for b in by])
-    energy = by * 8.0 * link.energy_per_bit_j
-    bw = by if tables.counts_for_bandwidth(link) else np.zeros_like(by)
-    lat = t + link.latency_ms
-    return _combine(obj, lat, t, bw, energy), t, 0.0
+    return {term: per_byte * by + const for term, (per_byte, const) in tables.hop_coefficients(link).items()}
 
 
-def _combine(obj: Objective, lat: np.ndarray, period: np.ndarray, bw: np.ndarray, energy: np.ndarray) -> np.ndarray:
-    if obj.name == "minimize_latency":
-        return lat
-    if obj.name == "minimize_energy":
-        return energy
-    if obj.name == "maximize_throughput":
-        return period
-    if obj.name == "minimize_bandwidth":
-        return bw
-    if obj.name == "balance":
-        w, n = obj.weights, obj.norms
-        return (w.get("latency", 0) * lat / n.get("latency", 1) + w.get("bandwidth", 0) * bw / n.get("bandwidth", 1)
-                + w.get("energy", 0) * energy / n.get("energy", 1))
-    raise AssertionError(obj.name)
+def _range_sums(values: np.ndarray) -> np.ndarray:
+    """``R[q, p]``: the sum of ``values[q:p]`` (layers ``q .. p-1``)."""
+    c = np.concatenate([[0.0], np.cumsum(values)])
+    return c[None, :] - c[:, None]
 
 
 def solve_dp(tables: CostTables, obj: Objective) -> tuple[list[int] | None, float]:
@@ -100,7 +86,7 @@ def _dp_chain(tables: CostTables, obj: Objective, mem: np.ndarray, stages: list[
               must_use: list[tuple[int, int]]) -> tuple[float, float, list[int] | None]:
     L = tables.L
     topo = tables.topology
-    bottleneck = obj.name == "maximize_throughput"
+    bottleneck = obj.bottleneck
     n = len(stages)
     links = [topo.link(topo.chain[a], topo.chain[b]) for a, b in zip(stages, stages[1:])]
     seg_of = {}
@@ -114,17 +100,13 @@ def _dp_chain(tables: CostTables, obj: Objective, mem: np.ndarray, stages: list[
     P = np.arange(L + 1)
     upper = P[:, None] <= P[None, :]
     for i, s in enumerate(stages):
-        dev = topo.chain[s]
-        cap = tables.capacity[dev]
-        comp = np.concatenate([[0.0], np.cumsum(tables.compute_ms[:, s])])
-        C = comp[None, :] - comp[:, None]  # C[q, p]: layers q..p-1 on stage s
-        energyC = C * 1e-3 * tables.power_w[s]
+        cap = tables.capacity[topo.chain[s]]
+        # R[term][q, p]: layers q..p-1 on stage s; its period is its busy time, the same as its latency
+        R = {term: _range_sums(v[:, s]) for term, v in tables.stage_terms.items()}
+        R["period"] = R["latency"]
         feasible = upper & (mem <= cap)
-        if bottleneck:
-            stage_cost = C
-        else:
-            stage_cost = _combine(obj, C, C, np.zeros_like(C), energyC)
-        stage_lat = C
+        stage_cost = R["period"] if bottleneck else obj.combine(R)
+        stage_lat = R["latency"]
         if i == 0:
             prev_p = np.full((2, L + 1), INF)
             prev_s = np.full((2, L + 1), INF)
@@ -162,20 +144,17 @@ def _dp_chain(tables: CostTables, obj: Objective, mem: np.ndarray, stages: list[
                 arg[f_new][better] = np.stack([np.full(better.sum(), f_prev), q[better]], axis=1)
         # leaving a must-use segment at its last stage requires the flag
         if in_seg and seg_of[s][1] == s:
-            new_p[0] = INF
-            new_s[0] = INF
             new_p[0], new_p[1] = new_p[1].copy(), np.full(L + 1, INF)
             new_s[0], new_s[1] = new_s[1].copy(), np.full(L + 1, INF)
             arg[0], arg[1] = arg[1].copy(), arg[0]
         # the hop to the next stage
         if i < n - 1:
-            add, t, _ = _hop_terms(tables, links[i], obj)
-            lat = t + links[i].latency_ms
+            hop = _hop_arrays(tables, links[i])
             if bottleneck:
-                new_p = np.maximum(new_p, t[None, :])
+                new_p = np.maximum(new_p, hop["period"][None, :])
             else:
-                new_p = new_p + add[None, :]
-            new_s = new_s + lat[None, :]
+                new_p = new_p + obj.combine(hop)[None, :]
+            new_s = new_s + hop["latency"][None, :]
         back.append(arg)
         prim, sec = new_p, new_s
     if not np.isfinite(prim[0, L]):

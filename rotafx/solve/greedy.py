@@ -1,60 +1,46 @@
-"""The paper's greedy layer aggregation, and brute-force enumeration for small cases."""
+"""The paper's greedy layer aggregation: fill each stage of the chain in order with as many layers as fit."""
 
 from __future__ import annotations
 
-import itertools
-from typing import Iterator
-
 from ..costmodel import CostTables
-from ..estimate import evaluate
-from .objective import Objective
+from ..units import fmt_bytes
+from .feasibility import fits
 
-__all__ = ["solve_greedy", "enumerate_placements", "solve_brute_force", "fits"]
-
-
-def fits(tables: CostTables, stages: list[int]) -> bool:
-    """Whether every device holds its stages, with the same memory rule as the MILP and DP."""
-    mem = tables.device_memory(stages)
-    return all(mem[d] <= tables.capacity[d] * (1 + 1e-12) for d in mem)
+__all__ = ["solve_greedy", "greedy_fill", "explain_infeasible"]
 
 
-def solve_greedy(tables: CostTables) -> list[int] | None:
+def greedy_fill(tables: CostTables) -> tuple[list[int], int | None]:
     """Fill each stage of the chain in order with as many layers as fit its device, then move on.
 
-    Returns the stage of every layer, or None when the layers run out of stages.
+    Returns the stages of the layers placed and the first layer that fits on no stage
+    left (``None`` when every layer was placed).
     """
     K, L = tables.K, tables.L
     stages: list[int] = []
     s = 0
-    for _ in range(L):
+    for l in range(L):
         # the memory test looks at whole devices, so a device met twice in the chain counts both stages
         while s < K and not fits(tables, stages + [s]):
             s += 1
         if s >= K:
-            return None
+            return stages, l
         stages.append(s)
-    return stages
+    return stages, None
 
 
-def enumerate_placements(L: int, K: int) -> Iterator[list[int]]:
-    """Every contiguous placement of L layers on a chain of K stages (stages may be empty)."""
-    for cuts in itertools.combinations_with_replacement(range(L + 1), K - 1):
-        out: list[int] = []
-        prev = 0
-        for s, c in enumerate((*cuts, L)):
-            out.extend([s] * (c - prev))
-            prev = c
-        yield out
+def solve_greedy(tables: CostTables) -> list[int] | None:
+    """The greedy fill's stage of every layer, or None when the layers run out of stages."""
+    stages, stuck = greedy_fill(tables)
+    return stages if stuck is None else None
 
 
-def solve_brute_force(tables: CostTables, obj: Objective) -> tuple[list[int] | None, tuple[float, float]]:
-    """The best feasible placement by enumeration, scored by the estimator (for tests and small cases)."""
-    best: tuple[float, float] = (float("inf"), float("inf"))
-    arg = None
-    for stages in enumerate_placements(tables.L, tables.K):
-        if not fits(tables, stages):
-            continue
-        sc = obj.score(evaluate(tables, stages))
-        if sc[0] < best[0] - 1e-9 * max(1.0, abs(best[0])) or (abs(sc[0] - best[0]) <= 1e-9 * max(1.0, abs(best[0])) and sc[1] < best[1]):
-            best, arg = sc, stages
-    return arg, best
+def explain_infeasible(tables: CostTables) -> str:
+    """Where the greedy fill runs out, as the tightest reason we can name."""
+    stages, stuck = greedy_fill(tables)
+    if stuck is None:
+        return "no placement satisfies the memory constraints (the solver proved it infeasible)"
+    placed = tables.device_memory(stages)
+    fill = ", ".join(f"{d} {fmt_bytes(placed[d])}/{fmt_bytes(tables.capacity[d])}" for d in placed)
+    return (f"no contiguous placement fits: filling the chain {' -> '.join(tables.topology.chain)} in order, "
+            f"layer {stuck} ({tables.profile.layers[stuck].name}) fits on no node left ({fill}). Add memory or nodes, "
+            f"or use a smaller dtype or batch")

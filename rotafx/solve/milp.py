@@ -24,16 +24,24 @@ from typing import Any
 import numpy as np
 
 from ..costmodel import CostTables
-from .greedy import fits
-from .objective import Objective
+from ..objective import Objective
+from .feasibility import fits
 
 __all__ = ["solve_milp", "MilpResult"]
 
 
 @dataclass(frozen=True)
 class MilpResult:
+    """What HiGHS answered: the stage of every layer (``None`` without a plan), the status, the objective value,
+    the dual bound, the relative gap and the seconds it took.
+
+    ``status``: ``"optimal"``; ``"time_limit"`` (a plan, not proven optimal);
+    ``"time_limit_no_solution"`` (the limit came before any plan); ``"infeasible"``;
+    ``"error: ..."`` (the solver's own message).
+    """
+
     stages: list[int] | None
-    status: str  # "optimal", "time_limit", "infeasible", "error"
+    status: str
     value: float
     bound: float
     gap: float
@@ -85,82 +93,56 @@ def _build(tables: CostTables, capacity_margin: float = 0.0):  # type: ignore[no
     return Y, X, Z, U, cons
 
 
-def _hops(tables: CostTables, Z, U, cons, per_byte, const):  # type: ignore[no-untyped-def]
-    """Sum over the route of ``per_byte(link) * bytes(p) + const(link)``; bypass handled with big-M."""
+def _route_hops(tables: CostTables, Z, U, cons, term: str) -> list:  # type: ignore[no-untyped-def]
+    """What each possible hop of the route adds to ``term`` (the cost model's :func:`~rotafx.costmodel.hop_coefficients`
+    times the bytes of the cut it carries), each a pair ``(variable part, constant part)``; a hop that a bypass
+    switches off is bounded with big-M and its constant multiplied by the switch."""
     import cvxpy as cp
 
-    topo = tables.topology
-    by = tables.boundary_bytes
-    in_bypass = {}
-    for i, (f, g) in enumerate(topo.bypasses):
-        for b in range(f - 1, g + 1):
-            in_bypass[b] = i
-    total = 0
-    for b, link in enumerate(tables.links):
-        coef = per_byte(link) * by
-        c = const(link)
-        if b in in_bypass:
-            u = U[in_bypass[b]]
-            h = cp.Variable(nonneg=True)
-            big = float(coef.max()) if coef.size else 0.0
-            cons.append(h >= coef @ Z[:, b] - big * (1 - u))
-            total = total + h + c * u
-        else:
-            total = total + coef @ Z[:, b] + c
-    for i, ((f, g), link) in enumerate(zip(topo.bypasses, tables.bypass_links)):
-        coef = per_byte(link) * by
-        c = const(link)
-        u = U[i]
-        h = cp.Variable(nonneg=True)
-        big = float(coef.max()) if coef.size else 0.0
-        cons.append(h >= coef @ Z[:, f - 1] - big * u)
-        total = total + h + c * (1 - u)
-    return total
-
-
-def _link_times(tables: CostTables, Z, U, cons, T):  # type: ignore[no-untyped-def]
-    """T >= serialisation time of every hop the route takes (throughput)."""
     topo = tables.topology
     by = tables.boundary_bytes
     in_bypass = {b: i for i, (f, g) in enumerate(topo.bypasses) for b in range(f - 1, g + 1)}
+    out = []
     for b, link in enumerate(tables.links):
-        coef = np.array([tables.transfer_ms(x, link) for x in by])
+        per_byte, const = tables.hop_coefficients(link)[term]
+        coef = per_byte * by
         if b in in_bypass:
-            cons.append(T >= coef @ Z[:, b] - float(coef.max()) * (1 - U[in_bypass[b]]))
+            u = U[in_bypass[b]]
+            h = cp.Variable(nonneg=True)
+            cons.append(h >= coef @ Z[:, b] - float(coef.max(initial=0.0)) * (1 - u))
+            out.append((h, const * u))
         else:
-            cons.append(T >= coef @ Z[:, b])
+            out.append((coef @ Z[:, b], const))
     for i, ((f, g), link) in enumerate(zip(topo.bypasses, tables.bypass_links)):
-        coef = np.array([tables.transfer_ms(x, link) for x in by])
-        cons.append(T >= coef @ Z[:, f - 1] - float(coef.max()) * U[i])
+        per_byte, const = tables.hop_coefficients(link)[term]
+        coef = per_byte * by
+        h = cp.Variable(nonneg=True)
+        cons.append(h >= coef @ Z[:, f - 1] - float(coef.max(initial=0.0)) * U[i])
+        out.append((h, const * (1 - U[i])))
+    return out
 
 
 def _terms(tables: CostTables, X, Z, U, cons, needed: set[str]):  # type: ignore[no-untyped-def]
+    """The cvxpy expression of each needed objective term: the cost model's stage terms over ``X`` plus the route's hops."""
     import cvxpy as cp
 
     out = {}
-    comp = cp.sum(cp.multiply(tables.compute_ms, X))
-    if "latency" in needed:
-        out["latency"] = comp + (_hops(tables, Z, U, cons, lambda l: (0.0 if np.isinf(l.bandwidth_bps) else 8e3 / l.bandwidth_bps),
-                                       lambda l: l.latency_ms) if Z is not None else 0)
-    if "energy" in needed:
-        e = cp.sum(cp.multiply(tables.compute_ms * 1e-3 * tables.power_w[None, :], X))
-        out["energy"] = e + (_hops(tables, Z, U, cons, lambda l: 8.0 * l.energy_per_bit_j, lambda l: 0.0) if Z is not None else 0)
-    if "bandwidth" in needed:
-        out["bandwidth"] = (_hops(tables, Z, U, cons, lambda l: 1.0 if tables.counts_for_bandwidth(l) else 0.0,
-                                  lambda l: 0.0) if Z is not None else 0)
-    if "period" in needed:
+    for term in needed - {"period"}:
+        stage = cp.sum(cp.multiply(tables.stage_terms[term], X))
+        hops = sum(h + c for h, c in _route_hops(tables, Z, U, cons, term)) if Z is not None else 0
+        out[term] = stage + hops
+    if "period" in needed:  # the slowest device or link: a bound above every one of them
         T = cp.Variable(nonneg=True)
         for dev, ss in tables.device_stages.items():
-            cons.append(T >= sum(tables.compute_ms[:, s] @ X[:, s] for s in ss))
+            cons.append(T >= sum(tables.stage_terms["latency"][:, s] @ X[:, s] for s in ss))
         if Z is not None:
-            _link_times(tables, Z, U, cons, T)
+            cons.extend(T >= h for h, _ in _route_hops(tables, Z, U, cons, "period"))
         out["period"] = T
     return out
 
 
 def solve_milp(tables: CostTables, obj: Objective, *, time_limit: float = 60.0, verbose: bool = False,
-               cutoff: float | None = None, tie_break: bool = True, presolve: bool = True,
-               capacity_margin: float = 0.0) -> MilpResult:
+               cutoff: float | None = None, presolve: bool = True, capacity_margin: float = 0.0) -> MilpResult:
     """Solve ``obj`` exactly (or to the time limit). ``cutoff``: a known feasible value (upper bound).
 
     ``minimize_bandwidth`` is solved in two phases: the fewest bytes, then the lowest
@@ -170,20 +152,9 @@ def solve_milp(tables: CostTables, obj: Objective, *, time_limit: float = 60.0, 
 
     t0 = time.perf_counter()
     Y, X, Z, U, cons = _build(tables, capacity_margin)
-    if obj.name == "balance":
-        needed = {k for k, w in obj.weights.items() if w}
-    else:
-        needed = {{"minimize_latency": "latency", "maximize_throughput": "period", "minimize_bandwidth": "bandwidth",
-                   "minimize_energy": "energy"}[obj.name]}
-    if obj.name == "minimize_bandwidth":
-        needed.add("latency")
+    needed = obj.needed | ({"latency"} if obj.name == "minimize_bandwidth" else set())
     T = _terms(tables, X, Z, U, cons, needed)
-    if obj.name == "balance":
-        expr = sum(w * T[k] / obj.norms[k] for k, w in obj.weights.items() if w)
-    elif obj.name == "minimize_bandwidth":
-        expr = T["bandwidth"]
-    else:
-        expr = T[next(iter(needed))]
+    expr = obj.combine(T)
     if Y is None:  # a single stage: nothing to decide but whether it fits
         if fits(tables, [0] * tables.L):
             return MilpResult([0] * tables.L, "optimal", float("nan"), float("nan"), 0.0, time.perf_counter() - t0)

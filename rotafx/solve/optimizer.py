@@ -1,158 +1,27 @@
-"""PartitionOptimizer and the Partition it returns."""
+"""PartitionOptimizer: choose a solver, solve, check the answer against a plan held, and return a :class:`Partition`."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
-import warnings
-from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..costmodel import CostTables
-from ..estimate import Estimate, evaluate
-from ..placement import GB, LayerPlacement, Validation, fmt_bytes, format_ranges
+from ..estimate import evaluate
+from ..objective import NATURAL_UNITS, OBJECTIVE_TERM, Objective, objective
 from ..profile import ModelProfile
 from ..topology import Topology
-from .dp import dp_applies, range_memory, solve_dp
-from .greedy import fits, solve_greedy
+from .dp import dp_applies, solve_dp
+from .feasibility import InfeasibleError, diagnose_infeasible, fits
+from .greedy import explain_infeasible, solve_greedy
 from .milp import MilpResult, solve_milp
-from .objective import TERMS, Objective, objective, terms
+from .partition import Partition
 
-__all__ = ["PartitionOptimizer", "Partition", "InfeasibleError", "SOLVERS"]
+__all__ = ["PartitionOptimizer", "SOLVERS", "fewer_cuts", "objective_for"]
 
 log = logging.getLogger("rotafx")
 SOLVERS = ("milp", "dp", "greedy")
-
-
-class InfeasibleError(ValueError):
-    """No placement fits: the message gives the tightest reason with its numbers."""
-
-
-@dataclass
-class Partition:
-    """A placement chosen by the optimizer, with its estimate and how sure the solver is.
-
-    ``stages[l]`` is the chain stage of layer ``l``; ``nodes[l]`` its node.
-    ``status`` is ``"optimal"`` (proven, gap ``gap``), ``"time_limit"`` (best found, not
-    proven), ``"heuristic"`` (greedy) or ``"manual"`` (after :meth:`move_layer`).
-    """
-
-    profile: ModelProfile
-    topology: Topology
-    objective: Objective
-    stages: tuple[int, ...]
-    estimate: Estimate
-    objective_value: float
-    status: str
-    gap: float
-    solver: str
-    solve_seconds: float
-    baseline: Estimate | None = None  # every layer on the input node (all-ground)
-    baseline_objective_value: float | None = None
-    codec: str | None = None
-    memory_rule: str = "liveness"
-    validation: Validation | None = None
-    _moves: dict[int, str] = field(default_factory=dict, repr=False)
-
-    # -- the seed's fields ---------------------------------------------------
-    @property
-    def nodes(self) -> list[str]:
-        return [self.topology.chain[s] for s in self.stages]
-
-    @property
-    def cut_points(self) -> list[int]:
-        """The first layer of every stage after the first non-empty one: where the model is cut."""
-        return [l for l in range(1, len(self.stages)) if self.stages[l] != self.stages[l - 1]]
-
-    def layers_of_kind(self, kind: str) -> list[int]:
-        return [l for l, s in enumerate(self.stages) if self.topology.stage_device(s).kind == kind]
-
-    @property
-    def ground_layers(self) -> list[int]:
-        return self.layers_of_kind("ground")
-
-    @property
-    def orbital_layers(self) -> list[int]:
-        return self.layers_of_kind("orbital")
-
-    @property
-    def estimated_latency_ms(self) -> float:
-        return self.estimate.total_ms
-
-    @property
-    def transfer_size_mb(self) -> float:
-        """MB sent between nodes for one request (every hop of the route)."""
-        return self.estimate.transfer_size_mb
-
-    @property
-    def is_optimal(self) -> bool:
-        return self.status == "optimal"
-
-    # -- adjusting -------------------------------------------------------------
-    def placement(self) -> LayerPlacement:
-        """The partition as a :class:`LayerPlacement` (one named node per layer), with any moves applied."""
-        p = LayerPlacement()
-        for l, s in enumerate(self.stages):
-            p.assign([l], self._moves.get(l, f"@stage{s}"))
-        return p
-
-    def move_layer(self, layer: int | str, to: str) -> "Partition":
-        """Move one layer to a node or node kind; call :meth:`recalculate` to re-check and re-estimate."""
-        self._moves[self.profile.layer_index(layer)] = to
-        return self
-
-    def recalculate(self) -> Validation:
-        """Re-validate with the moves applied; when valid, update stages and estimate.
-
-        An invalid move is reported in ``validation.issues`` (and as a warning), and the
-        previous stages and estimate are kept.
-        """
-        placement = self.placement()
-        v = placement.validate(self.profile, self.topology, memory_rule=self.memory_rule)
-        self.validation = v
-        if not v.is_valid:
-            warnings.warn("rotafx: the adjusted partition is not valid:\n  " + "\n  ".join(v.issues), stacklevel=2)
-            return v
-        tables = CostTables(self.profile, self.topology, codec=self.codec, memory_rule=self.memory_rule)
-        self.stages = tuple(v.stages or ())
-        self.estimate = evaluate(tables, self.stages)
-        self.objective_value = self.objective.value(self.estimate)
-        self.status, self.gap, self.solver = "manual", math.nan, "manual"
-        self._moves.clear()
-        return v
-
-    # -- display ---------------------------------------------------------------
-    def table(self) -> str:
-        """Contiguous runs of layers with their node, time and memory."""
-        rows = [f"{'layers':<14} {'node':<12} {'names':<34} {'compute ms':>11} {'memory GB':>10}"]
-        est = self.estimate
-        l = 0
-        L = len(self.stages)
-        while l < L:
-            e = l
-            while e + 1 < L and self.stages[e + 1] == self.stages[l]:
-                e += 1
-            node = self.topology.chain[self.stages[l]]
-            names = self.profile.layers[l].name + (f" .. {self.profile.layers[e].name}" if e > l else "")
-            ms = sum(b.total_ms for b in est.by_layer[l:e + 1])
-            rows.append(f"{format_ranges(range(l, e + 1)):<14} {node:<12} {names[:34]:<34} {ms:>11.2f} "
-                        f"{est.memory_bytes.get(node, 0) / GB:>10.3f}")
-            l = e + 1
-        return "\n".join(rows)
-
-    def report(self) -> str:
-        gap = "" if math.isnan(self.gap) else f", gap {self.gap:.2%}"
-        lines = [f"partition of {self.profile.name} for {self.objective.name} (solver {self.solver}: {self.status}{gap}, "
-                 f"{self.solve_seconds:.2f} s)", self.table(), f"cut points: {self.cut_points}",
-                 self.estimate.report("estimate")]
-        if self.baseline is not None:
-            fits_note = "" if self.baseline_objective_value is not None else " (does NOT fit its memory)"
-            lines.append(self.baseline.report(f"all on the input node {self.topology.chain[0]}{fits_note}"))
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.report()
 
 
 class PartitionOptimizer:
@@ -291,10 +160,6 @@ def fewer_cuts(tables: CostTables, obj: Objective, stages: list[int]) -> list[in
     return best
 
 
-# what a term whose optimum is 0 is divided by in ``balance``: 1 ms, 1 ms, 1 MB, 1 J
-NATURAL_UNITS = {"latency": 1.0, "period": 1.0, "bandwidth": 1e6, "energy": 1.0}
-
-
 def objective_for(name: str, weights: Mapping[str, float] | None, tables: CostTables,
                   opt: PartitionOptimizer) -> Objective:
     """Build the objective; ``balance`` first solves each weighted term alone to normalise it."""
@@ -302,8 +167,8 @@ def objective_for(name: str, weights: Mapping[str, float] | None, tables: CostTa
     if obj.name != "balance":
         return obj
     norms = {}
-    base = terms(evaluate(tables, [0] * tables.L))
-    single = {v: k for k, v in TERMS.items()}
+    base = evaluate(tables, [0] * tables.L).terms()
+    single = {v: k for k, v in OBJECTIVE_TERM.items()}
     sub = PartitionOptimizer(solver=opt.solver if opt.solver != "greedy" else "milp", time_limit=opt.time_limit,
                              codec=opt.codec, memory_rule=opt.memory_rule)
     for term, w in obj.weights.items():
@@ -312,52 +177,7 @@ def objective_for(name: str, weights: Mapping[str, float] | None, tables: CostTa
         alone = objective(single[term])
         # the exact DP gives each term's optimum in milliseconds where it applies; else the MILP
         st = solve_dp(tables, alone)[0] if dp_applies(tables, alone) is None else sub._solve(tables, alone)[0]
-        best = terms(evaluate(tables, st))[term] if st is not None else base[term]
+        best = evaluate(tables, st).terms()[term] if st is not None else base[term]
         # a term whose optimum is 0 (no bytes sent) is normalised by one natural unit of it
         norms[term] = best if best > 0 else NATURAL_UNITS[term]
     return Objective("balance", obj.weights, norms)
-
-
-def diagnose_infeasible(tables: CostTables) -> None:
-    """Raise :class:`InfeasibleError` for the plain reasons: one layer or all weights too large."""
-    caps = tables.capacity
-    largest_dev = max(caps, key=lambda d: caps[d])
-    largest = caps[largest_dev]
-    prof = tables.profile
-    mem = range_memory(tables)
-    for l in range(tables.L):
-        need = mem[l, l + 1]
-        if need > largest:
-            layer = prof.layers[l]
-            raise InfeasibleError(
-                f"layer {l} ({layer.name}) needs {fmt_bytes(need)} alone (weights {fmt_bytes(layer.weight_bytes)}, "
-                f"peak activations and workspace {fmt_bytes(layer.peak_bytes)}) but the largest node, {largest_dev}, "
-                f"holds {fmt_bytes(largest)} ({tables.topology.capacity}); it is {fmt_bytes((need - largest))} too large. "
-                f"Give nodes more memory, profile with a smaller dtype (dtype=torch.float16) or a smaller batch, "
-                f"or split the layer into smaller modules")
-    total_w = tables.total_weight_bytes
-    total_cap = sum(caps.values())
-    if total_w > total_cap:
-        raise InfeasibleError(
-            f"the model's weights need {fmt_bytes(total_w)} but all nodes together hold {fmt_bytes(total_cap)} "
-            f"({', '.join(f'{d} {fmt_bytes(c)}' for d, c in caps.items())}); short by {fmt_bytes((total_w - total_cap))}")
-
-
-def explain_infeasible(tables: CostTables) -> str:
-    """Where the paper's greedy fill runs out, as the tightest reason we can name."""
-    prof = tables.profile
-    stages: list[int] = []
-    s = 0
-    for l in range(tables.L):
-        while s < tables.K and not fits(tables, stages + [s]):
-            s += 1
-        if s >= tables.K:
-            placed = tables.device_memory(stages)
-            fill = ", ".join(f"{d} {fmt_bytes(placed[d])}/{fmt_bytes(tables.capacity[d])}" for d in placed)
-            return (f"no contiguous placement fits: filling the chain {' -> '.join(tables.topology.chain)} in order, "
-                    f"layer {l} ({prof.layers[l].name}) fits on no node left ({fill}). Add memory or nodes, "
-                    f"or use a smaller dtype or batch")
-        stages.append(s)
-    return "no placement satisfies the memory constraints (the solver proved it infeasible)"
-
-

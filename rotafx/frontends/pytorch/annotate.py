@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import math
 import operator
-import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.fx as fx
@@ -34,7 +33,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.flop_counter import flop_registry
 
-__all__ = ["NodeCost", "annotate", "CostRuleError", "PER_ELEMENT_FLOPS", "tensor_bytes", "node_cost"]
+from ...layers import report_unknown_ops
+
+__all__ = ["NodeCost", "annotate", "PER_ELEMENT_FLOPS", "tensor_bytes", "node_cost", "node_value"]
 
 aten = torch.ops.aten
 
@@ -76,10 +77,6 @@ try:  # torch._C._nn.scaled_dot_product_attention is what dynamo records
     _SDPA_TARGETS.add(torch._C._nn.scaled_dot_product_attention)
 except AttributeError:  # pragma: no cover
     pass
-
-
-class CostRuleError(RuntimeError):
-    """An op with no cost rule, raised under ``strict=True``."""
 
 
 @dataclass(frozen=True)
@@ -171,7 +168,7 @@ class _CostMode(TorchDispatchMode):
             return _numel(args[0])
         if name in _POOL_NAMES:
             kernel = args[1] if len(args) > 1 else kwargs.get("kernel_size", [1])
-            k = math.prod(kernel) if isinstance(kernel, (list, tuple)) else int(kernel) ** max(1, out_dims(out) - 2)
+            k = math.prod(kernel) if isinstance(kernel, (list, tuple)) else int(kernel) ** max(1, _out_dims(out) - 2)
             return _numel(out if not isinstance(out, tuple) else out[0]) * int(k)
         if name in _ADAPTIVE_POOL_NAMES:
             return _numel(args[0])
@@ -179,7 +176,8 @@ class _CostMode(TorchDispatchMode):
         return 0
 
 
-def out_dims(out: Any) -> int:
+def _out_dims(out: Any) -> int:
+    """Dimensions of an op's (first) output."""
     t = out[0] if isinstance(out, tuple) else out
     return t.dim()
 
@@ -238,8 +236,8 @@ def annotate(
 
     ``weights`` maps weight placeholder names to parameter or buffer names. ``dtype``,
     when given, prices every floating tensor at that dtype's size (FP16 = 2 bytes).
-    Returns the ops that had no cost rule (op name -> first node); with ``strict=True``
-    such an op raises :class:`CostRuleError` instead.
+    Returns the ops that had no cost rule (op name -> first node), after a warning that
+    lists them; with ``strict=True`` such an op raises :class:`~rotafx.layers.CostRuleError`.
 
     >>> import torch
     >>> ep = torch.export.export(torch.nn.Linear(4, 3), (torch.randn(2, 4),))
@@ -259,11 +257,7 @@ def annotate(
             mode.reset()
             cost = _run_node(gm, node, env, weights, mode, itemsize)
             node.meta["rotafx"] = cost
-    if mode.unknown:
-        listing = ", ".join(f"{op} (first at node {n})" for op, n in sorted(mode.unknown.items()))
-        if strict:
-            raise CostRuleError(f"rotafx: no cost rule for {listing}; add it to rotafx.annotate or pass strict=False to count 0 FLOPs")
-        warnings.warn(f"rotafx: no cost rule for {listing}; counted as 0 FLOPs", stacklevel=2)
+    report_unknown_ops(mode.unknown, "op(s)", strict)
     return dict(mode.unknown)
 
 
@@ -278,7 +272,7 @@ def _run_node(gm: fx.GraphModule, node: fx.Node, env: dict[fx.Node, Any], weight
             return NodeCost(weight_bytes=size, output_bytes=size, is_weight=True)
         return NodeCost(activation_bytes=size, output_bytes=size, is_input=True)
     if node.op == "get_attr":
-        val = _fetch_attr(gm, str(node.target))
+        val = operator.attrgetter(str(node.target))(gm)
         env[node] = _to_meta(val)
         size = sum(nb(t) for t in _tensors(val))
         return NodeCost(weight_bytes=size, output_bytes=size, is_weight=True)
@@ -350,13 +344,6 @@ def _has_real_params(mod: torch.nn.Module) -> bool:
     return any(p.device.type != "meta" for p in mod.parameters())
 
 
-def _fetch_attr(gm: fx.GraphModule, target: str) -> Any:
-    obj: Any = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _target_name(node: fx.Node) -> str:
     t = node.target
     return getattr(t, "__name__", str(t))
@@ -369,10 +356,3 @@ def node_cost(node: fx.Node) -> NodeCost:
     except KeyError:
         raise RuntimeError(f"rotafx: node {node.format_node()} has no cost; run rotafx.annotate first") from None
 
-
-def getitem_like(node: fx.Node) -> bool:
-    return node.op == "call_function" and node.target is operator.getitem
-
-
-def iter_compute_nodes(gm: fx.GraphModule) -> Iterable[fx.Node]:
-    return (n for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module"))

@@ -1,4 +1,4 @@
-"""Keras frontend: profile a Sequential or functional Keras 3 model (``ModelProfile.from_tensorflow``).
+"""The Keras frontend: read a Sequential or functional Keras 3 model (``ModelProfile.from_tensorflow``).
 
 Every call of a Keras layer is one op and, at the top level, one rotafx layer (a nested
 Sequential or functional model is one layer whose inner layers are priced one by one).
@@ -20,14 +20,12 @@ padding, cropping, dropout 0. Parameters are Keras's: ``total_params`` equals
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any, Mapping, Sequence
 
-from ..annotate import CostRuleError
-from ..profile import ProfileError, TensorInfo
-from . import FrontendProfile, GraphOp, build_profile, float_itemsize, torch_dtype
+from ..layers import OpGraph, OpRecord, ProfileError, TensorInfo, report_unknown_ops
+from .dtypes import float_itemsize, torch_dtype
 
-__all__ = ["profile_keras", "KERAS_RULES"]
+__all__ = ["read_keras", "KERAS_RULES"]
 
 
 def _import_keras() -> Any:
@@ -41,9 +39,13 @@ def _import_keras() -> Any:
     return keras
 
 
+def _dtype_name(dtype: Any) -> str:
+    return str(getattr(dtype, "name", dtype)).replace("tf.", "")
+
+
 def _itemsize(dtype: Any) -> tuple[int, bool]:
     """(bytes per element, floating) of a Keras dtype name."""
-    name = str(getattr(dtype, "name", dtype)).replace("tf.", "")
+    name = _dtype_name(dtype)
     table = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2, "int8": 1,
              "uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8, "bool": 1, "complex64": 8, "complex128": 16}
     return table.get(name, 4), name.startswith("float") or name == "bfloat16"
@@ -276,13 +278,13 @@ def _has_graph(model: Any) -> bool:
 
 
 class _Walker:
-    """Turns a Keras graph (and the graphs of nested models) into GraphOps."""
+    """Turns a Keras graph (and the graphs of nested models) into op records."""
 
     def __init__(self, keras: Any, float_size: int | None, batch: int) -> None:
         self.keras = keras
         self.float_size = float_size
         self.batch = batch
-        self.ops: list[GraphOp] = []
+        self.ops: list[OpRecord] = []
         self.tensors: dict[str, TensorInfo] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.unknown: dict[str, str] = {}
@@ -296,8 +298,8 @@ class _Walker:
         size, floating = _itemsize(spec.dtype)
         if floating and self.float_size is not None:
             size = self.float_size
-        self.tensors[name] = TensorInfo(name, _numel(shape), size, floating)
         self.shapes[name] = tuple(int(d) for d in shape)
+        self.tensors[name] = TensorInfo(name, _numel(shape), size, floating, self.shapes[name], _dtype_name(spec.dtype))
 
     def walk(self, model: Any, in_names: Sequence[str], in_specs: Sequence[Any], key: str | None, prefix: str) -> list[str]:
         keras = self.keras
@@ -345,7 +347,7 @@ class _Walker:
             moved = 0 if view else (sum(self.tensors[n].nbytes for n in in_names_ if n in self.tensors)
                                     + sum(self.weight_bytes(v) for v in layer.weights)
                                     + sum(self.tensors[n].nbytes for n in out_names))
-            self.ops.append(GraphOp(name=base, key=key if key is not None else base, inputs=in_names_,
+            self.ops.append(OpRecord(name=base, key=key if key is not None else base, inputs=in_names_,
                                     outputs=tuple(out_names), weights=wnames, flops=int(flops), bytes_moved=int(moved),
                                     buffer_bytes=int(ws), view=view, op_type=type(layer).__name__))
         return [name_of[id(t)] for t in model.outputs]
@@ -419,21 +421,21 @@ def _input_specs(keras: Any, model: Any, input_shapes: Any, batch: int) -> tuple
     return names, specs
 
 
-def profile_keras(model: Any, input_shapes: Mapping[str, Sequence[int | None]] | Sequence[Any] | None = None, *,
-                  batch_size: int = 1, dtype: Any = None, strict: bool = False, name: str | None = None) -> FrontendProfile:
-    """Profile a Keras 3 model (Sequential or functional): one layer per Keras layer call.
+def read_keras(model: Any, input_shapes: Mapping[str, Sequence[int | None]] | Sequence[Any] | None = None, *,
+               batch_size: int = 1, dtype: Any = None, strict: bool = False, name: str | None = None) -> OpGraph:
+    """The records of a Keras 3 model (Sequential or functional): one op, and one layer, per Keras layer call.
 
     ``input_shapes`` gives the shape of each input (a mapping by input name, a list in
     input order, or one shape for a one-input model), batch dimension included; an
     unknown batch dimension is ``batch_size``, any other unknown dimension must be given.
     ``dtype`` prices floating tensors at that size (``"float16"``: 2 bytes). A layer
     with no cost rule counts 0 FLOPs with a warning naming it (and is listed in
-    ``unknown_ops``), or raises :class:`~rotafx.annotate.CostRuleError` under
+    ``unknown_ops``), or raises :class:`~rotafx.layers.CostRuleError` under
     ``strict=True``.
 
     >>> import keras  # doctest: +SKIP
     >>> m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, activation="relu")])  # doctest: +SKIP
-    >>> p = profile_keras(m, batch_size=2)  # doctest: +SKIP
+    >>> p = ModelProfile.from_tensorflow(m, batch_size=2)  # doctest: +SKIP
     >>> p.total_params, p.layers[0].flops   # 2*2*8*4 + 2*4 (relu)  # doctest: +SKIP
     (36, 136)
     """
@@ -453,17 +455,11 @@ def profile_keras(model: Any, input_shapes: Mapping[str, Sequence[int | None]] |
     for n, s in zip(names, specs):
         walker.add_tensor(n, s, f"input {n!r}")
     outputs = walker.walk(model, names, specs, None, "")
-    if walker.unknown:
-        listing = ", ".join(f"{cls} (first at layer {where!r})" for cls, where in sorted(walker.unknown.items()))
-        if strict:
-            raise CostRuleError(f"rotafx: no cost rule for Keras layer(s) {listing}; "
-                                f"pass strict=False to count them as 0 FLOPs")
-        warnings.warn(f"rotafx: no cost rule for Keras layer(s) {listing}; counted as 0 FLOPs", stacklevel=3)
+    report_unknown_ops(walker.unknown, "Keras layer(s)", strict, at="layer {!r}", stacklevel=4)
     weights: dict[str, tuple[int, int]] = {}
     for v in model.weights:
         weights.setdefault(v.path, (_numel(v.shape), walker.weight_bytes(v)))
-    prof = build_profile(walker.ops, walker.tensors, names, list(dict.fromkeys(outputs)), weights, frozenset(weights),
-                         name=name or model.name, source="keras", shapes=walker.shapes, dtype=torch_dtype(dtype),
-                         batch_size=specs[0].shape[0] if specs and specs[0].shape else None)
-    prof.unknown_ops = dict(walker.unknown)
-    return prof
+    return OpGraph(ops=walker.ops, tensors=walker.tensors, inputs=tuple(names), outputs=tuple(dict.fromkeys(outputs)),
+                   weights=weights, params=frozenset(weights), unknown_ops=dict(walker.unknown), source="keras",
+                   name=name or model.name, dtype=torch_dtype(dtype),
+                   batch_size=specs[0].shape[0] if specs and specs[0].shape else None)

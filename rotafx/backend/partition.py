@@ -1,0 +1,96 @@
+"""Without ``torch.compile``: :func:`partition` (``torch.export`` + the same pass order) and the :func:`partitioned` class decorator."""
+
+from __future__ import annotations
+
+import functools
+import types
+from typing import Any, Callable, Mapping
+
+import torch
+
+from ..frontends.pytorch import trace
+from ..layers import ProfileError
+from ..runtime.local import PipelineModule
+from .devices import BackendError
+from .dynamo import RotaStellarBackend
+from .options import Config
+from .plan import Plan, plan_graph
+
+__all__ = ["partition", "partitioned"]
+
+
+def partition(model: torch.nn.Module, example_inputs: Any, *, example_kwargs: Mapping[str, Any] | None = None,
+              **options: Any) -> PipelineModule:
+    """Trace ``model`` with ``torch.export``, plan it and return the rewritten module (no torch.compile).
+
+    The module holds the weights, each on the device of the stage that uses it, and is
+    called like ``model``. ``.stages`` lists the stages (``.device``, ``.node``,
+    ``.parameters()``), ``.plan`` the :class:`~rotafx.backend.plan.Plan`. Options as in
+    :data:`~rotafx.backend.options.OPTIONS`, except
+    that ``inner`` defaults to ``eager`` here: the stages run as the exported ATen graph.
+
+    >>> import torch, rotafx
+    >>> m = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
+    >>> x = torch.randn(4, 8)
+    >>> pm = rotafx.partition(m, (x,))
+    >>> torch.equal(pm(x), m(x)), len(pm.stages)
+    (True, 1)
+    """
+    cfg = Config.make({"inner": "eager", **options})
+    try:
+        traced = trace(model, example_inputs, example_kwargs)
+    except ProfileError as e:
+        raise BackendError(str(e)) from e.__cause__
+    if traced.mutated:
+        raise BackendError(f"rotafx: {type(model).__name__} writes to {list(traced.mutated)} in forward() "
+                           f"(batch norm in training mode?); call model.eval() before partitioning")
+    plan = plan_graph(traced.graph_module, traced.weights, traced.params, traced.values, cfg,
+                      name=type(model).__name__, in_spec=traced.in_spec, out_spec=traced.out_spec)
+    return plan.module
+
+
+def partitioned(topology: Any = None, objective: str = "minimize_latency", *, fullgraph: bool = False,
+                **options: Any) -> Callable[[type], type]:
+    """Class decorator: every instance of the ``nn.Module`` runs through ``torch.compile`` with the rotastellar backend.
+
+    Each instance gets its own backend; ``instance.rotafx_plans`` lists its plans.
+
+    >>> import torch, rotafx
+    >>> @rotafx.partitioned(objective="minimize_latency", fullgraph=True)
+    ... class Net(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.fc = torch.nn.Linear(4, 2)
+    ...     def forward(self, x):
+    ...         return self.fc(x).relu()
+    >>> net = Net()
+    >>> _ = net(torch.randn(3, 4))
+    >>> len(net.rotafx_plans)
+    1
+    """
+    be_options = {"topology": topology, "objective": objective, **options}
+    Config.make(be_options)  # validate at decoration time
+
+    def decorate(cls: type) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+            raise TypeError(f"rotafx: @partitioned decorates an nn.Module class, not {cls!r}")
+        original = cls.forward
+
+        @functools.wraps(original)
+        def forward(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+            state = self.__dict__.get("_rotafx_state")
+            if state is None:
+                be = RotaStellarBackend(**be_options)
+                compiled = torch.compile(types.MethodType(original, self), backend=be, fullgraph=fullgraph)
+                state = self.__dict__["_rotafx_state"] = (be, compiled)
+            return state[1](*args, **kwargs)
+
+        def rotafx_plans(self: torch.nn.Module) -> list[Plan]:
+            state = self.__dict__.get("_rotafx_state")
+            return list(state[0].plans) if state else []
+
+        cls.forward = forward  # type: ignore[attr-defined]
+        cls.rotafx_plans = property(rotafx_plans)  # type: ignore[attr-defined]
+        return cls
+
+    return decorate

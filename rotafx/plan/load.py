@@ -1,0 +1,116 @@
+"""Load a plan directory: every stage's program read and checked against ``plan.json``, in this process."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from ..runtime.loaded import LoadedPipeline
+from .schema import PlanError, PlanSpec, StageSpec, TensorSpec, read_plan, sha256_of
+
+__all__ = ["load", "LoadedStage"]
+
+
+class LoadedStage(torch.nn.Module):
+    """One stage of a plan, loaded from its ``.pt2``: call it with its inputs, get the tuple of its outputs.
+
+    ``spec`` is its :class:`StageSpec`, ``plan`` the whole :class:`PlanSpec`,
+    ``program`` the ``ExportedProgram``.
+    """
+
+    def __init__(self, plan: PlanSpec, spec: StageSpec, program: Any, device: torch.device) -> None:
+        super().__init__()
+        self.plan = plan
+        self.spec = spec
+        self.program = program
+        self.device = device
+        self.module = program.module()
+
+    @property
+    def index(self) -> int:
+        return self.spec.index
+
+    @property
+    def node(self) -> str:
+        return self.spec.node
+
+    @property
+    def input_specs(self) -> list[TensorSpec]:
+        return [self.plan.values[v] for v in self.spec.inputs]
+
+    @property
+    def output_specs(self) -> list[TensorSpec]:
+        return [self.plan.values[v] for v in self.spec.outputs]
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.module(*inputs)
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def load(path: str | os.PathLike[str], stage: int | None = None, *, device: Any = None,
+         devices: Sequence[Any] | Mapping[str, Any] | None = None, verify: bool = True,
+         emulate_links: bool = False) -> "LoadedPipeline | LoadedStage":
+    """Load a plan directory: the whole pipeline in this process, or with ``stage=i`` stage ``i`` alone.
+
+    ``device`` puts every stage on one torch device, ``devices`` gives one per stage (a
+    list, or a dict node -> device); by default each stage goes where it was exported.
+    ``verify`` checks each program file's sha256 against ``plan.json``. Every stage is
+    read and checked before anything is returned: a newer schema, a missing file or a
+    program that does not match the plan raises :class:`PlanError`.
+    ``emulate_links`` makes the pipeline wait, at each hop, as long as the topology's
+    links would take (see :mod:`rotafx.runtime.links`).
+    """
+    plan = read_plan(path)
+    if stage is not None:
+        if isinstance(stage, bool) or not isinstance(stage, int) or not 0 <= stage < plan.num_stages:
+            raise PlanError(f"rotafx: stage must be an integer 0..{plan.num_stages - 1} (the plan has "
+                            f"{plan.num_stages} stages), got {stage!r}")
+        return _load_stage(plan, plan.stages[stage], _stage_device(plan, plan.stages[stage], device, devices), verify)
+    loaded = [_load_stage(plan, s, _stage_device(plan, s, device, devices), verify) for s in plan.stages]
+    return LoadedPipeline(plan, loaded, emulate_links=emulate_links)
+
+
+def _stage_device(plan: PlanSpec, s: StageSpec, device: Any, devices: Any) -> torch.device:
+    if device is not None and devices is not None:
+        raise PlanError("rotafx: give device or devices, not both")
+    if devices is not None:
+        if isinstance(devices, Mapping):
+            return torch.device(devices[s.node]) if s.node in devices else torch.device(s.device)
+        if len(devices) != plan.num_stages:
+            raise PlanError(f"rotafx: devices lists {len(devices)} devices but the plan has {plan.num_stages} stages")
+        return torch.device(devices[s.index])
+    return torch.device(device if device is not None else s.device)
+
+
+def _load_stage(plan: PlanSpec, s: StageSpec, device: torch.device, verify: bool) -> LoadedStage:
+    assert plan.path is not None
+    f = plan.path / s.file
+    if not f.exists():
+        raise PlanError(f"rotafx: stage {s.index} ({s.node}): its program {f} is missing; the plan lists "
+                        f"{plan.num_stages} stage files ({', '.join(x.file for x in plan.stages)}); copy it next to plan.json")
+    if verify:
+        digest = sha256_of(f)
+        if digest != s.sha256:
+            raise PlanError(f"rotafx: stage {s.index} ({s.node}): {f} does not match plan.json (sha256 {digest[:12]}… "
+                            f"but the plan says {s.sha256[:12]}…); the file comes from another export: copy the whole "
+                            f"plan directory again")
+    try:
+        ep = torch.export.load(f)
+    except Exception as e:
+        raise PlanError(f"rotafx: stage {s.index} ({s.node}): {f} is not a torch.export program: "
+                        f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
+    sig = ep.graph_signature
+    user_in = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in set(sig.user_inputs)]
+    want = [plan.values[v] for v in s.inputs]
+    got = [TensorSpec.of(n.meta["val"]) if isinstance(n.meta.get("val"), torch.Tensor) else None for n in user_in]
+    if got != want or len(sig.user_outputs) != len(s.outputs):
+        raise PlanError(f"rotafx: stage {s.index} ({s.node}): {f} does not match plan.json: the program takes "
+                        f"{[g.describe() if g else '?' for g in got]} and returns {len(sig.user_outputs)} values, the plan "
+                        f"says it takes {[w.describe() for w in want]} and returns {len(s.outputs)}")
+    if torch.device(s.device) != device:
+        from torch.export.passes import move_to_device_pass
+
+        ep = move_to_device_pass(ep, device)
+    return LoadedStage(plan, s, ep, device)

@@ -1,0 +1,307 @@
+"""The plan schema: ``plan.json`` as typed objects (values, stages, hops), read and checked, and a request checked against it.
+
+A plan directory holds everything a node needs, without the model's Python code::
+
+    plan/
+      plan.json        schema "rotafx-plan" version 1: topology, objective, partition, estimate,
+                       the values (every tensor that enters, crosses or leaves a stage), the stages
+                       (inputs, outputs, device, file, sha256) and the hops (what each process sends
+                       to the next one, in order, with or without the codec)
+      stage0.pt2       torch.export.save of stage 0 (its weights inside)
+      stage1.pt2       ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch.utils._pytree import TreeSpec, tree_flatten, treespec_dumps, treespec_loads
+
+from ..wire import CODECS, check_codec, compresses
+
+__all__ = ["PlanError", "TensorSpec", "WireEntry", "HopSpec", "StageSpec", "PlanSpec", "read_plan", "check_request",
+           "sha256_of", "rotafx_version", "FORMAT", "SCHEMA_VERSION", "PLAN_FILE", "DRIVER"]
+
+FORMAT = "rotafx-plan"
+SCHEMA_VERSION = 1
+PLAN_FILE = "plan.json"
+DRIVER = -1  # the position of the driver in a hop's ``src`` (it also receives the last hop)
+
+
+class PlanError(ValueError):
+    """A plan directory that cannot be written or loaded; the message names the file and the mismatch."""
+
+
+# ---------------------------------------------------------------------------
+# the schema
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Shape and dtype of a tensor (static: a plan runs at the shapes it was exported with)."""
+
+    shape: tuple[int, ...]
+    dtype: str  # "float32", "int64", ...
+
+    @classmethod
+    def of(cls, t: torch.Tensor) -> "TensorSpec":
+        return cls(tuple(int(s) for s in t.shape), str(t.dtype).removeprefix("torch."))
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.torch_dtype.itemsize
+
+    def matches(self, t: Any) -> bool:
+        return isinstance(t, torch.Tensor) and tuple(t.shape) == self.shape and t.dtype == self.torch_dtype
+
+    def describe(self) -> str:
+        return f"{self.dtype}{list(self.shape)}"
+
+    def wire(self, codec: str | None) -> list["TensorSpec"]:
+        """What this tensor travels as under ``codec``: the payload, and for int8 one fp32 scale per row."""
+        if not compresses(torch.empty((), dtype=self.torch_dtype), codec):
+            return [self]
+        payload = TensorSpec(self.shape, str(CODECS[codec]).removeprefix("torch."))  # type: ignore[index]
+        if codec != "int8":
+            return [payload]
+        scale_shape = self.shape[:-1] + (1,) if self.shape else ()
+        return [payload, TensorSpec(scale_shape, "float32")]
+
+
+@dataclass(frozen=True)
+class WireEntry:
+    """One value in one hop's message: ``encoded`` when the plan's codec applies to it on this hop."""
+
+    value: str
+    encoded: bool
+
+
+@dataclass(frozen=True)
+class HopSpec:
+    """Hop ``index``: from process ``src`` (``-1``: the driver) to process ``dst`` (``n``: back to the driver).
+
+    ``links`` are the topology links the hop crosses (several when it relays through
+    empty chain stages), each ``{src, dst, kind, bandwidth_bps, latency_ms}``.
+    """
+
+    index: int
+    src: int
+    dst: int
+    entries: tuple[WireEntry, ...]
+    links: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of a plan: where it runs, what it reads and writes, and its program file."""
+
+    index: int  # position among the plan's stages (0 .. n-1): ``rotafx serve --stage index``
+    chain_index: int  # position in the topology's chain
+    node: str
+    kind: str
+    device: str  # the torch device it was exported on
+    file: str
+    sha256: str
+    inputs: tuple[str, ...]  # value ids, in the order the program takes them
+    outputs: tuple[str, ...]  # value ids, in the order the program returns them
+    weights: tuple[str, ...] = ()
+    weight_bytes: int = 0
+
+
+@dataclass
+class PlanSpec:
+    """``plan.json``, read back: the schema as typed objects, plus the directory it came from."""
+
+    codec: str | None
+    values: dict[str, TensorSpec]
+    inputs: tuple[str, ...]  # the model's flat inputs (value ids)
+    outputs: tuple[str, ...]  # the model's flat outputs (value ids)
+    in_spec: TreeSpec | None
+    out_spec: TreeSpec | None
+    stages: list[StageSpec]
+    hops: list[HopSpec]
+    topology: dict[str, Any]
+    objective: str
+    partition: dict[str, Any]
+    estimate: dict[str, Any]
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    def entry_specs(self, hop: HopSpec) -> list[TensorSpec]:
+        """The tensors of a hop's message, in order (an encoded value may be two: payload and scale)."""
+        out: list[TensorSpec] = []
+        for e in hop.entries:
+            spec = self.values[e.value]
+            out.extend(spec.wire(self.codec) if e.encoded else [spec])
+        return out
+
+    def hop_bytes(self, hop: HopSpec) -> int:
+        """Bytes of a hop's tensors (the payload the links carry, without the header)."""
+        return sum(s.nbytes for s in self.entry_specs(hop))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "meta": self.meta,
+            "codec": self.codec,
+            "objective": self.objective,
+            "topology": self.topology,
+            "partition": self.partition,
+            "estimate": self.estimate,
+            "inputs": list(self.inputs),
+            "outputs": list(self.outputs),
+            "in_spec": treespec_dumps(self.in_spec) if self.in_spec is not None else None,
+            "out_spec": treespec_dumps(self.out_spec) if self.out_spec is not None else None,
+            "values": {k: {"shape": list(v.shape), "dtype": v.dtype} for k, v in self.values.items()},
+            "stages": [{
+                "index": s.index, "chain_index": s.chain_index, "node": s.node, "kind": s.kind, "device": s.device,
+                "file": s.file, "sha256": s.sha256, "inputs": list(s.inputs), "outputs": list(s.outputs),
+                "receives": _entries_json(self.hops[s.index].entries), "sends": _entries_json(self.hops[s.index + 1].entries),
+                "weights": list(s.weights), "weight_bytes": s.weight_bytes,
+            } for s in self.stages],
+            "hops": [{"index": h.index, "src": h.src, "dst": h.dst, "entries": _entries_json(h.entries),
+                      "bytes": self.hop_bytes(h), "links": [dict(l) for l in h.links]} for h in self.hops],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], path: Path | None = None) -> "PlanSpec":
+        where = f"{path / PLAN_FILE}" if path is not None else PLAN_FILE
+        if not isinstance(data, Mapping) or data.get("format") != FORMAT:
+            raise PlanError(f"rotafx: {where} is not a rotafx plan (its 'format' is {data.get('format') if isinstance(data, Mapping) else None!r}, "
+                            f"expected {FORMAT!r})")
+        version = data.get("schema_version")
+        if not isinstance(version, int) or version < 1:
+            raise PlanError(f"rotafx: {where} has schema_version {version!r}; expected an integer >= 1")
+        if version > SCHEMA_VERSION:
+            raise PlanError(f"rotafx: {where} was written with plan schema version {version}, but this rotafx "
+                            f"({rotafx_version()}) reads versions up to {SCHEMA_VERSION}; upgrade rotafx on this node "
+                            f"(pip install -U rotafx) or export the plan again with this version")
+        try:
+            values = {k: TensorSpec(tuple(int(x) for x in v["shape"]), str(v["dtype"])) for k, v in data["values"].items()}
+            for k, v in values.items():
+                if not isinstance(getattr(torch, v.dtype, None), torch.dtype):
+                    raise PlanError(f"rotafx: {where}: value {k!r} has unknown dtype {v.dtype!r}")
+            stages = [StageSpec(index=int(s["index"]), chain_index=int(s["chain_index"]), node=str(s["node"]),
+                                kind=str(s.get("kind", "")), device=str(s["device"]), file=str(s["file"]),
+                                sha256=str(s["sha256"]), inputs=tuple(s["inputs"]), outputs=tuple(s["outputs"]),
+                                weights=tuple(s.get("weights", ())), weight_bytes=int(s.get("weight_bytes", 0)))
+                      for s in data["stages"]]
+            hops = [HopSpec(index=int(h["index"]), src=int(h["src"]), dst=int(h["dst"]),
+                            entries=tuple(WireEntry(str(e["value"]), bool(e["encoded"])) for e in h["entries"]),
+                            links=tuple(dict(l) for l in h.get("links", ())))
+                    for h in data["hops"]]
+            spec = cls(codec=check_codec(data.get("codec")), values=values, inputs=tuple(data["inputs"]),
+                       outputs=tuple(data["outputs"]),
+                       in_spec=treespec_loads(data["in_spec"]) if data.get("in_spec") else None,
+                       out_spec=treespec_loads(data["out_spec"]) if data.get("out_spec") else None,
+                       stages=stages, hops=hops, topology=dict(data.get("topology") or {}),
+                       objective=str(data.get("objective", "")), partition=dict(data.get("partition") or {}),
+                       estimate=dict(data.get("estimate") or {}), meta=dict(data.get("meta") or {}), path=path)
+        except PlanError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            raise PlanError(f"rotafx: {where} is malformed: {type(e).__name__}: {e}") from None
+        spec._check(where)
+        return spec
+
+    def _check(self, where: str) -> None:
+        """Internal consistency: stage indices, hops around every stage, every referenced value known."""
+        n = len(self.stages)
+        if n < 1:
+            raise PlanError(f"rotafx: {where} lists no stages")
+        if [s.index for s in self.stages] != list(range(n)):
+            raise PlanError(f"rotafx: {where}: stage indices are {[s.index for s in self.stages]}, expected 0..{n - 1}")
+        if [(h.index, h.src, h.dst) for h in self.hops] != [(k, k - 1, k) for k in range(n + 1)]:
+            raise PlanError(f"rotafx: {where}: expected {n + 1} hops driver -> stage 0 -> ... -> stage {n - 1} -> driver")
+        names = set(self.values)
+        refs = [*self.inputs, *self.outputs, *(v for s in self.stages for v in (*s.inputs, *s.outputs)),
+                *(e.value for h in self.hops for e in h.entries)]
+        unknown = sorted(set(refs) - names)
+        if unknown:
+            raise PlanError(f"rotafx: {where} refers to values {unknown} that are not listed under 'values'")
+
+
+def _entries_json(entries: Sequence[WireEntry]) -> list[dict[str, Any]]:
+    return [{"value": e.value, "encoded": e.encoded} for e in entries]
+
+
+def rotafx_version() -> str:
+    """``rotafx X.Y.Z``: the version of the installed package."""
+    try:
+        return f"rotafx {importlib.metadata.version('rotafx')}"
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree that was never installed
+        return "rotafx (not installed)"
+
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 of a file's bytes, in hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+
+def read_plan(path: str | os.PathLike[str]) -> PlanSpec:
+    """Read and check ``path/plan.json`` (schema, consistency); loads no program.
+
+    Raises :class:`PlanError` for a missing or malformed file or a newer schema.
+    """
+    d = Path(path)
+    f = d / PLAN_FILE if d.is_dir() or not d.name.endswith(".json") else d
+    if f.name == PLAN_FILE and f.parent != d:
+        d = f.parent
+    if not f.exists():
+        raise PlanError(f"rotafx: no plan at {str(d)!r}: {f} does not exist (write one with rotafx.export or `rotafx export`)")
+    try:
+        data = json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise PlanError(f"rotafx: {f} is not readable JSON: {e}") from None
+    return PlanSpec.from_json(data, path=f.parent)
+
+
+
+def check_request(plan: PlanSpec, args: tuple, kwargs: Mapping[str, Any], where: str = "") -> list[torch.Tensor]:
+    """Flatten one request like the model's example inputs and check it against the plan, or raise ``PlanError``."""
+    if plan.in_spec is not None:
+        flat, spec = tree_flatten((tuple(args), dict(kwargs)))
+        if spec != plan.in_spec:
+            raise PlanError(f"rotafx: {where}inputs are structured as {spec}, but the plan was exported for "
+                            f"{plan.in_spec}; call it the way the example inputs were given")
+    else:
+        if kwargs:
+            raise PlanError(f"rotafx: {where}this plan takes {len(plan.inputs)} positional inputs, not keywords {sorted(kwargs)}")
+        flat = list(args)
+    if len(flat) != len(plan.inputs):
+        raise PlanError(f"rotafx: {where}expected {len(plan.inputs)} input tensors ({', '.join(plan.inputs)}), got {len(flat)}")
+    for name, t in zip(plan.inputs, flat):
+        spec = plan.values[name]
+        if not isinstance(t, torch.Tensor):
+            raise PlanError(f"rotafx: {where}input {name!r} must be a tensor {spec.describe()}, got {type(t).__name__}")
+        if not spec.matches(t):
+            raise PlanError(f"rotafx: {where}input {name!r} is {TensorSpec.of(t).describe()}, but the plan was exported "
+                            f"for {spec.describe()}; plans have static shapes: export again with example inputs of this shape")
+    return flat

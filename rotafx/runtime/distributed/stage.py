@@ -1,0 +1,221 @@
+"""A stage process: load one stage of a plan, join the driver, and for each request receive, compute and send on.
+
+Run it with ``rotafx serve --plan DIR --stage i`` or ``python -m rotafx.runtime.distributed``. It loads
+torch, the plan reader and this runtime; no profiler and no solver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as dist
+
+from ...plan.load import load
+from ...plan.schema import PlanError, read_plan
+from ..links import LinkEmulator
+from .transport import (DATA, EMULATE, PREFIX, STOP, CommError, DistributedError, Layout, Wire, backend_for,
+                        client_store, get_key, make_group, plan_digest, set_quietly, shutdown, wait, who)
+
+__all__ = ["StageServer", "serve", "main", "add_serve_args", "serve_from_args"]
+
+
+class StageServer:
+    """Stage ``stage`` of the plan in ``plan_dir``, served until the driver says stop (:meth:`run`).
+
+    Loads and checks the stage when made (a bad plan fails here, naming the file).
+    ``timeout`` bounds each send and each receive of a request already under way (s);
+    ``idle_timeout`` bounds the wait for the next request; ``join_timeout`` the wait for
+    every process to join. :meth:`before_compute` is called before each request is
+    computed: a subclass can count, log or inject faults there.
+    """
+
+    def __init__(self, plan_dir: str | os.PathLike[str], stage: int, *, master_addr: str = "127.0.0.1",
+                 master_port: int = 29500, timeout: float = 60.0, idle_timeout: float = 7 * 24 * 3600.0,
+                 join_timeout: float = 120.0, emulate_links: bool = False, device: Any = None,
+                 backend: str | None = None, threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.plan_dir = plan_dir
+        self.plan = read_plan(plan_dir)
+        self.stage = stage
+        self.loaded = load(plan_dir, stage=stage, device=device)
+        self.master_addr, self.master_port = master_addr, master_port
+        self.timeout, self.idle_timeout, self.join_timeout = timeout, idle_timeout, join_timeout
+        self.emulate_links = emulate_links
+        self.backend = backend_for(self.loaded.device, backend)
+        self.name = f"stage {stage} ({self.loaded.node})"
+        self.rank, self.size = stage + 1, self.plan.num_stages + 1
+        self.next_rank = self.rank + 1 if self.rank + 1 < self.size else 0
+        self.pending: collections.deque[tuple[Any, torch.Tensor]] = collections.deque()  # sends in flight
+        self.pg: Any = None
+
+    def before_compute(self, request: int) -> None:
+        """Called before request ``request`` is computed (after its inputs arrived); does nothing here."""
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every send in flight has been delivered."""
+        while self.pending:
+            wait(self.pending.popleft()[0], self.timeout if timeout is None else timeout, self.next_rank, "flushing")
+
+    def run(self) -> int:
+        """Join the driver (rank ``stage + 1``) and serve requests until it says stop; returns 0.
+
+        Raises :class:`DistributedError` naming the stage (and the peer) on failure.
+        """
+        plan, stage, st, dev = self.plan, self.stage, self.loaded, self.loaded.device
+        rank, name = self.rank, self.name
+        store = client_store(self.master_addr, self.master_port, self.join_timeout)
+        store.set(f"{PREFIX}stage{stage}/plan", plan_digest(self.plan_dir))
+        store.set(f"{PREFIX}stage{stage}/status", f"joining pid {os.getpid()} on {socket.gethostname()}")
+        self.pg = pg = make_group(self.backend, dist.PrefixStore("rotafx/pg/", store), rank, self.size, self.join_timeout)
+        stop_watch = threading.Event()
+        threading.Thread(target=_watchdog, args=(self.master_addr, self.master_port, name, stop_watch), daemon=True).start()
+        wire = Wire(plan)
+        lin, lout = wire.layouts[stage], wire.layouts[stage + 1]
+        emulator = LinkEmulator(plan.hops[stage].links)
+        store.set(f"{PREFIX}stage{stage}/status", "running")
+        peer = rank - 1  # the rank we are waiting on
+        try:
+            buf = lin.empty(dev)
+            work = pg.recv([buf], rank - 1, 0)
+            while True:
+                # idle or not, this stage cannot tell a quiet driver from a stuck neighbour: the driver's
+                # timeout finds a hang and aborts everyone (see Driver._diagnose)
+                store.set(f"{PREFIX}stage{stage}/state", "waiting for the next request")
+                peer = rank - 1
+                wait(work, self.idle_timeout, peer, f"{name}: receiving from {who(plan, peer)}")
+                kind, req, sent_at, flags = Layout.header(buf)
+                if kind == STOP:
+                    out = lout.pack(STOP, req, [torch.zeros(s.shape, dtype=s.torch_dtype, device=dev) for s in lout.specs], dev)
+                    peer = self.next_rank
+                    wait(pg.send([out], peer, 0), self.timeout, peer, f"{name}: passing stop to {who(plan, peer)}")
+                    break
+                incoming = wire.split(stage, lin.unpack(buf))
+                buf = lin.empty(dev)
+                work = pg.recv([buf], rank - 1, 0)  # the next request arrives while this one runs
+                if self.emulate_links or flags & EMULATE:
+                    emulator.deliver(sent_at, lin.payload_bytes)
+                store.set(f"{PREFIX}stage{stage}/state", f"computing request {req}")
+                self.before_compute(req)
+                local: dict[str, torch.Tensor] = {}
+                ins = []
+                for v in st.spec.inputs:
+                    key = (v, True) if (v, True) in incoming else (v, False)
+                    local[v] = wire.decoded(v, incoming[key], key[1], dev)
+                    ins.append(local[v])
+                with torch.no_grad():
+                    outs = st(*ins)
+                local.update(zip(st.spec.outputs, outs))
+                msg = lout.pack(DATA, req, wire.gather(stage + 1, incoming, local), dev, flags)
+                peer = self.next_rank
+                self.pending.append((pg.send([msg], peer, 0), msg))
+                while len(self.pending) > 2:
+                    wait(self.pending.popleft()[0], self.timeout, peer, f"{name}: sending to {who(plan, peer)}")
+                store.set(f"{PREFIX}stage{stage}/sent", str(req))
+            self.flush()
+            store.set(f"{PREFIX}stage{stage}/status", "done")
+        except CommError as e:
+            what = "timed out" if e.timed_out else "lost the connection"
+            if e.peer == rank - 1:  # upstream is gone: pass on what this stage finished, so the driver can report it
+                try:
+                    self.flush(min(self.timeout, 5.0))
+                except CommError:
+                    pass
+            set_quietly(store, f"stage{stage}/error", json.dumps({"kind": "peer", "peer": e.peer, "timed_out": e.timed_out,
+                                                                  "message": str(e)}))
+            aborted = None
+            for _ in range(10):  # the driver may be a moment behind: give it a second to say what it found
+                aborted = get_key(store, "abort")
+                if aborted:
+                    break
+                time.sleep(0.1)
+            if aborted:  # the driver found the fault first: say what it found
+                raise DistributedError(f"rotafx: {name}: the driver aborted the run: {aborted}", stage=stage,
+                                       node=st.node) from None
+            raise DistributedError(f"rotafx: {name} {what} with {who(plan, e.peer)}: {e}", stage=stage, node=st.node) from None
+        except Exception as e:
+            set_quietly(store, f"stage{stage}/error", json.dumps({"kind": "self", "message": f"{type(e).__name__}: {e}"}))
+            raise DistributedError(f"rotafx: {name} failed: {type(e).__name__}: {e}", stage=stage, node=st.node) from e
+        finally:
+            stop_watch.set()
+            shutdown(pg)
+        return 0
+
+
+def serve(plan_dir: str | os.PathLike[str], stage: int, **options: Any) -> int:
+    """Run stage ``stage`` of the plan in ``plan_dir`` until the driver says stop; returns 0.
+
+    Options as for :class:`StageServer` (``master_addr``, ``master_port``, ``timeout``,
+    ``idle_timeout``, ``join_timeout``, ``emulate_links``, ``device``, ``backend``,
+    ``threads``). Raises :class:`DistributedError` naming the stage (and the peer) on failure.
+    """
+    return StageServer(plan_dir, stage, **options).run()
+
+
+def _watchdog(host: str, port: int, name: str, stop: threading.Event, period_s: float = 0.2) -> None:
+    """Exit the process when the driver aborts the run or its store disappears."""
+    try:
+        store = client_store(host, port, 10.0)
+    except Exception:  # noqa: BLE001
+        sys.stderr.write(f"rotafx: {name}: cannot reach the driver's store at {host}:{port}; exiting\n")
+        os._exit(4)
+    misses = 0
+    while not stop.wait(period_s):
+        try:
+            if store.check([PREFIX + "abort"]):
+                msg = store.get(PREFIX + "abort").decode()
+                sys.stderr.write(f"rotafx: {name}: the driver aborted the run: {msg}\n")
+                sys.stderr.flush()
+                os._exit(3)
+            misses = 0
+        except Exception:  # noqa: BLE001
+            misses += 1
+            if misses >= 5:  # about a second without the driver
+                sys.stderr.write(f"rotafx: {name}: the driver at {host}:{port} is gone; exiting\n")
+                sys.stderr.flush()
+                os._exit(4)
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    """The options of ``rotafx serve`` (the CLI's and this module's)."""
+    p.add_argument("--plan", required=True, help="the plan directory (the same on every host)")
+    p.add_argument("--stage", type=int, required=True, help="which stage of the plan to run (0 .. stages-1; rank = stage + 1)")
+    p.add_argument("--master-addr", default=None, help="the driver's host (default $MASTER_ADDR or 127.0.0.1)")
+    p.add_argument("--master-port", type=int, default=None, help="the driver's port (default $MASTER_PORT or 29500)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds for each send or receive of a request under way")
+    p.add_argument("--idle-timeout", type=float, default=7 * 24 * 3600.0, help="seconds to wait for the next request")
+    p.add_argument("--join-timeout", type=float, default=120.0, help="seconds for every process to join")
+    p.add_argument("--emulate-links", action="store_true", help="delay messages as the plan's topology links would")
+    p.add_argument("--device", default=None, help="torch device for this stage (default: the one it was exported on)")
+    p.add_argument("--backend", default=None, choices=["gloo", "nccl"], help="default: gloo on CPU, nccl on CUDA")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+
+
+def serve_from_args(args: argparse.Namespace, server: type[StageServer] = StageServer, **extra: Any) -> int:
+    """Serve from parsed ``rotafx serve`` arguments; a failure prints one line and returns 3."""
+    addr = args.master_addr or os.environ.get("MASTER_ADDR", "127.0.0.1")
+    port = int(args.master_port or os.environ.get("MASTER_PORT", 29500))
+    try:
+        return server(args.plan, args.stage, master_addr=addr, master_port=port, timeout=args.timeout,
+                      idle_timeout=args.idle_timeout, join_timeout=args.join_timeout, emulate_links=args.emulate_links,
+                      device=args.device, backend=args.backend, threads=args.threads, **extra).run()
+    except (DistributedError, PlanError) as e:
+        print(str(e), file=sys.stderr, flush=True)
+        return 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``rotafx serve`` arguments -> a :class:`StageServer`; prints a failure on one line and returns 3."""
+    ap = argparse.ArgumentParser(prog="rotafx serve")
+    add_serve_args(ap)
+    return serve_from_args(ap.parse_args(argv))
+

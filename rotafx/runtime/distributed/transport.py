@@ -1,0 +1,232 @@
+"""Transport: the messages between neighbouring processes, their byte layout and codec, and the waits, groups and store they go over.
+
+Each message is one flat byte buffer: a 32-byte header (kind, request id, the time it was
+handed to the link, flags) and the hop's tensors, each at a 16-byte aligned offset.
+Shapes are static (from ``plan.json``), so every receive is posted with the right size
+before the message exists. Every wait has a timeout.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.distributed as dist
+
+from ...plan.schema import PLAN_FILE, HopSpec, PlanSpec, TensorSpec
+from ...wire import decode, encode
+
+__all__ = ["DistributedError", "CommError", "Layout", "Wire", "wait", "make_group", "backend_for", "plan_digest",
+           "free_port", "client_store", "get_key", "set_quietly", "shutdown", "who", "HEADER_BYTES", "EMULATE", "DATA",
+           "STOP", "PREFIX"]
+
+HEADER_BYTES = 32  # int64 kind, request id, sent-at (ns since the epoch), flags
+EMULATE = 1  # flag: apply link emulation to this request
+ALIGN = 16
+DATA, STOP = 0, 1
+PREFIX = "rotafx/"
+
+
+class DistributedError(RuntimeError):
+    """A stage failed, hung or could not be reached.
+
+    ``stage`` is the stage held responsible (``None`` when unknown), ``node`` its topology
+    node, ``completed`` the indices of the requests whose outputs arrived and ``outputs``
+    those outputs (index -> output).
+    """
+
+    def __init__(self, message: str, *, stage: int | None = None, node: str | None = None,
+                 completed: Sequence[int] = (), outputs: Mapping[int, Any] | None = None) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.node = node
+        self.completed = list(completed)
+        self.outputs = dict(outputs or {})
+
+
+class CommError(RuntimeError):
+    """A send or receive that failed or timed out, with the peer rank."""
+
+    def __init__(self, message: str, peer: int, timed_out: bool) -> None:
+        super().__init__(message)
+        self.peer = peer
+        self.timed_out = timed_out
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each tensor of one hop's message lies in its byte buffer."""
+
+    specs: tuple[TensorSpec, ...]
+    offsets: tuple[int, ...]
+    nbytes: int
+
+    @classmethod
+    def of(cls, plan: PlanSpec, hop: HopSpec) -> "Layout":
+        specs = tuple(plan.entry_specs(hop))
+        offsets, off = [], HEADER_BYTES
+        for s in specs:
+            offsets.append(off)
+            off += -(-s.nbytes // ALIGN) * ALIGN
+        return cls(specs, tuple(offsets), off)
+
+    @property
+    def payload_bytes(self) -> int:
+        return sum(s.nbytes for s in self.specs)
+
+    def empty(self, device: torch.device) -> torch.Tensor:
+        return torch.empty(self.nbytes, dtype=torch.uint8, device=device)
+
+    def pack(self, kind: int, request: int, tensors: Sequence[torch.Tensor], device: torch.device, flags: int = 0) -> torch.Tensor:
+        buf = self.empty(device)
+        for spec, off, t in zip(self.specs, self.offsets, tensors):
+            if not spec.matches(t):
+                raise RuntimeError(f"rotafx: internal: message tensor {TensorSpec.of(t).describe()} != {spec.describe()}")
+            if spec.nbytes:
+                buf[off:off + spec.nbytes].copy_(t.contiguous().reshape(-1).view(torch.uint8))
+        header = torch.tensor([kind, request, time.time_ns(), flags], dtype=torch.int64)
+        buf[:HEADER_BYTES].copy_(header.view(torch.uint8))
+        return buf
+
+    @staticmethod
+    def header(buf: torch.Tensor) -> tuple[int, int, float, int]:
+        h = buf[:HEADER_BYTES].cpu().view(torch.int64).tolist()
+        return int(h[0]), int(h[1]), h[2] / 1e9, int(h[3])
+
+    def unpack(self, buf: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for spec, off in zip(self.specs, self.offsets):
+            t = buf[off:off + spec.nbytes].view(spec.torch_dtype).view(spec.shape) if spec.nbytes else \
+                torch.empty(spec.shape, dtype=spec.torch_dtype, device=buf.device)
+            out.append(t)
+        return out
+
+
+class Wire:
+    """Turns a hop's message into values and back, applying the plan's codec where the hop says so."""
+
+    def __init__(self, plan: PlanSpec) -> None:
+        self.plan = plan
+        self.layouts = [Layout.of(plan, h) for h in plan.hops]
+
+    def split(self, hop: int, tensors: Sequence[torch.Tensor]) -> dict[tuple[str, bool], list[torch.Tensor]]:
+        """(value, encoded) -> its wire tensors (payload, and the int8 scale)."""
+        out: dict[tuple[str, bool], list[torch.Tensor]] = {}
+        i = 0
+        for e in self.plan.hops[hop].entries:
+            spec = self.plan.values[e.value]
+            k = len(spec.wire(self.plan.codec)) if e.encoded else 1
+            out[(e.value, e.encoded)] = list(tensors[i:i + k])
+            i += k
+        return out
+
+    def decoded(self, value: str, wire: list[torch.Tensor], encoded: bool, device: torch.device) -> torch.Tensor:
+        """The value itself from its wire tensors, on ``device``."""
+        spec = self.plan.values[value]
+        if not encoded:
+            return wire[0].to(device)
+        like = torch.empty(spec.shape, dtype=spec.torch_dtype, device=device)
+        return decode(wire[0], wire[1] if len(wire) > 1 else None, like, device)
+
+    def gather(self, hop: int, incoming: Mapping[tuple[str, bool], list[torch.Tensor]],
+               local: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The tensors of hop ``hop``'s message: relayed wire tensors as they came, local values encoded if the hop says so."""
+        out: list[torch.Tensor] = []
+        for e in self.plan.hops[hop].entries:
+            key = (e.value, e.encoded)
+            if key in incoming:
+                out.extend(incoming[key])
+            elif e.value in local:
+                t = local[e.value]
+                if e.encoded:
+                    payload, scale = encode(t, self.plan.codec)
+                    out.extend([payload] if scale is None else [payload, scale])
+                else:
+                    out.append(t)
+            else:
+                raise RuntimeError(f"rotafx: internal: hop {hop} needs {key} but this process does not hold it")
+        return out
+
+
+def wait(work: Any, timeout_s: float, peer: int, what: str) -> None:
+    """Wait for a send or receive, or raise :class:`CommError` naming the peer (and whether it timed out)."""
+    try:
+        work.wait(datetime.timedelta(seconds=timeout_s))
+    except RuntimeError as e:
+        msg = str(e)
+        timed_out = "Timed out" in msg or "timeout" in msg.lower()
+        raise CommError(f"{what}: {msg.splitlines()[0] if msg else type(e).__name__}", peer, timed_out) from None
+
+
+def make_group(backend: str, store: Any, rank: int, size: int, timeout_s: float) -> Any:
+    """A gloo or NCCL process group of ``size`` ranks over ``store``."""
+    if backend == "gloo":
+        return dist.ProcessGroupGloo(store, rank, size, datetime.timedelta(seconds=timeout_s))
+    if backend == "nccl":
+        opts = dist.ProcessGroupNCCL.Options()
+        opts._timeout = datetime.timedelta(seconds=timeout_s)
+        return dist.ProcessGroupNCCL(store, rank, size, opts)
+    raise ValueError(f"rotafx: backend must be 'gloo' (CPU) or 'nccl' (CUDA), got {backend!r}")
+
+
+def backend_for(device: torch.device, backend: str | None) -> str:
+    """The process group backend for a device: the one asked for, else NCCL on CUDA and gloo elsewhere."""
+    if backend:
+        return backend
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def plan_digest(plan_dir: str | os.PathLike[str]) -> str:
+    """sha256 of ``plan.json``: every process must run the same plan."""
+    return hashlib.sha256((Path(plan_dir) / PLAN_FILE).read_bytes()).hexdigest()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (for a local run)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def client_store(host: str, port: int, timeout_s: float) -> Any:
+    """A client of the driver's TCPStore."""
+    return dist.TCPStore(host, port, None, False, datetime.timedelta(seconds=timeout_s), wait_for_workers=False)
+
+
+def get_key(store: Any, key: str) -> str | None:
+    """A rotafx key of the store, or None when it is not set (or the store is gone)."""
+    try:
+        if store.check([PREFIX + key]):
+            return store.get(PREFIX + key).decode()
+    except Exception:  # noqa: BLE001 - a store that is gone answers nothing
+        return None
+    return None
+
+
+
+def who(plan: PlanSpec, rank: int) -> str:
+    """A rank as people read it: the driver, or the stage and its node."""
+    return "the driver" if rank == 0 else f"stage {rank - 1} ({plan.stages[rank - 1].node})"
+
+
+def set_quietly(store: Any, key: str, value: str) -> None:
+    """Set a rotafx key of the store, if the store is still there."""
+    try:
+        store.set(PREFIX + key, value)
+    except Exception:  # noqa: BLE001 - the driver (store host) may be gone already
+        pass
+
+
+def shutdown(pg: Any) -> None:
+    """Leave a process group, whatever state it is in."""
+    try:
+        pg.shutdown()
+    except Exception:  # noqa: BLE001
+        pass
