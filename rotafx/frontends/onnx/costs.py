@@ -168,8 +168,11 @@ def _attention_cost(node: Any, c: TensorTable) -> tuple[int, int, bool]:
 
 
 def fuse(ops: Sequence[OpRecord], table: TensorTable) -> list[OpRecord]:
-    """The records with each decomposed attention and each ``MatMul`` + bias ``Add`` merged into one op."""
-    return _fuse_bias_add(_fuse_attention(list(ops), table), table)
+    """The records with each decomposed op merged into the one op it stands for: attention, ``MatMul`` + bias
+    ``Add`` (``linear``), ``Mul(x, Sigmoid(x))`` (``silu``), ``Reciprocal(Sqrt(x))`` (``rsqrt``)."""
+    ops = _fuse_attention(list(ops), table)
+    ops = _fuse_bias_add(ops, table)
+    return _fuse_unary_pairs(ops, table)
 
 
 def _readers(ops: Sequence[OpRecord]) -> dict[str, list[int]]:
@@ -287,4 +290,33 @@ def _fuse_bias_add(ops: list[OpRecord], c: TensorTable) -> list[OpRecord]:
         taken.update((i, j))
         merged[j] = ([i, j], _merge(ops, [i, j], c, flops=mm.flops, buffer_bytes=max(mm.buffer_bytes, add.buffer_bytes),
                                     op_type="MatMul+Add(fused)"))
+    return _apply(ops, merged)
+
+
+# (first op, second op, whether the second also reads the first's input): pointwise pairs an exporter writes for one
+# PyTorch op (onnxscript's silu and rsqrt), priced as that op: one FLOP per element, no intermediate
+_UNARY_PAIRS = {("Sigmoid", "Mul"): True, ("Sqrt", "Reciprocal"): False}
+
+
+def _fuse_unary_pairs(ops: list[OpRecord], c: TensorTable) -> list[OpRecord]:
+    """``Mul(x, Sigmoid(x))`` and ``Reciprocal(Sqrt(x))`` as one pointwise op on ``x``."""
+    readers = _readers(ops)
+    merged: dict[int, tuple[list[int], OpRecord]] = {}
+    taken: set[int] = set()
+    for i, first in enumerate(ops):
+        if i in taken or len(first.inputs) != 1 or len(first.outputs) != 1:
+            continue
+        users = readers.get(first.outputs[0], [])
+        if len(users) != 1:
+            continue
+        j = users[0]
+        second = ops[j]
+        reads_x = _UNARY_PAIRS.get((first.op_type, second.op_type))
+        if reads_x is None or j in taken or first.weights or second.weights:
+            continue
+        if set(second.inputs) != ({first.inputs[0], first.outputs[0]} if reads_x else {first.outputs[0]}):
+            continue
+        taken.update((i, j))
+        merged[j] = ([i, j], _merge(ops, [i, j], c, flops=c.numel(second.outputs[0]), buffer_bytes=0,
+                                    op_type=f"{second.op_type}({first.op_type})(fused)"))
     return _apply(ops, merged)

@@ -5,11 +5,14 @@
   statistics of a ``BatchNormalization`` (ONNX does not tell parameters from buffers,
   so another buffer exported as an initializer, such as a rotary ``inv_freq``, counts
   as a parameter);
-* **constant folding**: a node that computes only from constants (``Transpose`` of a
-  weight, arithmetic on shapes) is folded as onnxruntime folds it: it costs nothing and
-  the layer that reads its result is charged for the initializers it comes from. An
-  input read only for its type or shape (``CastLike``'s target, ``Shape`` and ``Size`` of
-  a statically shaped tensor) is no dependence on the model's inputs;
+* **constant folding**: a node that computes only from constants is folded when it only
+  changes a weight's layout or type (``Transpose``, ``Reshape``, ``Cast``, ...) or makes a
+  small value from no weight at all (at most 4,096 elements: shapes, scalars, index
+  vectors), as onnxruntime folds them and PyTorch has no op for them: it costs nothing,
+  and the layer that reads its result is charged for the initializers it comes from. Any
+  other computation on constants (a lookup of position embeddings, a rotary table from
+  ``inv_freq``, a causal mask) runs, as in PyTorch, and its output is an activation. An input read only for its type or shape (``CastLike``'s target,
+  ``Shape`` and ``Size`` of a statically shaped tensor) is no dependence on the model's inputs;
 * **layers**: module paths from ``torch.onnx.export`` (the node metadata
   ``pkg.torch.onnx.name_scopes``, or node names such as ``/layers.0/attn/MatMul``),
   grouped by :func:`rotafx.layers.layer_keys`, so that the ONNX and PyTorch profiles of
@@ -36,6 +39,9 @@ __all__ = ["read_onnx"]
 
 # ops an input of which is read for its type or shape only: (op type, input positions)
 _TYPE_ONLY_INPUTS = {"CastLike": (1,), "Shape": (0,), "Size": (0,)}
+# ops that change only the layout or type of a constant: always folded
+_LAYOUT_OPS = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast", "CastLike"}
+_SMALL = 4096  # elements of a constant result that is always folded (shapes, scalars, index vectors)
 
 
 def read_onnx(model: Any, input_shapes: Mapping[str, Any] | Sequence[Sequence[int]] | None = None, *,
@@ -103,9 +109,10 @@ def read_onnx(model: Any, input_shapes: Mapping[str, Any] | Sequence[Sequence[in
                 weights[o] = (n, n * table.itemsize(o))
             continue
         ins = _value_inputs(node, table)
+        src = frozenset().union(*(const_src[i] for i in ins if i in const_src))
         if std and node.op_type not in RANDOM_OPS and all(i in const_src for i in ins) and (
-                ins or node.op_type in _TYPE_ONLY_INPUTS):
-            src = frozenset().union(*(const_src[i] for i in ins))
+                ins or node.op_type in _TYPE_ONLY_INPUTS) and (node.op_type in _LAYOUT_OPS or (
+                not src & init_names and all(table.numel(o) <= _SMALL for o in node.output if o))):
             for o in node.output:
                 if o:
                     const_src[o] = src
