@@ -20,10 +20,9 @@ from rotafx import ModelProfile, PartitionOptimizer  # noqa: E402
 from rotafx.layers import CostRuleError  # noqa: E402
 from rotafx.frontends.onnx import export_stages, run_stages, stage_ranges  # noqa: E402
 from rotafx.layers import ProfileError  # noqa: E402
-from tests.models import convnet, example_inputs, mlp, small_gpt  # noqa: E402
+from tests.models import ZOO, convnet, example_inputs, mlp, small_gpt  # noqa: E402
 
 OPSET = 21
-FLOP_TOLERANCE = 0.03  # the ONNX graph counts bias adds and the q/k scaling that torch's addmm and SDPA rules do not
 
 
 def export(model: torch.nn.Module, args: tuple, path: Path, **kwargs: object) -> Path:
@@ -37,13 +36,13 @@ def export(model: torch.nn.Module, args: tuple, path: Path, **kwargs: object) ->
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[torch.nn.Module, tuple, Path]]:
-    """The zoo's MLP, conv net and small GPT, each with its inputs and its ONNX export (batch 2)."""
+    """Every model of the test zoo, each with its inputs and its ONNX export (batch 2)."""
     root = tmp_path_factory.mktemp("onnx")
     torch.manual_seed(0)
     out = {}
-    for name, factory in (("mlp", mlp), ("convnet", convnet), ("small-gpt", small_gpt)):
+    for name, (factory, inputs) in ZOO.items():
         model = factory().eval()
-        args = example_inputs(name, 2)
+        args = inputs(2)
         out[name] = (model, args, export(model, args, root / f"{name}.onnx"))
     return out
 
@@ -66,20 +65,27 @@ def weight(name: str, shape: list) -> onnx.TensorProto:
 # the zoo: ONNX and PyTorch profiles agree
 
 
-@pytest.mark.parametrize("name", ["mlp", "convnet", "small-gpt"])
+@pytest.mark.parametrize("name", list(ZOO))
 def test_onnx_profile_agrees_with_pytorch(zoo: dict, name: str) -> None:
+    """Two frontends, one grouping function: the same layers, FLOPs, activations, workspace and liveness peaks."""
     model, args, path = zoo[name]
     tp = ModelProfile.from_pytorch(model, args)
     op = ModelProfile.from_onnx(path)
     assert isinstance(op, ModelProfile) and op.source == "onnx"
     assert [l.name for l in op.layers] == [l.name for l in tp.layers], "layers differ"
-    assert op.total_params == tp.total_params == sum(p.numel() for p in model.parameters()), "parameter counts differ"
-    assert [l.params for l in op.layers] == [l.params for l in tp.layers]
-    assert op.total_flops == pytest.approx(tp.total_flops, rel=FLOP_TOLERANCE)
+    # ONNX cannot tell a buffer from a parameter: a buffer other than batch-norm statistics (the rotary inv_freq)
+    # counts as one there
+    extra = sum(b.numel() for n, b in model.named_buffers() if not n.endswith(("running_mean", "running_var",
+                                                                                "num_batches_tracked")))
+    assert op.total_params == tp.total_params + extra, "parameter counts differ"
+    assert tp.total_params == sum(p.numel() for p in model.parameters())
+    if not extra:
+        assert [l.params for l in op.layers] == [l.params for l in tp.layers]
     for lo, lt in zip(op.layers, tp.layers):
-        assert lo.flops == pytest.approx(lt.flops, rel=FLOP_TOLERANCE), lo.name
+        assert lo.flops == lt.flops, f"{lo.name}: FLOPs {lo.flops} (ONNX) != {lt.flops} (PyTorch)"
         assert lo.activation_bytes == lt.activation_bytes, lo.name
         assert lo.buffer_bytes == lt.buffer_bytes, lo.name  # im2col, attention scores
+        assert lo.peak_bytes == lt.peak_bytes, f"{lo.name}: peak {lo.peak_bytes} (ONNX) != {lt.peak_bytes} (PyTorch)"
     # the tensors that cross every cut weigh the same (residual streams and model inputs included)
     assert [op.boundary_bytes(p) for p in range(op.num_layers + 1)] == [tp.boundary_bytes(p) for p in range(tp.num_layers + 1)]
     assert op.batch_size == 2 and not op.unknown_ops
@@ -121,8 +127,9 @@ def test_small_gpt_attention_is_priced_as_fused(zoo: dict) -> None:
     assert block.buffer_bytes == scores * 4
     attention = 2 * b * h * s * s * (d // h + d // h)
     linears = 2 * b * s * d * (3 * d + d + 4 * d + 4 * d)
-    assert block.flops >= attention + linears
-    assert block.flops == pytest.approx(attention + linears, rel=FLOP_TOLERANCE)
+    # + 2 LayerNorms, GELU and two residual adds (the PyTorch profile's rules)
+    t = b * s
+    assert block.flops == attention + linears + 2 * 5 * t * d + 4 * t * d + 2 * t * d
 
 
 # ---------------------------------------------------------------------------
@@ -164,7 +171,8 @@ def test_dynamic_dimensions_bound_by_name_or_by_input(zoo: dict, dynamic_gpt: Pa
     by_input = ModelProfile.from_onnx(dynamic_gpt, input_shapes={"input_ids": (2, 32)})
     for p in (by_dim, by_input):
         assert [l.name for l in p.layers] == [l.name for l in static.layers]
-        assert p.total_flops == pytest.approx(static.total_flops, rel=FLOP_TOLERANCE)
+        # the TorchScript exporter writes its own graph (q/k scaled apart, no scope metadata): FLOPs within 3%
+        assert p.total_flops == pytest.approx(static.total_flops, rel=0.03)
         assert p.output_shapes[-1] == ((2, 32, 256),)
         assert [p.boundary_bytes(i) for i in range(p.num_layers + 1)] == \
             [static.boundary_bytes(i) for i in range(static.num_layers + 1)]
