@@ -73,7 +73,7 @@ class LayerPlacement:
         return {k: v for k, v in self._entries}
 
     @classmethod
-    def from_stages(cls, stages: Sequence[int], topology: Topology) -> "LayerPlacement":
+    def from_stages(cls, stages: Sequence[int]) -> "LayerPlacement":
         """A placement that puts layer ``l`` on the node of chain stage ``stages[l]``."""
         p = cls()
         for l, s in enumerate(stages):
@@ -151,7 +151,9 @@ class LayerPlacement:
                               f"{' -> '.join(topology.chain)} and cannot return to an earlier node")
                 l = run_end + 1
                 continue
-            if node in kinds and node not in topology.devices and len(ahead) > 1 and _spreads(node, topology):
+            # a run of layers on a node kind spreads over that kind's nodes still ahead, except on the ground,
+            # where the input and output live
+            if node in kinds and node not in topology.devices and len(ahead) > 1 and node != "ground":
                 # split the run evenly over the nodes of that kind still ahead
                 k = min(len(ahead), len(run))  # never leave a node empty between two used ones
                 for j, layer in enumerate(run):
@@ -194,11 +196,6 @@ class LayerPlacement:
         for k, v in self._entries:
             groups.setdefault(v, []).append(k if isinstance(k, int) else -1)
         return "LayerPlacement(" + ", ".join(f"{v}: {format_ranges(x for x in ks if x >= 0)}" for v, ks in groups.items()) + ")"
-
-
-def _spreads(kind: str, topology: Topology) -> bool:
-    """Kinds whose nodes share a run of layers (every kind but the ground, where the input and output live)."""
-    return kind != "ground"
 
 
 def memory_issues(tables: CostTables, stages: Sequence[int]) -> list[str]:

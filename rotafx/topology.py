@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import math
 import re
+import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
+
+import yaml
 
 __all__ = [
     "Device",
@@ -182,20 +185,15 @@ class Topology:
         p = Path(path)
         if not p.exists():
             raise TopologyError(f"topology file {str(p)!r} does not exist (presets: {', '.join(PRESETS)})")
-        text = p.read_text()
         suffix = p.suffix.lower()
-        if suffix == ".json":
-            data = json.loads(text)
-        elif suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        elif suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        else:
+        readers = {".json": json.loads, ".yaml": yaml.safe_load, ".yml": yaml.safe_load, ".toml": tomllib.loads}
+        if suffix not in readers:
             raise TopologyError(f"topology file {str(p)!r}: unknown suffix {suffix!r}; use .json, .yaml or .toml")
+        try:
+            data = readers[suffix](p.read_text())
+        except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as e:  # JSON and TOML errors are ValueErrors
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TopologyError(f"topology file {str(p)!r} is not valid {suffix[1:].upper()}: {first}") from None
         if not isinstance(data, Mapping):
             raise TopologyError(f"topology file {str(p)!r} must hold a mapping at the top level")
         return cls.from_dict(data)
@@ -203,6 +201,8 @@ class Topology:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Topology":
         """Build from the seed's dict (``ground_nodes`` ...) or the general form (``devices``, ``links``)."""
+        if not isinstance(data, Mapping):
+            raise TopologyError(f"a topology is a mapping (the seed's keys, or devices/links/chain), got {type(data).__name__}")
         if "devices" in data:
             return _from_general(data)
         return _from_seed(data)
@@ -440,15 +440,18 @@ def _from_general(data: Mapping[str, Any]) -> Topology:
         raise TopologyError(f"unknown topology key(s) {unknown}; the general form takes {sorted(_GENERAL_KEYS)}")
     raw_devices = data["devices"]
     if isinstance(raw_devices, Mapping):
+        if not all(isinstance(v, Mapping) for v in raw_devices.values()):
+            raise TopologyError("devices: a mapping of device name -> {flops: ..., memory: ...} was expected, got "
+                                f"{raw_devices!r}")
         raw_devices = [{"name": k, **dict(val)} for k, val in raw_devices.items()]
     devices: dict[str, Device] = {}
-    for i, rd in enumerate(raw_devices):
+    for i, rd in enumerate(_list_of_mappings(raw_devices, "devices", "{name: gpu, flops: 989 TFLOPS, memory: 80 GB}")):
         if "name" not in rd:
             raise TopologyError(f"devices[{i}] has no 'name'")
         name = str(rd["name"])
-        count = int(rd.get("count", 1))
-        if count < 1:
-            raise TopologyError(f"device {name!r}: count must be >= 1, got {count}")
+        count = rd.get("count", 1)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise TopologyError(f"device {name!r}: count must be a whole number >= 1, got {count!r}")
         kw: dict[str, Any] = {"kind": str(rd.get("kind", "ground"))}
         for key, val in rd.items():
             if key in ("name", "kind", "count"):
@@ -470,7 +473,7 @@ def _from_general(data: Mapping[str, Any]) -> Topology:
             devices[n] = Device(name=n, **kw)
 
     links: dict[tuple[str, str], Link] = {}
-    for i, rl in enumerate(data.get("links", [])):
+    for i, rl in enumerate(_list_of_mappings(data.get("links", []), "links", "{src: gpu0, dst: gpu1, bandwidth: 100 Gbps}")):
         try:
             src, dst = str(rl["src"]), str(rl["dst"])
         except KeyError as e:
@@ -493,10 +496,37 @@ def _from_general(data: Mapping[str, Any]) -> Topology:
         if rl.get("bidirectional", True) and (dst, src) not in links:
             links[(dst, src)] = Link(dst, src, kind=kind, **kw)
 
-    chain = tuple(str(n) for n in data.get("chain", list(devices)))
-    bypasses = tuple(tuple(int(x) for x in b) for b in data.get("bypasses", ()))
+    raw_chain = data.get("chain", list(devices))
+    if isinstance(raw_chain, (str, bytes)) or not isinstance(raw_chain, (list, tuple)):
+        raise TopologyError(f"chain must be a list of device names (e.g. [gpu0, gpu1]), got {raw_chain!r}")
+    chain = tuple(str(n) for n in raw_chain)
+    bypasses = tuple(_bypass(i, b) for i, b in enumerate(_list(data.get("bypasses", ()), "bypasses", "[1, 4]")))
     return Topology(devices=devices, chain=chain, links=links, bypasses=bypasses,  # type: ignore[arg-type]
                     capacity=str(data.get("capacity", "memory")), source=dict(data))
+
+
+def _list(value: Any, key: str, example: str) -> list[Any]:
+    """``value`` as a list, or a TopologyError naming ``key`` and showing what a good value looks like."""
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple)):
+        raise TopologyError(f"{key} must be a list, like {key}: [{example}]; got {value!r}")
+    return list(value)
+
+
+def _list_of_mappings(value: Any, key: str, example: str) -> list[Mapping[str, Any]]:
+    items = _list(value, key, example)
+    for i, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise TopologyError(f"{key}[{i}] must be a mapping, like {example}; got {item!r}")
+    return items
+
+
+def _bypass(i: int, value: Any) -> tuple[int, int]:
+    """One bypass: ``[first, last]`` chain indices of the stages it may skip."""
+    if (isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in value)):
+        raise TopologyError(f"bypasses[{i}] must be [first, last], the chain indices of the inner stages it may "
+                            f"skip when they are empty (e.g. [1, 4]); got {value!r}")
+    return int(value[0]), int(value[1])
 
 
 # ---------------------------------------------------------------------------

@@ -139,7 +139,7 @@ def test_all_orbital():
 def test_from_stages_round_trip():
     prof = profile80()
     stages = [0] * 3 + [1] * 20 + [2] * 20 + [4] * 30 + [5] * 7
-    assert LayerPlacement.from_stages(stages, Topology.from_dict(SEED)).stages(prof, SEED) == stages
+    assert LayerPlacement.from_stages(stages).stages(prof, SEED) == stages
 
 
 # ---------------------------------------------------------------------------

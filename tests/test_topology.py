@@ -373,6 +373,33 @@ def test_general_device_errors():
     raises_naming({"devices": [{"name": "a", "flops": 1e12, "memory": "1 parsec"}]}, "memory", "parsec")
 
 
+def test_general_form_shape_errors():
+    """Values of the wrong shape name the key and the value, never a bare int() or unpacking error."""
+    dev = {"name": "a", "flops": 1e12, "memory": "1 GB"}
+    raises_naming({"devices": [{**dev, "count": "abc"}]}, "'a'", "count", "'abc'", "whole number")
+    raises_naming({"devices": [{**dev, "count": 1.5}]}, "count", "1.5")
+    raises_naming({"devices": [{**dev, "count": True}]}, "count", "True")
+    raises_naming({"devices": "gpu"}, "devices", "'gpu'", "list")
+    raises_naming({"devices": ["gpu"]}, "devices[0]", "'gpu'", "mapping")
+    raises_naming({"devices": {"a": 3}}, "devices", "3")
+    raises_naming({"devices": [dev], "links": "x"}, "links", "'x'")
+    raises_naming({"devices": [dev], "links": ["ab"]}, "links[0]", "'ab'")
+    raises_naming({"devices": [dev], "chain": "a"}, "chain", "'a'", "list of device names")
+    raises_naming({"devices": [{**dev, "count": 3}], "bypasses": [[1]]}, "bypasses[0]", "[1]", "[first, last]")
+    raises_naming({"devices": [{**dev, "count": 3}], "bypasses": [["a", "b"]]}, "bypasses[0]", "['a', 'b']")
+    raises_naming({"devices": [dev], "bypasses": "x"}, "bypasses", "'x'")
+    with pytest.raises(TopologyError, match="a topology is a mapping"):
+        Topology.from_dict([1, 2])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("suffix,text", [(".json", "{not json"), (".yaml", "a: [1, 2"), (".toml", "a = = 1")])
+def test_malformed_files_name_the_file_and_the_format(tmp_path, suffix, text):
+    f = tmp_path / f"topo{suffix}"
+    f.write_text(text)
+    with pytest.raises(TopologyError, match=rf"topo\{suffix}' is not valid {suffix[1:].upper()}"):
+        Topology.load(f)
+
+
 def test_general_link_errors():
     devs = [{"name": "a", "flops": 1e12, "memory": "1 GB"}, {"name": "b", "flops": 1e12, "memory": "1 GB"}]
     raises_naming({"devices": devs, "links": [{"src": "a", "dst": "b"}]}, "links[0]", "bandwidth")
