@@ -270,27 +270,36 @@ def _fuse_attention(ops: list[OpRecord], c: TensorTable) -> list[OpRecord]:
     return _apply(ops, merged)
 
 
-def _fuse_bias_add(ops: list[OpRecord], c: TensorTable) -> list[OpRecord]:
-    """``MatMul`` followed by the ``Add`` of a constant bias as one op (as PyTorch's ``linear`` and onnxruntime's
-    ``MatMulAddFusion``): the matmul's FLOPs, the bias not counted."""
+def _fuse_pairs(ops: list[OpRecord], c: TensorTable, match: Any) -> list[OpRecord]:
+    """Merge each op whose one output has one reader with that reader, where ``match(first, second)`` gives the
+    merged op's fields (``None``: leave them apart)."""
     readers = _readers(ops)
     merged: dict[int, tuple[list[int], OpRecord]] = {}
     taken: set[int] = set()
-    for i, mm in enumerate(ops):
-        if mm.op_type != "MatMul" or len(mm.outputs) != 1 or i in taken:
+    for i, first in enumerate(ops):
+        if i in taken or len(first.outputs) != 1:
             continue
-        users = readers.get(mm.outputs[0], [])
-        if len(users) != 1:
+        users = readers.get(first.outputs[0], [])
+        if len(users) != 1 or users[0] in taken:
             continue
         j = users[0]
-        add = ops[j]
-        if (add.op_type != "Add" or add.inputs != mm.outputs or not add.weights or j in taken
-                or c.shape(add.outputs[0]) != c.shape(mm.outputs[0])):
-            continue
-        taken.update((i, j))
-        merged[j] = ([i, j], _merge(ops, [i, j], c, flops=mm.flops, buffer_bytes=max(mm.buffer_bytes, add.buffer_bytes),
-                                    op_type="MatMul+Add(fused)"))
+        fields = match(first, ops[j])
+        if fields is not None:
+            taken.update((i, j))
+            merged[j] = ([i, j], _merge(ops, [i, j], c, **fields))
     return _apply(ops, merged)
+
+
+def _fuse_bias_add(ops: list[OpRecord], c: TensorTable) -> list[OpRecord]:
+    """``MatMul`` followed by the ``Add`` of a constant bias as one op (as PyTorch's ``linear`` and onnxruntime's
+    ``MatMulAddFusion``): the matmul's FLOPs, the bias not counted."""
+    def match(mm: OpRecord, add: OpRecord) -> dict[str, Any] | None:
+        if (mm.op_type != "MatMul" or add.op_type != "Add" or add.inputs != mm.outputs or not add.weights
+                or c.shape(add.outputs[0]) != c.shape(mm.outputs[0])):
+            return None
+        return {"flops": mm.flops, "buffer_bytes": max(mm.buffer_bytes, add.buffer_bytes), "op_type": "MatMul+Add(fused)"}
+
+    return _fuse_pairs(ops, c, match)
 
 
 # (first op, second op, whether the second also reads the first's input): pointwise pairs an exporter writes for one
@@ -300,23 +309,13 @@ _UNARY_PAIRS = {("Sigmoid", "Mul"): True, ("Sqrt", "Reciprocal"): False}
 
 def _fuse_unary_pairs(ops: list[OpRecord], c: TensorTable) -> list[OpRecord]:
     """``Mul(x, Sigmoid(x))`` and ``Reciprocal(Sqrt(x))`` as one pointwise op on ``x``."""
-    readers = _readers(ops)
-    merged: dict[int, tuple[list[int], OpRecord]] = {}
-    taken: set[int] = set()
-    for i, first in enumerate(ops):
-        if i in taken or len(first.inputs) != 1 or len(first.outputs) != 1:
-            continue
-        users = readers.get(first.outputs[0], [])
-        if len(users) != 1:
-            continue
-        j = users[0]
-        second = ops[j]
+    def match(first: OpRecord, second: OpRecord) -> dict[str, Any] | None:
         reads_x = _UNARY_PAIRS.get((first.op_type, second.op_type))
-        if reads_x is None or j in taken or first.weights or second.weights:
-            continue
+        if reads_x is None or len(first.inputs) != 1 or first.weights or second.weights:
+            return None
         if set(second.inputs) != ({first.inputs[0], first.outputs[0]} if reads_x else {first.outputs[0]}):
-            continue
-        taken.update((i, j))
-        merged[j] = ([i, j], _merge(ops, [i, j], c, flops=c.numel(second.outputs[0]), buffer_bytes=0,
-                                    op_type=f"{second.op_type}({first.op_type})(fused)"))
-    return _apply(ops, merged)
+            return None
+        return {"flops": c.numel(second.outputs[0]), "buffer_bytes": 0,
+                "op_type": f"{second.op_type}({first.op_type})(fused)"}
+
+    return _fuse_pairs(ops, c, match)
