@@ -36,7 +36,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from .units import MB
+from .units import MB, fmt_bytes
 
 __all__ = ["TensorInfo", "OpRecord", "OpGraph", "LayerProfile", "group_layers", "layer_keys", "fill_keys",
            "ProfileError", "CostRuleError", "report_unknown_ops"]
@@ -211,12 +211,14 @@ def fill_keys(keys: Sequence[str | None], default: str = "model") -> list[str]:
 
 
 def report_unknown_ops(unknown: Mapping[str, str], what: str, strict: bool, *, at: str = "node {}",
-                       stacklevel: int = 3) -> None:
-    """The one policy for ops with no cost rule: a warning that lists them, or :class:`CostRuleError` under ``strict``.
+                       moved: tuple[int, int] | None = None, stacklevel: int = 3) -> None:
+    """The one policy for ops with no cost rule: one warning that lists them, or :class:`CostRuleError` under ``strict``.
 
     ``unknown`` maps an op type to the first op that used it; ``what`` says what the
     ops are (``"op(s)"``, ``"ONNX op(s)"``, ``"Keras layer(s)"``); ``at`` formats where
-    each was first seen (``"node {}"``, ``"layer {!r}"``).
+    each was first seen (``"node {}"``, ``"layer {!r}"``); ``moved`` is ``(bytes the ops
+    with no rule read and write, bytes all ops read and write)``: how much of the model's
+    work the missing FLOPs may hide.
 
     >>> report_unknown_ops({"Mystery": "n7"}, "ONNX op(s)", strict=True)
     Traceback (most recent call last):
@@ -226,9 +228,13 @@ def report_unknown_ops(unknown: Mapping[str, str], what: str, strict: bool, *, a
     if not unknown:
         return
     listing = ", ".join(f"{op} (first at {at.format(where)})" for op, where in sorted(unknown.items()))
+    share = ""
+    if moved is not None and moved[1] > 0:
+        share = (f"; the ops that use them read and write {fmt_bytes(moved[0])}, {moved[0] / moved[1]:.1%} of the "
+                 f"bytes the whole model moves")
     if strict:
-        raise CostRuleError(f"rotafx: no cost rule for {what} {listing}; pass strict=False to count them as 0 FLOPs")
-    warnings.warn(f"rotafx: no cost rule for {what} {listing}; counted as 0 FLOPs", stacklevel=stacklevel)
+        raise CostRuleError(f"rotafx: no cost rule for {what} {listing}{share}; pass strict=False to count them as 0 FLOPs")
+    warnings.warn(f"rotafx: no cost rule for {what} {listing}; counted as 0 FLOPs{share}", stacklevel=stacklevel)
 
 
 def group_layers(graph: OpGraph) -> tuple[list[LayerProfile], list[tuple[TensorInfo, ...]]]:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import warnings
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.fx as fx
 
+from ..frontends.pytorch.graph import source_path
 from ..runtime.local import FlatRunner
 from .devices import BackendError
 from .options import Config
@@ -42,10 +42,6 @@ def _planning_adds_no_guards() -> contextlib.AbstractContextManager[None]:
     return shape_env.suppress_guards() if shape_env is not None else contextlib.nullcontext()
 
 
-_SOURCE_ROOT = re.compile(r"^[LG]\[['\"][^'\"]*['\"]\]")
-_SOURCE_PART = re.compile(r"\._(?:modules|parameters|buffers)\[['\"]([^'\"]+)['\"]\]|\.(\w+)|\[(\d+)\]")
-
-
 def _dynamo_weights(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> tuple[dict[str, str], frozenset[str], list[int]]:
     """Weight placeholders of a dynamo graph: name -> qualified name, the parameters, and the user-input positions."""
     weights: dict[str, str] = {}
@@ -60,7 +56,7 @@ def _dynamo_weights(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> tuple[
         is_param = isinstance(ex, torch.nn.Parameter) or "._parameters[" in src
         is_buffer = "._buffers[" in src
         if isinstance(ex, torch.Tensor) and (is_param or is_buffer):
-            qual = ".".join(a or b or c for a, b, c in _SOURCE_PART.findall(_SOURCE_ROOT.sub("", src))) or n.name
+            qual = source_path(src) or n.name
             weights[n.name] = qual
             if is_param:
                 params.add(qual)

@@ -288,6 +288,7 @@ class _Walker:
         self.tensors: dict[str, TensorInfo] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.unknown: dict[str, str] = {}
+        self.unruled: set[str] = set()  # the layer calls with no rule
         self.calls: dict[str, int] = {}
 
     def add_tensor(self, name: str, spec: Any, where: str) -> None:
@@ -335,6 +336,7 @@ class _Walker:
             found = _rule_for(layer)
             if found is None:
                 self.unknown.setdefault(type(layer).__name__, base)
+                self.unruled.add(base)
                 cost = (0, 0, False)
             elif found[1] == "attention":
                 cost = _mha(layer, node, in_shapes, out_shapes, isz,
@@ -455,7 +457,9 @@ def read_keras(model: Any, input_shapes: Mapping[str, Sequence[int | None]] | Se
     for n, s in zip(names, specs):
         walker.add_tensor(n, s, f"input {n!r}")
     outputs = walker.walk(model, names, specs, None, "")
-    report_unknown_ops(walker.unknown, "Keras layer(s)", strict, at="layer {!r}", stacklevel=4)
+    report_unknown_ops(walker.unknown, "Keras layer(s)", strict, at="layer {!r}", stacklevel=4,
+                       moved=(sum(op.bytes_moved for op in walker.ops if op.name in walker.unruled),
+                              sum(op.bytes_moved for op in walker.ops)))
     weights: dict[str, tuple[int, int]] = {}
     for v in model.weights:
         weights.setdefault(v.path, (_numel(v.shape), walker.weight_bytes(v)))

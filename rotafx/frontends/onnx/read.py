@@ -138,11 +138,13 @@ def read_onnx(model: Any, input_shapes: Mapping[str, Any] | Sequence[Sequence[in
         fill_missing_shapes(model if src_path is None else src_path, shapes, missing, types, why)
 
     unknown: dict[str, str] = {}
+    unruled: set[int] = set()  # positions of the ops with no rule
     ops: list[OpRecord] = []
     for idx, node in enumerate(nodes):
         cost = node_cost(node, table)
         if cost is None:
             unknown.setdefault(_op_key(node), node.name or f"#{idx}")
+            unruled.add(idx)
             cost = (0, 0, False)
         flops, ws, view = cost
         all_in = list(dict.fromkeys(i for i in list(node.input) + subgraph_inputs(node) if i))
@@ -153,7 +155,8 @@ def read_onnx(model: Any, input_shapes: Mapping[str, Any] | Sequence[Sequence[in
             weights=tuple(dict.fromkeys(w for i in all_in if i in const_src for w in sorted(const_src[i]) if w in weights)),
             flops=int(flops), bytes_moved=0 if view else sum(table.nbytes(t) for t in (*all_in, *outs)),
             buffer_bytes=int(ws), view=view))
-    report_unknown_ops(unknown, "ONNX op(s)", strict, stacklevel=4)
+    report_unknown_ops(unknown, "ONNX op(s)", strict, stacklevel=4,
+                       moved=(sum(ops[i].bytes_moved for i in unruled), sum(op.bytes_moved for op in ops)))
     keys = _group_keys(nodes, [any(w in params for w in op.weights) for op in ops], group_by)
     ops = [replace(op, key=k) for op, k in zip(ops, keys)]
     if measure:

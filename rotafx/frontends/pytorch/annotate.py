@@ -64,8 +64,13 @@ _ZERO_COST_NAMES = {
     "sym_numel", "repeat_interleave", "embedding_dense_backward", "_local_scalar_dense", "item", "rand", "randn",
     "bernoulli", "bernoulli_", "_assert_async", "lt", "t", "permute", "transpose", "view", "reshape", "as_strided",
     "_reshape_alias", "unfold", "diagonal", "movedim", "resize_", "set_", "_pin_memory", "detach_", "one_hot",
-    "bucketize", "argmax", "argmin", "sort", "topk", "cumsum", "cumprod",
+    "bucketize", "argmax", "argmin", "sort", "topk", "cumsum", "cumprod", "unsafe_split", "unsafe_split_with_sizes",
+    "unsafe_chunk",
 }
+# elementwise ops that carry no pointwise tag: one FLOP per output element
+_POINTWISE_NAMES = {"floor_divide", "true_divide", "fmod", "logical_and", "logical_or", "logical_not", "logical_xor"}
+# reductions that carry no reduction tag: one FLOP per input element
+_REDUCTION_NAMES = {"histc", "bincount"}
 
 _POOL_NAMES = {"max_pool2d_with_indices", "max_pool1d_with_indices", "max_pool3d_with_indices", "avg_pool2d",
                "avg_pool1d", "avg_pool3d", "max_pool2d", "max_pool1d", "max_pool3d"}
@@ -139,6 +144,12 @@ class _CostMode(TorchDispatchMode):
         out = func(*args, **kwargs)
         if not _is_view_op(func):
             self.allocates = True
+        rule = _FUSED_RULES.get(func._overloadpacket.__name__)
+        if rule is not None:  # ops that do several ops' work: their FLOPs and workspace by formula
+            flops, ws = rule(args, kwargs, out, self.float_itemsize)
+            self.flops += flops
+            self.workspace = max(self.workspace, ws)
+            return out
         self.flops += self._op_flops(func, args, kwargs, out)
         if func._overloadpacket is aten.convolution and len(args) >= 2:
             x, w = args[0], args[1]
@@ -162,9 +173,9 @@ class _CostMode(TorchDispatchMode):
         if _is_view_op(func) or name in _ZERO_COST_NAMES or name.rstrip("_") in _ZERO_COST_NAMES:
             return 0
         tags = func.tags
-        if torch.Tag.pointwise in tags:
+        if torch.Tag.pointwise in tags or name in _POINTWISE_NAMES:
             return _numel(out)
-        if torch.Tag.reduction in tags:
+        if torch.Tag.reduction in tags or name in _REDUCTION_NAMES:
             return _numel(args[0])
         if name in _POOL_NAMES:
             kernel = args[1] if len(args) > 1 else kwargs.get("kernel_size", [1])
@@ -174,6 +185,51 @@ class _CostMode(TorchDispatchMode):
             return _numel(args[0])
         self.unknown.setdefault(str(packet), self.node_name)
         return 0
+
+
+def _grouped_mm(args: tuple, kwargs: dict, out: Any, itemsize: int | None) -> tuple[int, int]:
+    """A grouped matmul of MoE experts (input rows sorted by expert, one weight matrix per expert): every row is
+    multiplied by its expert's matrix once, 2 FLOPs per multiply-add, whatever the routing."""
+    x = args[0] if args else kwargs["input"]
+    return 2 * _numel(out) * int(x.shape[-1]), 0
+
+
+def _encoder_layer(args: tuple, kwargs: dict, out: Any, itemsize: int | None) -> tuple[int, int]:
+    """``aten._transformer_encoder_layer_fwd`` (the fast path of ``nn.TransformerEncoderLayer``): qkv and output
+    projections, attention, two layer norms (5 per element), the two FFN matmuls, the activation (1 per element)
+    and the two residual adds, by the same rules as the ops it fuses; the score matrix as workspace."""
+    src, embed_dim, heads = args[0], int(args[1]), int(args[2])
+    ffn = int(args[14].shape[0])
+    b, seq = (int(src.shape[0]), int(src.shape[1])) if src.dim() == 3 else (1, int(src.shape[0]))
+    t = b * seq
+    d = embed_dim // heads
+    flops = (2 * t * embed_dim * 3 * embed_dim + 2 * b * heads * seq * seq * 2 * d + 2 * t * embed_dim * embed_dim
+             + 2 * 2 * t * embed_dim * ffn + 2 * 5 * t * embed_dim + t * ffn + 2 * t * embed_dim)
+    return flops, b * heads * seq * seq * (itemsize or src.element_size())
+
+
+def _native_mha(args: tuple, kwargs: dict, out: Any, itemsize: int | None) -> tuple[int, int]:
+    """``aten._native_multi_head_attention`` (the fast path of ``nn.MultiheadAttention``): the q, k, v and output
+    projections and the attention's two matmuls; the score matrix as workspace."""
+    q, k, embed_dim, heads = args[0], args[1], int(args[3]), int(args[4])
+    lq, lk = int(q.shape[-2]), int(k.shape[-2])
+    b = _numel(q) // (lq * embed_dim)
+    d = embed_dim // heads
+    flops = 2 * b * embed_dim * embed_dim * (2 * lq + 2 * lk) + 2 * b * heads * lq * lk * 2 * d
+    return flops, b * heads * lq * lk * (itemsize or q.element_size())
+
+
+def _nll_loss(args: tuple, kwargs: dict, out: Any, itemsize: int | None) -> tuple[int, int]:
+    """A negative log-likelihood: one pick and one add per target."""
+    return _numel(args[1]), 0
+
+
+# fused and composite ops priced by formula: op name -> (args, kwargs, output, itemsize) -> (FLOPs, workspace bytes)
+_FUSED_RULES: dict[str, Callable[[tuple, dict, Any, int | None], tuple[int, int]]] = {
+    "grouped_mm_fallback": _grouped_mm, "_grouped_mm": _grouped_mm, "grouped_mm": _grouped_mm,
+    "_transformer_encoder_layer_fwd": _encoder_layer, "_native_multi_head_attention": _native_mha,
+    "nll_loss_forward": _nll_loss, "nll_loss2d_forward": _nll_loss,
+}
 
 
 def _out_dims(out: Any) -> int:
@@ -249,15 +305,20 @@ def annotate(
     mode = _CostMode(itemsize)
     env: dict[fx.Node, Any] = {}
     nodes = list(gm.graph.nodes)
+    moved = [0, 0]  # bytes moved by the nodes with an op of no rule, and by all nodes
     with torch.no_grad(), mode:
         for i, node in enumerate(nodes):
             if progress is not None and (i % 256 == 0 or i == len(nodes) - 1):
                 progress(i + 1, len(nodes))
             mode.node_name = node.name
             mode.reset()
+            known = len(mode.unknown)
             cost = _run_node(gm, node, env, weights, mode, itemsize)
             node.meta["rotafx"] = cost
-    report_unknown_ops(mode.unknown, "op(s)", strict)
+            moved[1] += cost.bytes_moved
+            if len(mode.unknown) > known or node.name in mode.unknown.values():
+                moved[0] += cost.bytes_moved
+    report_unknown_ops(mode.unknown, "op(s)", strict, moved=(moved[0], moved[1]))
     return dict(mode.unknown)
 
 

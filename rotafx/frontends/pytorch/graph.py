@@ -12,11 +12,28 @@ from torch.utils._pytree import tree_flatten
 from ...layers import OpGraph, OpRecord, TensorInfo, layer_keys
 from .annotate import node_cost, node_value
 
-__all__ = ["read_graph", "module_path", "COMPUTE_OPS"]
+__all__ = ["read_graph", "module_path", "source_path", "COMPUTE_OPS"]
 
 COMPUTE_OPS = ("call_function", "call_method", "call_module")
 
-_DYNAMO_PATH = re.compile(r"\[['\"]?([^'\"\]]+)['\"]?\]")
+# the object dynamo compiled: a local or global (L['self'], L['fn'], G['model']), then any subscripts of it and
+# the function behind a bound method (L['args'][0] under a decorator with *args, L['fn'].__self__ for
+# torch.compile(model.forward), L['d']['m'])
+_SOURCE_ROOT = re.compile(r"^[LG]\[[^\]]*\](?:\[[^\]]*\]|\.__self__)*")
+# what follows: module, parameter and buffer accesses, attributes, list indices and dict keys
+_SOURCE_PART = re.compile(r"\._(?:modules|parameters|buffers)\[['\"]([^'\"]+)['\"]\]|\.(\w+)|\[['\"]?([^'\"\]]+)['\"]?\]")
+
+
+def source_path(source: str) -> str:
+    """A dynamo source (``L['args'][0]._modules['layers']._modules['1']``) as the dotted path below the
+    object compiled (``layers.1``); a ``torch.export`` path (no ``L[``/``G[`` root) as it is.
+
+    >>> source_path("L['self'].layers[0].mlp"), source_path("L['args'][0]._modules['head']._parameters['weight']")
+    ('layers.0.mlp', 'head.weight')
+    """
+    if not source.startswith(("L[", "G[")):
+        return source
+    return ".".join(a or b or c for a, b, c in _SOURCE_PART.findall(_SOURCE_ROOT.sub("", source)))
 
 
 def module_path(node: fx.Node) -> str:
@@ -24,11 +41,7 @@ def module_path(node: fx.Node) -> str:
     stack = node.meta.get("nn_module_stack")
     if not stack:
         return ""
-    path = str(list(stack.values())[-1][0])
-    if path.startswith("L["):  # dynamo: L['self'].layers[0].mlp
-        path = path.split("]", 1)[1]
-        path = _DYNAMO_PATH.sub(r".\1", path).replace("._modules.", ".").lstrip(".")
-    return re.sub(r"@\d+$", "", path)
+    return re.sub(r"@\d+$", "", source_path(str(list(stack.values())[-1][0])))
 
 
 def _tensors(value: Any) -> list[torch.Tensor]:
