@@ -656,3 +656,10 @@ def test_topology_too_small_through_torch_compile_is_not_a_silent_fallback() -> 
 def test_torch_compile_mode_is_refused() -> None:
     with pytest.raises(BackendError, match=r"rotafx: torch.compile\(mode='max-autotune'\) is not supported"):
         RotaStellarBackend()(None, [], mode="max-autotune")  # type: ignore[arg-type]
+
+
+def test_partition_of_something_that_is_not_a_module() -> None:
+    with pytest.raises(BackendError, match=r"rotafx: partition takes a torch.nn.Module, got function"):
+        rotafx.partition(lambda x: x + 1, (torch.randn(2),))
+    with pytest.raises(BackendError, match=r"got function"):
+        rotafx.export(lambda x: x + 1, (torch.randn(2),), path="/nonexistent/never-written")

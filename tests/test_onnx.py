@@ -421,3 +421,36 @@ def test_unknown_ops_warn_or_raise() -> None:
     assert p.layers[1].flops == 0 and p.layers[0].flops == 2 * 2 * 8 * 8
     with pytest.raises(CostRuleError, match="custom.ops::Mystery"):
         ModelProfile.from_onnx(m, strict=True)
+
+
+def test_fusion_never_hides_a_model_output() -> None:
+    """Attention probabilities returned beside the result stay a tensor of their own, and every stage hands them on."""
+    nodes = [helper.make_node("MatMul", ["q", "kt"], ["s"], name="/attn/MatMul"),
+             helper.make_node("Softmax", ["s"], ["p"], name="/attn/Softmax", axis=-1),
+             helper.make_node("MatMul", ["p", "v"], ["o"], name="/attn/MatMul_1"),
+             helper.make_node("Relu", ["o"], ["y"], name="/out/Relu")]
+    m = make_model(nodes, [vi("q", [1, 4, 8]), vi("kt", [1, 8, 4]), vi("v", [1, 4, 8])],
+                   [vi("y", [1, 4, 8]), vi("p", [1, 4, 4])])
+    p = ModelProfile.from_onnx(m)
+    assert [sorted(t.name for t in b) for b in p.boundaries] == [["kt", "q", "v"], ["o", "p"], ["p", "y"]]
+    rng = np.random.default_rng(0)
+    feeds = {k: rng.standard_normal(s).astype(np.float32) for k, s in (("q", (1, 4, 8)), ("kt", (1, 8, 4)), ("v", (1, 4, 8)))}
+    whole = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(["p"], feeds)[0]
+    np.testing.assert_allclose(run_stages(export_stages(m, p, [1]), feeds)["p"], whole, rtol=1e-6)
+
+
+def test_a_stage_reading_only_the_shape_of_a_model_input_gets_the_input() -> None:
+    """Shape(x) costs nothing in the profile (x's shape is static), but the stage that runs it still needs x."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="/a/Shape"),
+             helper.make_node("Gemm", ["x", "w"], ["h"], name="/a/Gemm"),
+             helper.make_node("Relu", ["h"], ["r"], name="/b/Relu"),
+             helper.make_node("Flatten", ["r"], ["f"], name="/c/Flatten"),
+             helper.make_node("Reshape", ["f", "s"], ["y"], name="/c/Reshape")]
+    m = make_model(nodes, [vi("x", [2, 8])], [vi("y", [2, 8])], [weight("w", [8, 8])])
+    p = ModelProfile.from_onnx(m)
+    assert [[t.name for t in b] for b in p.boundaries] == [["x"], ["h"], ["r"], ["y"]], "x's shape does not cross a cut"
+    stages = export_stages(m, p, [1, 2])
+    assert stages[2].inputs == ("r", "x")
+    x = np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32)
+    whole = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[0]
+    np.testing.assert_allclose(run_stages(stages, {"x": x})["y"], whole, rtol=1e-6)

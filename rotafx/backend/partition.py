@@ -37,6 +37,9 @@ def partition(model: torch.nn.Module, example_inputs: Any, *, example_kwargs: Ma
     (True, 1)
     """
     cfg = Config.make({"inner": "eager", **options})
+    if not isinstance(model, torch.nn.Module):
+        raise BackendError(f"rotafx: partition takes a torch.nn.Module, got {type(model).__name__}; wrap a function in "
+                           f"a module, or compile it with torch.compile(fn, backend='rotastellar')")
     try:
         traced = trace(model, example_inputs, example_kwargs)
     except ProfileError as e:

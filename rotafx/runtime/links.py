@@ -22,12 +22,14 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping, Sequence
 
+from ..wire import serialization_ms
+
 __all__ = ["hop_delay_s", "serialization_s", "propagation_s", "LinkEmulator"]
 
 
 def serialization_s(links: Sequence[Mapping[str, Any]], nbytes: int) -> float:
     """Seconds the hop's links take to put ``nbytes`` on the wire, one link after the other."""
-    return sum(nbytes * 8.0 / float(l["bandwidth_bps"]) for l in links if float(l["bandwidth_bps"]) != float("inf"))
+    return sum(serialization_ms(nbytes, float(l["bandwidth_bps"])) for l in links) / 1e3
 
 
 def propagation_s(links: Sequence[Mapping[str, Any]]) -> float:

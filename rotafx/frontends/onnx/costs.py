@@ -167,16 +167,22 @@ def _attention_cost(node: Any, c: TensorTable) -> tuple[int, int, bool]:
     return flops, b * h * lq * lk * c.itemsize(ins[0]), False
 
 
-def fuse(ops: Sequence[OpRecord], table: TensorTable) -> list[OpRecord]:
+def fuse(ops: Sequence[OpRecord], table: TensorTable, outputs: Sequence[str] = ()) -> list[OpRecord]:
     """The records with each decomposed op merged into the one op it stands for: attention, ``MatMul`` + bias
-    ``Add`` (``linear``), ``Mul(x, Sigmoid(x))`` (``silu``), ``Reciprocal(Sqrt(x))`` (``rsqrt``)."""
-    ops = _fuse_attention(list(ops), table)
-    ops = _fuse_bias_add(ops, table)
-    return _fuse_unary_pairs(ops, table)
+    ``Add`` (``linear``), ``Mul(x, Sigmoid(x))`` (``silu``), ``Reciprocal(Sqrt(x))`` (``rsqrt``). A tensor the
+    model outputs (``outputs``) is never merged away."""
+    out = set(outputs)
+    ops = _fuse_attention(list(ops), table, out)
+    ops = _fuse_bias_add(ops, table, out)
+    return _fuse_unary_pairs(ops, table, out)
 
 
-def _readers(ops: Sequence[OpRecord]) -> dict[str, list[int]]:
-    readers: dict[str, list[int]] = {}
+_OUTPUT = -1  # the reader position of a model output
+
+
+def _readers(ops: Sequence[OpRecord], outputs: set[str]) -> dict[str, list[int]]:
+    """Who reads each tensor: op positions, and ``_OUTPUT`` for the model's outputs (so that no fusion hides one)."""
+    readers: dict[str, list[int]] = {t: [_OUTPUT] for t in outputs}
     for i, op in enumerate(ops):
         for t in dict.fromkeys(op.inputs):
             readers.setdefault(t, []).append(i)
@@ -209,11 +215,11 @@ def _apply(ops: list[OpRecord], merged: dict[int, tuple[list[int], OpRecord]]) -
     return out
 
 
-def _fuse_attention(ops: list[OpRecord], c: TensorTable) -> list[OpRecord]:
+def _fuse_attention(ops: list[OpRecord], c: TensorTable, outputs: set[str]) -> list[OpRecord]:
     """``[scale q/k, transpose k] -> MatMul -> (scale, mask) -> Softmax -> MatMul`` as one attention op:
     its two matmuls' FLOPs, the score matrix as workspace (as rotafx prices scaled-dot-product attention)."""
     producer = {t: i for i, op in enumerate(ops) for t in op.outputs}
-    readers = _readers(ops)
+    readers = _readers(ops, outputs)
     merged: dict[int, tuple[list[int], OpRecord]] = {}
     taken: set[int] = set()
     for si, sm in enumerate(ops):
@@ -240,7 +246,7 @@ def _fuse_attention(ops: list[OpRecord], c: TensorTable) -> list[OpRecord]:
             continue
         t = sm.outputs[0]
         mm2 = None
-        while len(readers.get(t, [])) == 1:
+        while len(readers.get(t, [])) == 1 and readers[t][0] != _OUTPUT:
             r = readers[t][0]
             ro = ops[r]
             if ro.op_type == "MatMul" and ro.inputs and ro.inputs[0] == t and len(ro.inputs) == 2:
@@ -270,17 +276,17 @@ def _fuse_attention(ops: list[OpRecord], c: TensorTable) -> list[OpRecord]:
     return _apply(ops, merged)
 
 
-def _fuse_pairs(ops: list[OpRecord], c: TensorTable, match: Any) -> list[OpRecord]:
+def _fuse_pairs(ops: list[OpRecord], c: TensorTable, outputs: set[str], match: Any) -> list[OpRecord]:
     """Merge each op whose one output has one reader with that reader, where ``match(first, second)`` gives the
     merged op's fields (``None``: leave them apart)."""
-    readers = _readers(ops)
+    readers = _readers(ops, outputs)
     merged: dict[int, tuple[list[int], OpRecord]] = {}
     taken: set[int] = set()
     for i, first in enumerate(ops):
         if i in taken or len(first.outputs) != 1:
             continue
         users = readers.get(first.outputs[0], [])
-        if len(users) != 1 or users[0] in taken:
+        if len(users) != 1 or users[0] in taken or users[0] == _OUTPUT:
             continue
         j = users[0]
         fields = match(first, ops[j])
@@ -290,7 +296,7 @@ def _fuse_pairs(ops: list[OpRecord], c: TensorTable, match: Any) -> list[OpRecor
     return _apply(ops, merged)
 
 
-def _fuse_bias_add(ops: list[OpRecord], c: TensorTable) -> list[OpRecord]:
+def _fuse_bias_add(ops: list[OpRecord], c: TensorTable, outputs: set[str]) -> list[OpRecord]:
     """``MatMul`` followed by the ``Add`` of a constant bias as one op (as PyTorch's ``linear`` and onnxruntime's
     ``MatMulAddFusion``): the matmul's FLOPs, the bias not counted."""
     def match(mm: OpRecord, add: OpRecord) -> dict[str, Any] | None:
@@ -299,7 +305,7 @@ def _fuse_bias_add(ops: list[OpRecord], c: TensorTable) -> list[OpRecord]:
             return None
         return {"flops": mm.flops, "buffer_bytes": max(mm.buffer_bytes, add.buffer_bytes), "op_type": "MatMul+Add(fused)"}
 
-    return _fuse_pairs(ops, c, match)
+    return _fuse_pairs(ops, c, outputs, match)
 
 
 # (first op, second op, whether the second also reads the first's input): pointwise pairs an exporter writes for one
@@ -307,7 +313,7 @@ def _fuse_bias_add(ops: list[OpRecord], c: TensorTable) -> list[OpRecord]:
 _UNARY_PAIRS = {("Sigmoid", "Mul"): True, ("Sqrt", "Reciprocal"): False}
 
 
-def _fuse_unary_pairs(ops: list[OpRecord], c: TensorTable) -> list[OpRecord]:
+def _fuse_unary_pairs(ops: list[OpRecord], c: TensorTable, outputs: set[str]) -> list[OpRecord]:
     """``Mul(x, Sigmoid(x))`` and ``Reciprocal(Sqrt(x))`` as one pointwise op on ``x``."""
     def match(first: OpRecord, second: OpRecord) -> dict[str, Any] | None:
         reads_x = _UNARY_PAIRS.get((first.op_type, second.op_type))
@@ -318,4 +324,4 @@ def _fuse_unary_pairs(ops: list[OpRecord], c: TensorTable) -> list[OpRecord]:
         return {"flops": c.numel(second.outputs[0]), "buffer_bytes": 0,
                 "op_type": f"{second.op_type}({first.op_type})(fused)"}
 
-    return _fuse_pairs(ops, c, match)
+    return _fuse_pairs(ops, c, outputs, match)

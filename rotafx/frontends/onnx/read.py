@@ -112,7 +112,7 @@ def read_onnx(model: Any, input_shapes: Mapping[str, Any] | Sequence[Sequence[in
         src = frozenset().union(*(const_src[i] for i in ins if i in const_src))
         if std and node.op_type not in RANDOM_OPS and all(i in const_src for i in ins) and (
                 ins or node.op_type in _TYPE_ONLY_INPUTS) and (node.op_type in _LAYOUT_OPS or (
-                not src & init_names and all(table.numel(o) <= _SMALL for o in node.output if o))):
+                not src & init_names and all(table.known(o) and table.numel(o) <= _SMALL for o in node.output if o))):
             for o in node.output:
                 if o:
                     const_src[o] = src
@@ -162,11 +162,11 @@ def read_onnx(model: Any, input_shapes: Mapping[str, Any] | Sequence[Sequence[in
     if measure:
         times = measure_ops(model if src_path is None else src_path, shapes, [op.name for op in ops], measure_runs)
         ops = [replace(op, measured_ms=times.get(op.name, 0.0)) for op in ops]
-    ops = fuse(ops, table)
+    outputs = tuple(o.name for o in graph.output if o.name not in const_src)
+    ops = fuse(ops, table, outputs)
 
     tensors = {t: TensorInfo(t, table.numel(t), table.itemsize(t), table.floating(t), table.shape(t), table.dtype(t))
                for t in [*inputs, *(o for op in ops for o in op.outputs)]}
-    outputs = tuple(o.name for o in graph.output if o.name not in const_src)
     return OpGraph(ops=ops, tensors=tensors, inputs=tuple(inputs), outputs=outputs, weights=weights, params=params,
                    unknown_ops=unknown, source="onnx", name=label, dtype=torch_dtype(dtype),
                    batch_size=shapes[inputs[0]][0] if inputs and shapes.get(inputs[0]) else None)

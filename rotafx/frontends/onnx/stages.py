@@ -92,6 +92,7 @@ def export_stages(model: Any, profile: Any, partition: Any, directory: str | os.
         log.debug("rotafx: shape inference of the whole model failed (%s); stage types come from the profile", e)
         vis = {}
     info = {t.name: t for b in profile.boundaries for t in b}
+    model_inputs = {i.name for i in graph.input if i.name not in inits}
     stages = []
     for si, (a, b) in enumerate(stage_ranges(profile, partition)):
         available = [t.name for t in profile.boundaries[a]]
@@ -111,8 +112,11 @@ def export_stages(model: Any, profile: Any, partition: Any, directory: str | os.
             stack.extend(i for i in list(n.input) + subgraph_inputs(n) if i)
         nodes = [n for n in graph.node if id(n) in need]
         read = {i for n in nodes for i in list(n.input) + subgraph_inputs(n) if i}
-        stage_inputs = [t for t in available if t in read]
         made = {o for n in nodes for o in n.output}
+        # a model input the profile does not carry to this stage because its ops read only its shape or type
+        # (Shape, Size, CastLike: free in the profile) is fed to the stage too: run_stages has every model input
+        stage_inputs = [t for t in available if t in read] + sorted(
+            t for t in read - made - set(available) - set(inits) if t in model_inputs)
         dangling = sorted(read - made - set(stage_inputs) - set(inits))
         if dangling or any(t not in made for t in wanted):
             raise ProfileError(f"rotafx: stage {si} (layers {a}..{b - 1}) cannot be cut out: "
@@ -120,7 +124,7 @@ def export_stages(model: Any, profile: Any, partition: Any, directory: str | os.
                                f"handed to it; was the profile made from this model?")
         g = onnx.helper.make_graph(
             nodes, f"{graph.name or 'model'}_{prefix}{si}",
-            [_value_info(info[t], vis) for t in stage_inputs],
+            [_value_info(info.get(t, TensorInfo(t, 0, 0)), vis) for t in stage_inputs],
             [_value_info(info[t], vis) for t in wanted],
             [inits[i] for i in dict.fromkeys(i for i in read if i in inits)])
         m = onnx.helper.make_model(g, opset_imports=list(full.opset_import), ir_version=full.ir_version,

@@ -63,8 +63,9 @@ class StageServer:
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every send in flight has been delivered."""
+        what = f"{self.name}: sending to {who(self.plan, self.next_rank)}"
         while self.pending:
-            wait(self.pending.popleft()[0], self.timeout if timeout is None else timeout, self.next_rank, "flushing")
+            wait(self.pending.popleft()[0], self.timeout if timeout is None else timeout, self.next_rank, what)
 
     def run(self) -> int:
         """Join the driver (rank ``stage + 1``) and serve requests until it says stop; returns 0.
