@@ -7,6 +7,8 @@ import logging
 import pickle
 from typing import Any, Callable
 
+import warnings
+
 import pytest
 import torch
 import torch.nn as nn
@@ -663,3 +665,29 @@ def test_partition_of_something_that_is_not_a_module() -> None:
         rotafx.partition(lambda x: x + 1, (torch.randn(2),))
     with pytest.raises(BackendError, match=r"got function"):
         rotafx.export(lambda x: x + 1, (torch.randn(2),), path="/nonexistent/never-written")
+
+
+def test_batch_norm_in_training_mode_updates_the_models_own_statistics() -> None:
+    """Stages on the model's device hold its very buffers: outputs and running statistics are eager's, and no warning;
+    a stage holding a copy (on another device) would update the copy, which rotafx says."""
+    from rotafx.backend.partition import _warn_on_running_statistics
+    from tests.models import convnet
+
+    torch.manual_seed(0)
+    eager, split = convnet().train(), convnet().train()
+    split.load_state_dict(eager.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pm = rotafx.partition(split, (x,), topology=tight_topology(split, (x,)), devices=ON_CPU)
+    assert len(pm.stages) >= 2
+    for _ in range(2):
+        torch.testing.assert_close(pm(x), eager(x), rtol=1e-6, atol=1e-6)
+    for (name, a), (_, b) in zip(eager.named_buffers(), split.named_buffers()):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6, msg=name)
+    st = next(st for st in pm.stages if any(w.endswith("running_mean") for w in st.weight_names))
+    w = next(w for w in st.weight_names if w.endswith("running_mean"))
+    setattr(st.module, st.attr_of[w], getattr(st.module, st.attr_of[w]).clone())  # what a stage elsewhere holds
+    with pytest.warns(UserWarning, match=rf"training mode: .* update running statistics; the stages on {st.node} "
+                                         r"\(cpu\) update their own copies, not the model's buffers. Call model.eval\(\)"):
+        _warn_on_running_statistics(split, pm.plan)

@@ -266,3 +266,72 @@ def test_cli_export(tmp_path: Path) -> None:
     xx = torch.randn(1, 3, 32, 32)
     torch.testing.assert_close(rotafx.load(tmp_path / "plan")(xx), model(xx), rtol=0, atol=0)
     assert main(["export", "convnet", "--topology", str(topo), "--path", str(tmp_path / "plan"), "--quiet"]) == 2
+
+
+# ---------------------------------------------------------------------------
+# what real models take and return: constants among the inputs, None and numbers among the outputs
+
+
+class _WithConstants(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor, flag: bool = True, scale: int = 2) -> dict[str, Any]:
+        h = self.b(self.a(x).relu())
+        return {"y": self.c(h) * scale if flag else self.c(h), "none": None, "pair": (h, None), "n": 3}
+
+
+def test_constants_in_and_out_round_trip(tmp_path: Path) -> None:
+    model = _WithConstants().eval()
+    x = torch.randn(2, 8)
+    kw = {"flag": True, "scale": 3}
+    spec = rotafx.export(model, (x,), example_kwargs=kw, path=tmp_path / "p",
+                         topology=three_stage_topology(model, (x,)))
+    assert len(spec.stages) >= 2
+    data = json.loads((tmp_path / "p" / "plan.json").read_text())
+    assert {"flag": {"value": True}, "scale": {"value": 3}}.items() <= data["constants"].items()
+    got = rotafx.load(tmp_path / "p")(x, **kw)
+    want = model(x, **kw)
+    assert set(got) == set(want) and got["none"] is None and got["n"] == 3 and got["pair"][1] is None
+    torch.testing.assert_close(got["y"], want["y"], rtol=0, atol=0)
+    torch.testing.assert_close(got["pair"][0], want["pair"][0], rtol=0, atol=0)
+    with pytest.raises(PlanError, match=r"input 'scale' is 2, but the plan was exported with 3 \(baked into its "
+                                        r"programs\); call it with scale=3 or export again with 2"):
+        rotafx.load(tmp_path / "p")(x, flag=True, scale=2)
+    with pytest.raises(PlanError, match=r"input 'flag' is 1, but the plan was exported with True"):
+        rotafx.load(tmp_path / "p")(x, flag=1, scale=3)
+
+
+def test_a_transformers_model_exports_and_loads(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 128, (2, 12))
+    with pytest.raises(rotafx.BackendError, match=r"returns a transformers.cache_utils.DynamicCache, .* pass "
+                                        r"example_kwargs=\{'use_cache': False\}"):
+        rotafx.export(model, (ids,), path=tmp_path / "cached")
+    kw = {"use_cache": False}
+    model.config.use_cache = False
+    topo = three_stage_topology(model, (ids,))
+    model.config.use_cache = True
+    spec = rotafx.export(model, (ids,), example_kwargs=kw, path=tmp_path / "p", topology=topo)
+    assert len(spec.stages) >= 2
+    out = rotafx.load(tmp_path / "p")(ids, **kw)
+    assert type(out).__name__ == "CausalLMOutputWithPast"
+    torch.testing.assert_close(out.logits, model(ids, **kw).logits, rtol=0, atol=0)
+
+
+def test_an_output_type_this_process_has_not_registered_is_named(tmp_path: Path) -> None:
+    """A stage process needs no output structure; the driver does, and is told which package to import."""
+    model, x = build("small-gpt")
+    rotafx.export(model, x, path=tmp_path / "p")
+    data = json.loads((tmp_path / "p" / "plan.json").read_text())
+    data["out_spec"] = data["out_spec"].replace('"type": null', '"type": "somepkg.Output"', 1)
+    (tmp_path / "p" / "plan.json").write_text(json.dumps(data))
+    plan = read_plan(tmp_path / "p")  # reading it (as a stage does) is fine
+    with pytest.raises(PlanError, match=r"outputs are structured as somepkg.Output, a type this process has not "
+                                        r"registered .*import the package that defines it"):
+        plan.out_spec

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import types
+import warnings
 from typing import Any, Callable, Mapping
 
 import torch
@@ -49,7 +50,26 @@ def partition(model: torch.nn.Module, example_inputs: Any, *, example_kwargs: Ma
                            f"(batch norm in training mode?); call model.eval() before partitioning")
     plan = plan_graph(traced.graph_module, traced.weights, traced.params, traced.values, cfg,
                       name=type(model).__name__, in_spec=traced.in_spec, out_spec=traced.out_spec)
+    _warn_on_running_statistics(model, plan)
     return plan.module
+
+
+def _warn_on_running_statistics(model: torch.nn.Module, plan: Plan) -> None:
+    """A batch norm in training mode updates its running statistics in the stage that runs it: the model's own
+    buffers when the stage is on their device (the stage holds those very tensors), a copy on any other."""
+    training = [name for name, m in model.named_modules()
+                if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.training and m.track_running_stats]
+    if not training:
+        return
+    own = dict(model.named_buffers(remove_duplicate=False))
+    moved = sorted({f"{st.node} ({st.device})" for st in plan.stages
+                    for w, t in zip(st.weight_names, st.parameters())
+                    if w.endswith(("running_mean", "running_var")) and own.get(w) is not t})
+    if moved:
+        warnings.warn(f"rotafx: {type(model).__name__} is in training mode: {', '.join(training[:3])}"
+                      f"{' ...' if len(training) > 3 else ''} update running statistics; the stages on {', '.join(moved)} "
+                      f"update their own copies, not the model's buffers. Call model.eval() to partition for inference",
+                      stacklevel=3)
 
 
 def partitioned(topology: Any = None, objective: str = "minimize_latency", *, fullgraph: bool = False,

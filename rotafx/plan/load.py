@@ -38,7 +38,8 @@ class LoadedStage(torch.nn.Module):
 
     @property
     def input_specs(self) -> list[TensorSpec]:
-        return [self.plan.values[v] for v in self.spec.inputs]
+        """The tensors it takes (its constant inputs, baked into the program, left out)."""
+        return [self.plan.values[v] for v in self.spec.inputs if v in self.plan.values]
 
     @property
     def output_specs(self) -> list[TensorSpec]:
@@ -103,12 +104,12 @@ def _load_stage(plan: PlanSpec, s: StageSpec, device: torch.device, verify: bool
                         f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
     sig = ep.graph_signature
     user_in = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in set(sig.user_inputs)]
-    want = [plan.values[v] for v in s.inputs]
+    want = [None if v in plan.constants else plan.values[v] for v in s.inputs]
     got = [TensorSpec.of(n.meta["val"]) if isinstance(n.meta.get("val"), torch.Tensor) else None for n in user_in]
     if got != want or len(sig.user_outputs) != len(s.outputs):
         raise PlanError(f"rotafx: stage {s.index} ({s.node}): {f} does not match plan.json: the program takes "
                         f"{[g.describe() if g else '?' for g in got]} and returns {len(sig.user_outputs)} values, the plan "
-                        f"says it takes {[w.describe() for w in want]} and returns {len(s.outputs)}")
+                        f"says it takes {[w.describe() if w else 'a constant' for w in want]} and returns {len(s.outputs)}")
     if torch.device(s.device) != device:
         from torch.export.passes import move_to_device_pass
 

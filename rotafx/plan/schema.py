@@ -13,6 +13,7 @@ A plan directory holds everything a node needs, without the model's Python code:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -28,10 +29,10 @@ from torch.utils._pytree import TreeSpec, tree_flatten, treespec_dumps, treespec
 from ..wire import CODECS, check_codec, compresses
 
 __all__ = ["PlanError", "TensorSpec", "WireEntry", "HopSpec", "StageSpec", "PlanSpec", "read_plan", "check_request",
-           "sha256_of", "rotafx_version", "FORMAT", "SCHEMA_VERSION", "PLAN_FILE", "DRIVER"]
+           "sha256_of", "rotafx_version", "is_constant", "spec_json", "FORMAT", "SCHEMA_VERSION", "PLAN_FILE", "DRIVER"]
 
 FORMAT = "rotafx-plan"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: constants (non-tensor inputs and outputs)
 PLAN_FILE = "plan.json"
 DRIVER = -1  # the position of the driver in a hop's ``src`` (it also receives the last hop)
 
@@ -132,8 +133,8 @@ class PlanSpec:
     values: dict[str, TensorSpec]
     inputs: tuple[str, ...]  # the model's flat inputs (value ids)
     outputs: tuple[str, ...]  # the model's flat outputs (value ids)
-    in_spec: TreeSpec | None
-    out_spec: TreeSpec | None
+    in_spec_json: str | None  # the pytree structure of (args, kwargs), as torch's treespec_dumps writes it
+    out_spec_json: str | None  # the pytree structure of the outputs
     stages: list[StageSpec]
     hops: list[HopSpec]
     topology: dict[str, Any]
@@ -142,10 +143,27 @@ class PlanSpec:
     estimate: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    # values that are not tensors (a bool keyword, an int, a None output): baked into the plan, checked at call time
+    constants: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_stages(self) -> int:
         return len(self.stages)
+
+    @property
+    def in_spec(self) -> TreeSpec | None:
+        """How the model's inputs are structured (read when a request is checked, not when the plan is loaded)."""
+        return _treespec(self.in_spec_json, "inputs")
+
+    @property
+    def out_spec(self) -> TreeSpec | None:
+        """How the model's outputs are structured: a stage process never needs it, the driver does."""
+        return _treespec(self.out_spec_json, "outputs")
+
+    @property
+    def tensor_inputs(self) -> tuple[str, ...]:
+        """The model's flat inputs that are tensors (the others are constants of the plan), in order."""
+        return tuple(v for v in self.inputs if v not in self.constants)
 
     def entry_specs(self, hop: HopSpec) -> list[TensorSpec]:
         """The tensors of a hop's message, in order (an encoded value may be two: payload and scale)."""
@@ -171,9 +189,10 @@ class PlanSpec:
             "estimate": self.estimate,
             "inputs": list(self.inputs),
             "outputs": list(self.outputs),
-            "in_spec": treespec_dumps(self.in_spec) if self.in_spec is not None else None,
-            "out_spec": treespec_dumps(self.out_spec) if self.out_spec is not None else None,
+            "in_spec": self.in_spec_json,
+            "out_spec": self.out_spec_json,
             "values": {k: {"shape": list(v.shape), "dtype": v.dtype} for k, v in self.values.items()},
+            "constants": {k: {"value": v} for k, v in self.constants.items()},
             "stages": [{
                 "index": s.index, "chain_index": s.chain_index, "node": s.node, "kind": s.kind, "device": s.device,
                 "file": s.file, "sha256": s.sha256, "inputs": list(s.inputs), "outputs": list(s.outputs),
@@ -199,6 +218,11 @@ class PlanSpec:
                             f"(pip install -U rotafx) or export the plan again with this version")
         try:
             values = {k: TensorSpec(tuple(int(x) for x in v["shape"]), str(v["dtype"])) for k, v in data["values"].items()}
+            constants = {str(k): v["value"] for k, v in (data.get("constants") or {}).items()}
+            for k, v in constants.items():
+                if not is_constant(v):
+                    raise PlanError(f"rotafx: {where}: constant {k!r} is {v!r}; a plan's constants are None, bools, "
+                                    f"numbers and strings")
             for k, v in values.items():
                 if not isinstance(getattr(torch, v.dtype, None), torch.dtype):
                     raise PlanError(f"rotafx: {where}: value {k!r} has unknown dtype {v.dtype!r}")
@@ -213,11 +237,12 @@ class PlanSpec:
                     for h in data["hops"]]
             spec = cls(codec=check_codec(data.get("codec")), values=values, inputs=tuple(data["inputs"]),
                        outputs=tuple(data["outputs"]),
-                       in_spec=treespec_loads(data["in_spec"]) if data.get("in_spec") else None,
-                       out_spec=treespec_loads(data["out_spec"]) if data.get("out_spec") else None,
+                       in_spec_json=_json_text(data.get("in_spec"), "in_spec"),
+                       out_spec_json=_json_text(data.get("out_spec"), "out_spec"),
                        stages=stages, hops=hops, topology=dict(data.get("topology") or {}),
                        objective=str(data.get("objective", "")), partition=dict(data.get("partition") or {}),
-                       estimate=dict(data.get("estimate") or {}), meta=dict(data.get("meta") or {}), path=path)
+                       estimate=dict(data.get("estimate") or {}), meta=dict(data.get("meta") or {}), path=path,
+                       constants=constants)
         except PlanError:
             raise
         except (KeyError, TypeError, ValueError) as e:
@@ -234,12 +259,45 @@ class PlanSpec:
             raise PlanError(f"rotafx: {where}: stage indices are {[s.index for s in self.stages]}, expected 0..{n - 1}")
         if [(h.index, h.src, h.dst) for h in self.hops] != [(k, k - 1, k) for k in range(n + 1)]:
             raise PlanError(f"rotafx: {where}: expected {n + 1} hops driver -> stage 0 -> ... -> stage {n - 1} -> driver")
-        names = set(self.values)
-        refs = [*self.inputs, *self.outputs, *(v for s in self.stages for v in (*s.inputs, *s.outputs)),
-                *(e.value for h in self.hops for e in h.entries)]
+        both = sorted(set(self.values) & set(self.constants))
+        if both:
+            raise PlanError(f"rotafx: {where}: {both} are listed both as tensors and as constants")
+        names = set(self.values) | set(self.constants)
+        refs = [*self.inputs, *self.outputs, *(v for s in self.stages for v in (*s.inputs, *s.outputs))]
         unknown = sorted(set(refs) - names)
         if unknown:
             raise PlanError(f"rotafx: {where} refers to values {unknown} that are not listed under 'values'")
+        sent = sorted({e.value for h in self.hops for e in h.entries} - set(self.values))
+        if sent:
+            raise PlanError(f"rotafx: {where}: the hops send {sent}, which are not tensors listed under 'values'")
+
+
+def _json_text(value: Any, key: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise PlanError(f"rotafx: plan.json's {key!r} must be a string (a serialized pytree structure), got {type(value).__name__}")
+    return value or None
+
+
+@functools.lru_cache(maxsize=64)
+def _treespec(text: str | None, what: str) -> TreeSpec | None:
+    """A pytree structure read back; a type another package registered (a transformers ModelOutput) must be
+    registered in this process too, which loading a plan never does by itself (it runs no code a plan names)."""
+    if text is None:
+        return None
+    try:
+        return treespec_loads(text)
+    except NotImplementedError as e:  # torch: "Deserializing X in pytree is not registered."
+        kind = str(e).split("Deserializing ", 1)[-1].split(" in pytree", 1)[0]
+        raise PlanError(f"rotafx: the plan's {what} are structured as {kind}, a type this process has not registered "
+                        f"with torch's pytree; import the package that defines it (e.g. `import transformers`) before "
+                        f"running the plan here") from None
+    except (ValueError, TypeError, KeyError, json.JSONDecodeError) as e:
+        raise PlanError(f"rotafx: the plan's {what} structure cannot be read ({type(e).__name__}: {e})") from None
+
+
+def spec_json(spec: TreeSpec | None) -> str | None:
+    """A pytree structure as plan.json keeps it."""
+    return treespec_dumps(spec) if spec is not None else None
 
 
 def _entries_json(entries: Sequence[WireEntry]) -> list[dict[str, Any]]:
@@ -284,8 +342,17 @@ def read_plan(path: str | os.PathLike[str]) -> PlanSpec:
 
 
 
+def is_constant(value: Any) -> bool:
+    """Whether a value can be a plan's constant: None, a bool, an int, a float or a string (what JSON holds as is)."""
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
 def check_request(plan: PlanSpec, args: tuple, kwargs: Mapping[str, Any], where: str = "") -> list[torch.Tensor]:
-    """Flatten one request like the model's example inputs and check it against the plan, or raise ``PlanError``."""
+    """Flatten one request like the model's example inputs and check it against the plan, or raise ``PlanError``.
+
+    Returns the request's tensors, in the order of ``plan.tensor_inputs``; every input that
+    is a constant of the plan must equal it (and be of its type).
+    """
     if plan.in_spec is not None:
         flat, spec = tree_flatten((tuple(args), dict(kwargs)))
         if spec != plan.in_spec:
@@ -296,12 +363,20 @@ def check_request(plan: PlanSpec, args: tuple, kwargs: Mapping[str, Any], where:
             raise PlanError(f"rotafx: {where}this plan takes {len(plan.inputs)} positional inputs, not keywords {sorted(kwargs)}")
         flat = list(args)
     if len(flat) != len(plan.inputs):
-        raise PlanError(f"rotafx: {where}expected {len(plan.inputs)} input tensors ({', '.join(plan.inputs)}), got {len(flat)}")
+        raise PlanError(f"rotafx: {where}expected {len(plan.inputs)} inputs ({', '.join(plan.inputs)}), got {len(flat)}")
+    tensors = []
     for name, t in zip(plan.inputs, flat):
+        if name in plan.constants:
+            want = plan.constants[name]
+            if type(t) is not type(want) or t != want:
+                raise PlanError(f"rotafx: {where}input {name!r} is {t!r}, but the plan was exported with {want!r} "
+                                f"(baked into its programs); call it with {name}={want!r} or export again with {t!r}")
+            continue
         spec = plan.values[name]
         if not isinstance(t, torch.Tensor):
             raise PlanError(f"rotafx: {where}input {name!r} must be a tensor {spec.describe()}, got {type(t).__name__}")
         if not spec.matches(t):
             raise PlanError(f"rotafx: {where}input {name!r} is {TensorSpec.of(t).describe()}, but the plan was exported "
                             f"for {spec.describe()}; plans have static shapes: export again with example inputs of this shape")
-    return flat
+        tensors.append(t)
+    return tensors

@@ -32,7 +32,8 @@ from ..costmodel import Route, route
 from ..frontends.pytorch import as_args
 from ..ops import move_value, transfer_value
 from ..topology import Topology
-from .schema import PLAN_FILE, DRIVER, HopSpec, PlanError, PlanSpec, StageSpec, TensorSpec, WireEntry, rotafx_version, sha256_of
+from .schema import (DRIVER, PLAN_FILE, HopSpec, PlanError, PlanSpec, StageSpec, TensorSpec, WireEntry, is_constant,
+                     rotafx_version, sha256_of, spec_json)
 
 __all__ = ["export", "export_pipeline", "estimate_dict"]
 
@@ -91,9 +92,13 @@ def export_pipeline(pm: Any, example_inputs: Any, *, path: str | os.PathLike[str
             raise PlanError(f"rotafx: example inputs are structured as {spec}, but the model was partitioned for {pm.in_spec}")
     else:
         flat = list(args)
+    constants: dict[str, Any] = {}
     for name, t in zip(rw.inputs, flat):
         if not isinstance(t, torch.Tensor):
-            raise PlanError(f"rotafx: export supports tensor inputs only; input {name!r} is a {type(t).__name__}")
+            if not is_constant(t):
+                raise PlanError(f"rotafx: input {name!r} is a {type(t).__name__}; a plan takes tensors, and None, bools, "
+                                f"numbers and strings as constants baked into its programs")
+            constants[name] = t
 
     # run once, recording what every stage receives and returns
     seen: dict[int, tuple[tuple, tuple]] = {}
@@ -110,11 +115,12 @@ def export_pipeline(pm: Any, example_inputs: Any, *, path: str | os.PathLike[str
             h.remove()
 
     flow = _dataflow(rw)
-    values: dict[str, TensorSpec] = {name: TensorSpec.of(t) for name, t in zip(rw.inputs, flat)}
+    constants.update(flow.constants)
+    values: dict[str, TensorSpec] = {name: TensorSpec.of(t) for name, t in zip(rw.inputs, flat) if name not in constants}
     for st in rw.stages:
         ins, outs = seen[st.index]
         for vid, t in zip(flow.stage_inputs[st.index], ins):
-            if not isinstance(t, torch.Tensor):
+            if not isinstance(t, torch.Tensor) and vid not in constants:
                 raise PlanError(f"rotafx: stage {st.index} ({st.node}) receives {vid!r}, a {type(t).__name__}; "
                                 f"export supports tensors between stages only")
         for vid, t in zip(flow.stage_outputs[st.index], outs):
@@ -150,9 +156,10 @@ def export_pipeline(pm: Any, example_inputs: Any, *, path: str | os.PathLike[str
                 weight_bytes=sum(t.numel() * t.element_size() for t in st.parameters())))
         topo = plan.partition.topology
         spec = PlanSpec(
-            codec=rw.codec, values=values, inputs=tuple(rw.inputs), outputs=flow.outputs,
-            in_spec=pm.in_spec, out_spec=pm.out_spec, stages=stages,
-            hops=_hops(flow, [st.index for st in rw.stages], tuple(rw.inputs), topo, plan.partition.stages, rw.codec),
+            codec=rw.codec, values=values, constants=constants, inputs=tuple(rw.inputs), outputs=flow.outputs,
+            in_spec_json=spec_json(pm.in_spec), out_spec_json=spec_json(pm.out_spec), stages=stages,
+            hops=_hops(flow, [st.index for st in rw.stages], tuple(v for v in rw.inputs if v not in constants), topo,
+                       plan.partition.stages, rw.codec),
             topology=topo.to_dict(), objective=plan.partition.objective.name,
             partition=_partition_dict(plan.partition), estimate=estimate_dict(plan.partition.estimate),
             meta={"model": model_name or "", "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -176,6 +183,7 @@ class _Flow:
     stage_inputs: dict[int, tuple[str, ...]]
     stage_outputs: dict[int, tuple[str, ...]]
     outputs: tuple[str, ...]
+    constants: dict[str, Any]  # value id -> the literal the program returns there (None, a number)
 
 
 def _dataflow(rw: Any) -> _Flow:
@@ -189,6 +197,7 @@ def _dataflow(rw: Any) -> _Flow:
     if len(placeholders) != len(rw.inputs):
         raise PlanError(f"rotafx: the program has {len(placeholders)} inputs but the plan lists {len(rw.inputs)}")
     outputs: tuple[str, ...] = ()
+    constants: dict[str, Any] = {}
     for n in rw.program.graph.nodes:
         if n.op == "placeholder":
             alias[n] = rw.inputs[placeholders.index(n)]
@@ -204,17 +213,29 @@ def _dataflow(rw: Any) -> _Flow:
             alias[n] = stage_outputs[calls[n.args[0].name]][int(n.args[1])]
         elif n.op == "output":
             flat, _ = tree_flatten(n.args[0])
-            outputs = tuple(alias[a] if isinstance(a, fx.Node) else _not_tensor(a, n) for a in flat)
+            out = []
+            for k, a in enumerate(flat):
+                if isinstance(a, fx.Node):
+                    out.append(alias[a])
+                elif is_constant(a):  # the model returns a literal there (None, a number)
+                    constants[f"output{k}"] = a
+                    out.append(f"output{k}")
+                else:
+                    _not_tensor(a, n)
+            outputs = tuple(out)
         else:
             raise PlanError(f"rotafx: the rewritten program has a step export does not know: {n.format_node()}")
     produced = [v for vs in stage_outputs.values() for v in vs]
     if len(set(produced)) != len(produced) or set(produced) & set(rw.inputs):
         raise PlanError("rotafx: two stages (or a stage and an input) give a value the same name; cannot export")
-    return _Flow(stage_inputs, stage_outputs, outputs)
+    if set(constants) & set(rw.inputs) or set(constants) & set(produced):
+        raise PlanError("rotafx: a value of the program is named like a constant output; cannot export")
+    return _Flow(stage_inputs, stage_outputs, outputs, constants)
 
 
 def _not_tensor(a: Any, n: fx.Node) -> str:
-    raise PlanError(f"rotafx: {n.format_node()} passes the constant {a!r}; export supports tensors between stages only")
+    raise PlanError(f"rotafx: {n.format_node()} passes {a!r}, a {type(a).__name__}; a plan passes tensors between "
+                    f"stages, and takes and returns None, bools, numbers and strings as constants")
 
 
 def _hops(flow: _Flow, chain_of: list[int], inputs: tuple[str, ...], topo: Topology, layer_stages: Sequence[int],

@@ -39,17 +39,20 @@ class LoadedPipeline(torch.nn.Module):
         out = self.run_flat(flat)
         return tree_unflatten(out, self.plan.out_spec) if self.plan.out_spec is not None else tuple(out)
 
-    def run_flat(self, flat: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Run the stages on flat inputs; the flat outputs, each on the device of the stage that made it."""
+    def run_flat(self, flat: Sequence[torch.Tensor]) -> list[Any]:
+        """Run the stages on the flat input tensors (``plan.tensor_inputs``); the flat outputs, each tensor on the
+        device of the stage that made it, the plan's constants as they are."""
         plan = self.plan
-        env: dict[str, torch.Tensor] = dict(zip(plan.inputs, flat))
+        env: dict[str, Any] = dict(zip(plan.tensor_inputs, flat))
         first_read: set[str] = set()
         for st in self.stages:
             if self.emulate_links:
                 time.sleep(self._hop_s[st.index])
             ins = []
             for v in st.spec.inputs:
-                if v in plan.inputs and v not in first_read:
+                if v in plan.constants:
+                    ins.append(plan.constants[v])
+                elif v in plan.inputs and v not in first_read:
                     first_read.add(v)
                     env[v] = env[v].to(st.device)
                     ins.append(env[v])
@@ -60,4 +63,4 @@ class LoadedPipeline(torch.nn.Module):
             env.update(zip(st.spec.outputs, outs))
         if self.emulate_links:
             time.sleep(self._hop_s[-1])
-        return [env[v] for v in plan.outputs]
+        return [plan.constants[v] if v in plan.constants else env[v] for v in plan.outputs]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
@@ -67,6 +68,15 @@ def trace(model: torch.nn.Module, example_inputs: Any, example_kwargs: Mapping[s
             ep = torch.export.export(model, args, dict(example_kwargs or {}), strict=False)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        unknown = re.search(r"Found <class '([\w.]+)'> in output, which is not a known type", str(e))
+        if unknown is not None:
+            kind = unknown.group(1)
+            fix = (f"it is a key/value cache: pass example_kwargs={{'use_cache': False}} (and call the model that way), "
+                   f"or compile it with torch.compile(model.forward, backend='rotastellar'), which keeps the cache"
+                   if kind.endswith("Cache") else
+                   f"register it with torch.utils._pytree.register_pytree_node, or return its tensors instead")
+            raise ProfileError(f"rotafx: {type(model).__name__} returns a {kind}, which torch.export cannot take apart "
+                               f"into tensors; {fix}") from e
         raise ProfileError(
             f"rotafx: torch.export could not trace {type(model).__name__}: {first}\n"
             f"Check that example_inputs match forward()'s signature and sit on the model's device "

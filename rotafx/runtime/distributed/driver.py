@@ -132,7 +132,8 @@ class Driver:
             if emulate:
                 self._emulator.deliver(sent_at, self._out.payload_bytes)
             wires = self.wire.split(n, self._out.unpack(buf))
-            vals = [self.wire.decoded(v, wires[(v, False)], False, self.device).clone() for v in self.plan.outputs]
+            vals = [self.plan.constants[v] if v in self.plan.constants else
+                    self.wire.decoded(v, wires[(v, False)], False, self.device).clone() for v in self.plan.outputs]
             outputs[i] = tree_unflatten(vals, self.plan.out_spec) if self.plan.out_spec is not None else tuple(vals)
 
         for i, tensors in enumerate(flat):

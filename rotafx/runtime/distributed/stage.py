@@ -110,6 +110,9 @@ class StageServer:
                 local: dict[str, torch.Tensor] = {}
                 ins = []
                 for v in st.spec.inputs:
+                    if v in plan.constants:  # baked into the program: never on the wire
+                        ins.append(plan.constants[v])
+                        continue
                     key = (v, True) if (v, True) in incoming else (v, False)
                     local[v] = wire.decoded(v, incoming[key], key[1], dev)
                     ins.append(local[v])
