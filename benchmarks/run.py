@@ -13,6 +13,7 @@ BENCHMARKS = [
     ["backend.py", "--inductor"],          # rewrite overhead against eager and against plain inductor
     ["transfers.py"],                      # rotafx::transfer between this machine's devices, against the cost model
     ["deploy.py"],                         # three-process pipeline, link emulation, estimate vs measured
+    ["generate.py"],                       # time to a plan: partition, and the first compiled generate() against torch.compile
 ]
 
 

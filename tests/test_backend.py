@@ -691,3 +691,25 @@ def test_batch_norm_in_training_mode_updates_the_models_own_statistics() -> None
     with pytest.warns(UserWarning, match=rf"training mode: .* update running statistics; the stages on {st.node} "
                                          r"\(cpu\) update their own copies, not the model's buffers. Call model.eval\(\)"):
         _warn_on_running_statistics(split, pm.plan)
+
+
+@pytest.mark.parametrize("inner", ["aot_eager", "inductor"])
+def test_a_dynamic_graph_is_compiled_once_for_every_size(inner: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stages on one device: the dynamic graph is compiled by the inner backend once, within dynamo's tracing, with
+    symbolic sizes (a decode step at every context length), not once per size at its first call."""
+    from rotafx.runtime.local import CompiledStage
+
+    calls: list[tuple] = []
+    original = CompiledStage._compile
+    monkeypatch.setattr(CompiledStage, "_compile", lambda self, ex: calls.append(tuple(ex[0].shape)) or original(self, ex))
+    torch._dynamo.reset()
+    model, (x,) = _build("small-gpt")
+    largest = torch.randint(0, 256, (7, x.shape[1]))
+    be = rotafx.backend(topology=tight_topology(model, (largest,)), devices=ON_CPU, inner=inner)
+    compiled = torch.compile(model, backend=be, fullgraph=True)
+    with torch.no_grad():
+        for batch in (2, 5, 3, 7, 4):
+            xb = torch.randint(0, 256, (batch, x.shape[1]))
+            assert_same(compiled(xb), model(xb), exact=False)
+    assert len(be.plans) == 2 and be.plans[1].size_hints and len(be.plans[1].stages) >= 2
+    assert calls == [(2, x.shape[1])], f"only the first, static graph compiles at its first call: {calls}"

@@ -110,7 +110,48 @@ class RotaStellarBackend:
         self.plans.append(plan)
         slots = {s.node_name: s for s in plan.rewritten.weights}
         weight_positions = [(i, slots[n.name]) for i, n in enumerate(placeholders) if n.name in slots]
+        run = plan.module._run
+        if plan.size_hints and cfg.inner != "eager" and run._compiled is not None:
+            return _compile_as_dynamo_graph(run, gm, example_inputs, input_positions, weight_positions, cfg.inner)
         return FlatRunner(plan.module, input_positions, weight_positions)
+
+
+def _compile_as_dynamo_graph(run: Any, gm: fx.GraphModule, example_inputs: Sequence[Any],
+                             input_positions: Sequence[int], weight_positions: Sequence[tuple[int, Any]],
+                             inner: str) -> Callable[..., Any]:
+    """A dynamic graph whose stages share one device: its flat program, taking dynamo's inputs in dynamo's order
+    (weights included), compiled by the inner backend now, inside dynamo's tracing context, as any backend
+    compiles a graph: with the graph's symbolic sizes, so that one compilation serves every size dynamo's
+    guards admit (a decode step at every context length), where compiling at the first call would compile
+    again for each new size."""
+    flat = run.flat
+    by_copy = {(id(mod), attr): i for i, slot in weight_positions for mod, attr, _ in slot.copies}
+    positions = [*input_positions, *(by_copy[(id(mod), target)] for mod, target in run.reads)]
+    graph = fx.Graph()
+    outer = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    args = []
+    for n in outer:
+        ph = graph.placeholder(n.name, type_expr=n.type)
+        ph.meta = dict(n.meta)
+        args.append(ph)
+    env: dict[fx.Node, Any] = {}
+    k = 0
+    for n in flat.graph.nodes:
+        if n.op == "placeholder":
+            env[n] = args[positions[k]]
+            k += 1
+        elif n.op == "output":
+            graph.output(fx.node.map_arg(n.args[0], env.__getitem__))
+        else:
+            env[n] = graph.node_copy(n, env.__getitem__)
+    program = fx.GraphModule(flat, graph, class_name="RotafxDynamic")
+    if inner == "inductor":
+        from torch._inductor.compile_fx import compile_fx
+
+        return compile_fx(program, list(example_inputs))
+    from torch._dynamo.backends.registry import lookup_backend
+
+    return lookup_backend(inner)(program, list(example_inputs))
 
 
 def backend(**options: Any) -> RotaStellarBackend:

@@ -349,9 +349,11 @@ class FlatProgram:
                 if copy.op == "call_function" and copy.target is torch.ops.rotafx.transfer.default:
                     _retarget_transfer(copy, device if compiled else None)
         flat = fx.GraphModule(program, graph, class_name="RotafxFlat")
+        self.flat = flat  # takes the program's inputs, then the weights of ``reads``
         self.forward = flat.forward
         stages = [program.get_submodule(name) for name in pasted]
         reads = [r for _, reads in pasted.values() for r in reads]
+        self.reads = reads
         self._weights = _WeightReader(reads)
         self._compiled = CompiledStage(flat, inner, reads) if compiled else None
         self._hooks = _GLOBAL_HOOKS + tuple(d for m in (program, *stages) for d in (
