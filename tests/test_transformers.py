@@ -174,3 +174,29 @@ def test_the_no_rule_warning_says_how_much_work_it_may_hide() -> None:
     with pytest.warns(UserWarning, match=r"no cost rule for op\(s\) aten\._fft_r2c .*; counted as 0 FLOPs; the ops that "
                                          r"use them read and write .* B, \d+\.\d% of the bytes the whole model moves"):
         rotafx.ModelProfile.from_pytorch(Fft(), (torch.randn(2, 16),))
+
+
+def test_recurrent_layers_and_a_loss_have_rules() -> None:
+    """LSTM and GRU (their gates' matmuls, and the unsafe_split of the gates) and a cross-entropy loss: no op left
+    without a rule, and the recurrent matmuls priced as counted by hand."""
+    b, t, i, h = 2, 4, 8, 16
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = nn.LSTM(i, h, batch_first=True)
+            self.gru = nn.GRU(h, h, batch_first=True)
+            self.head = nn.Linear(h, 5)
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.cross_entropy(self.head(self.gru(self.lstm(x)[0])[0]).flatten(0, 1), y)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = rotafx.ModelProfile.from_pytorch(Net().eval(), (torch.randn(b, t, i), torch.randint(0, 5, (b * t,))))
+    assert p.unknown_ops == {} and not [w for w in caught if "no cost rule" in str(w.message)]
+    lstm, gru, head = p.layers
+    assert 2 * b * t * 4 * h * (i + h) <= lstm.flops <= 1.05 * 2 * b * t * 4 * h * (i + h)
+    assert 2 * b * t * 3 * h * (h + h) <= gru.flops <= 1.05 * 2 * b * t * 3 * h * (h + h)
+    # the head's matmul, log-softmax (5 per element) and the loss (one per target), with a little for the mean
+    assert 2 * b * t * h * 5 + 5 * b * t * 5 + b * t <= head.flops <= 1.05 * (2 * b * t * h * 5 + 5 * b * t * 5 + b * t)
