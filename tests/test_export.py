@@ -229,10 +229,38 @@ def test_existing_directory_needs_overwrite(gpt_plan: Any, tmp_path: Path) -> No
     m = torch.nn.Sequential(torch.nn.Linear(4, 2)).eval()
     with pytest.raises(PlanError, match="exists and is not an empty directory; pass overwrite=True"):
         rotafx.export(m, (torch.randn(1, 4),), path=tmp_path / "p")
+    with pytest.raises(PlanError, match=r"holds no rotafx plan .*nothing was deleted"):
+        rotafx.export(m, (torch.randn(1, 4),), path=tmp_path / "p", overwrite=True)
     assert (tmp_path / "p" / "keep.txt").read_text() == "mine"
-    rotafx.export(m, (torch.randn(1, 4),), path=tmp_path / "p", overwrite=True)
-    assert not (tmp_path / "p" / "keep.txt").exists() and read_plan(tmp_path / "p").num_stages == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["p"], "no temporary directory is left behind"
+    # a plan directory is replaced whole; a plan directory with other files in it is not touched
+    rotafx.export(m, (torch.randn(1, 4),), path=tmp_path / "q")
+    rotafx.export(m, (torch.randn(3, 4),), path=tmp_path / "q", overwrite=True)
+    assert read_plan(tmp_path / "q").values[read_plan(tmp_path / "q").inputs[0]].shape == (3, 4)
+    (tmp_path / "q" / "notes.md").write_text("mine too")
+    with pytest.raises(PlanError, match=r"holds a plan and other files too \(notes.md\)"):
+        rotafx.export(m, (torch.randn(1, 4),), path=tmp_path / "q", overwrite=True)
+    assert (tmp_path / "q" / "notes.md").exists() and read_plan(tmp_path / "q").num_stages == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p", "q"], "no temporary directory is left behind"
+
+
+def test_overwrite_never_deletes_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.csv").write_text("1,2,3")
+    m = torch.nn.Sequential(torch.nn.Linear(4, 2)).eval()
+    with pytest.raises(PlanError, match=r"holds no rotafx plan"):
+        rotafx.export(m, (torch.randn(1, 4),), path=".", overwrite=True)
+    assert (tmp_path / "data.csv").read_text() == "1,2,3"
+
+
+def test_a_temporary_directory_left_by_a_killed_export_is_removed(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".p.rotafx-tmp-{int(dead.stdout)}-abc"
+    stale.mkdir()
+    (stale / "stage0.pt2").write_bytes(b"half")
+    other = tmp_path / ".p.something-else"  # not ours: left alone
+    other.mkdir()
+    rotafx.export(torch.nn.Sequential(torch.nn.Linear(4, 2)).eval(), (torch.randn(1, 4),), path=tmp_path / "p")
+    assert not stale.exists() and other.exists()
 
 
 # ---------------------------------------------------------------------------

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
 from ..runtime.loaded import LoadedPipeline
-from .schema import PlanError, PlanSpec, StageSpec, TensorSpec, read_plan, sha256_of
+from .archive import read_program
+from .schema import PlanError, PlanSpec, StageSpec, TensorSpec, read_plan
 
 __all__ = ["load", "LoadedStage"]
 
@@ -85,23 +87,26 @@ def _stage_device(plan: PlanSpec, s: StageSpec, device: Any, devices: Any) -> to
     return torch.device(device if device is not None else s.device)
 
 
-def _load_stage(plan: PlanSpec, s: StageSpec, device: torch.device, verify: bool) -> LoadedStage:
+def stage_file(plan: PlanSpec, s: StageSpec) -> Path:
+    """The stage's program file: a plain file inside the plan directory (a name with a directory part, an absolute
+    path, ``..`` or a link out of the directory is refused: the plan may come from someone else)."""
     assert plan.path is not None
-    f = plan.path / s.file
-    if not f.exists():
-        raise PlanError(f"rotafx: stage {s.index} ({s.node}): its program {f} is missing; the plan lists "
-                        f"{plan.num_stages} stage files ({', '.join(x.file for x in plan.stages)}); copy it next to plan.json")
-    if verify:
-        digest = sha256_of(f)
-        if digest != s.sha256:
-            raise PlanError(f"rotafx: stage {s.index} ({s.node}): {f} does not match plan.json (sha256 {digest[:12]}… "
-                            f"but the plan says {s.sha256[:12]}…); the file comes from another export: copy the whole "
-                            f"plan directory again")
-    try:
-        ep = torch.export.load(f)
-    except Exception as e:
-        raise PlanError(f"rotafx: stage {s.index} ({s.node}): {f} is not a torch.export program: "
-                        f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
+    root = plan.path.resolve()
+    name = Path(s.file)
+    f = (root / name).resolve()
+    if name.is_absolute() or len(name.parts) != 1 or name.name in ("", ".", "..") or f.parent != root:
+        raise PlanError(f"rotafx: stage {s.index} ({s.node}): plan.json names the program {s.file!r}, which is not a "
+                        f"file of the plan directory {root}; a plan's files are plain names next to plan.json")
+    if not f.is_file():
+        raise PlanError(f"rotafx: stage {s.index} ({s.node}): its program {plan.path / s.file} is missing; the plan "
+                        f"lists {plan.num_stages} stage files ({', '.join(x.file for x in plan.stages)}); copy it next to "
+                        f"plan.json")
+    return f
+
+
+def _load_stage(plan: PlanSpec, s: StageSpec, device: torch.device, verify: bool) -> LoadedStage:
+    f = stage_file(plan, s)
+    ep = read_program(f, s.sha256 if verify else None, f"stage {s.index} ({s.node})")
     sig = ep.graph_signature
     user_in = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in set(sig.user_inputs)]
     want = [None if v in plan.constants else plan.values[v] for v in s.inputs]

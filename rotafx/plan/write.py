@@ -80,9 +80,7 @@ def export_pipeline(pm: Any, example_inputs: Any, *, path: str | os.PathLike[str
                         f"got {type(pm).__name__}")
     rw = pm.rewritten
     out_dir = Path(path)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise PlanError(f"rotafx: {str(out_dir)!r} exists and is not an empty directory; pass overwrite=True "
-                        f"(--overwrite) to replace it or choose another path")
+    _check_replaceable(out_dir, overwrite)
 
     # the flat inputs, as the program takes them
     args = as_args(example_inputs)
@@ -130,7 +128,8 @@ def export_pipeline(pm: Any, example_inputs: Any, *, path: str | os.PathLike[str
             values[vid] = TensorSpec.of(t)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    _remove_stale_temporaries(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_tmp_prefix(out_dir)}{os.getpid()}-", dir=out_dir.parent))
     try:
         stages: list[StageSpec] = []
         for pos, st in enumerate(rw.stages):
@@ -167,13 +166,69 @@ def export_pipeline(pm: Any, example_inputs: Any, *, path: str | os.PathLike[str
         )
         (tmp / PLAN_FILE).write_text(json.dumps(spec.to_json(), indent=1, allow_nan=False) + "\n")
         if out_dir.exists():
-            shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
-        os.replace(tmp, out_dir)
+            _check_replaceable(out_dir, overwrite)  # again: nothing may have landed there meanwhile
+            old = Path(tempfile.mkdtemp(prefix=f"{_tmp_prefix(out_dir)}{os.getpid()}-old-", dir=out_dir.parent))
+            os.replace(out_dir, old / "plan")  # the old plan moves aside whole, then goes
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     spec.path = out_dir
     return spec
+
+
+def _tmp_prefix(out_dir: Path) -> str:
+    return f".{out_dir.name}.rotafx-tmp-"
+
+
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """Temporary directories an export killed half-way left beside ``out_dir`` (their process is gone)."""
+    prefix = _tmp_prefix(out_dir)
+    for d in out_dir.parent.glob(f"{prefix}*"):
+        pid = d.name[len(prefix):].split("-", 1)[0]
+        if d.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _check_replaceable(out_dir: Path, overwrite: bool) -> None:
+    """``out_dir`` may be written: it does not exist, is an empty directory, or (with ``overwrite``) holds a rotafx
+    plan and nothing else. Any other file or directory is never deleted."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise PlanError(f"rotafx: {str(out_dir)!r} is a file, not a plan directory; choose another path")
+    entries = sorted(p.name for p in out_dir.iterdir())
+    if not entries:
+        return
+    if not overwrite:
+        raise PlanError(f"rotafx: {str(out_dir)!r} exists and is not an empty directory; pass overwrite=True "
+                        f"(--overwrite) to replace the plan in it, or choose another path")
+    try:
+        old = json.loads((out_dir / PLAN_FILE).read_text())
+        files = {PLAN_FILE, *(str(st["file"]) for st in old["stages"])} if old.get("format") == "rotafx-plan" else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        files = None
+    if files is None:
+        raise PlanError(f"rotafx: overwrite=True replaces a rotafx plan directory, and {str(out_dir)!r} holds no rotafx "
+                        f"plan (no readable plan.json); nothing was deleted: choose another path")
+    others = [e for e in entries if e not in files]
+    if others:
+        raise PlanError(f"rotafx: {str(out_dir)!r} holds a plan and other files too ({', '.join(others[:5])}"
+                        f"{' ...' if len(others) > 5 else ''}); overwrite=True replaces a plan directory only, so nothing "
+                        f"was deleted: move them or choose another path")
 
 
 @dataclass
