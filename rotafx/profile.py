@@ -15,6 +15,7 @@ import torch
 from .frontends.keras import read_keras
 from .frontends.onnx import read_onnx
 from .frontends.pytorch import read_module
+from .frontends.sizes import count, positive_int
 from .layers import LayerProfile, OpGraph, ProfileError, TensorInfo, group_layers
 from .units import MB
 from .wire import wire_bytes
@@ -167,29 +168,55 @@ class ModelProfile:
         both holds them once). ``input_bytes`` is what the model input weighs (default: the
         first layer's activation bytes).
 
+        Raises:
+            ProfileError: an empty list, a layer that is not a mapping, an unknown key, a name
+                that is empty or repeated, a figure that is not a finite number >= 0 (NaN, inf,
+                None, a string, a bool; a fraction of a parameter or byte), an ``itemsize`` that
+                is not a positive integer, a ``reads`` naming no earlier layer. The message
+                names the layer, the key and the value.
+
         >>> p = ModelProfile.from_layers([{"name": "embed", "params": 100}, {"name": "mid", "params": 10},
         ...                               {"name": "head", "reads": ["embed"]}])
         >>> p.layers[2].weight_bytes, p.total_params
         (200, 110)
         """
+        if isinstance(layers, (str, bytes, Mapping)) or not isinstance(layers, Sequence):
+            raise ProfileError(f"rotafx: from_layers takes a list of layers (mappings such as {{'name': 'l0', 'params': 10}}), "
+                               f"got {type(layers).__name__}")
+        if not layers:
+            raise ProfileError("rotafx: from_layers needs at least one layer")
+        itemsize = positive_int(itemsize, "itemsize", "bytes per parameter: 2 for fp16/bf16, 4 for fp32")
+        if input_bytes is not None:
+            input_bytes = count(input_bytes, "input_bytes")
         built: list[LayerProfile] = []
         weights: dict[str, tuple[int, int]] = {}
+        seen: dict[str, int] = {}
         prev_out = None
         for i, spec in enumerate(layers):
             if isinstance(spec, LayerProfile):
                 spec = {k: getattr(spec, k) for k in ("name", "params", "flops", "weight_bytes", "activation_bytes",
                                                       "buffer_bytes", "bytes_moved")}
+            if not isinstance(spec, Mapping):
+                raise ProfileError(f"rotafx: layer {i} must be a mapping such as {{'name': 'l{i}', 'params': 10}} or a "
+                                   f"LayerProfile, got {spec!r}")
             unknown = set(spec) - {"name", "params", "flops", "weight_bytes", "activation_bytes", "buffer_bytes", "bytes_moved",
                                    "reads"}
             if unknown:
-                raise ProfileError(f"layer {i}: unknown key(s) {sorted(unknown)}")
-            vals = {}
+                raise ProfileError(f"rotafx: layer {i}: unknown key(s) {sorted(map(str, unknown))}; the keys are name, "
+                                   f"params, flops, weight_bytes, activation_bytes, buffer_bytes, bytes_moved, reads")
+            lname = spec.get("name", f"layer{i}")
+            if not isinstance(lname, str) or not lname:
+                raise ProfileError(f"rotafx: layer {i}: name must be a non-empty string, got {lname!r}")
+            if lname in seen:
+                raise ProfileError(f"rotafx: layers {seen[lname]} and {i} are both named {lname!r}; give every layer "
+                                   f"its own name (a placement and reads=[...] refer to layers by name)")
+            seen[lname] = i
+            vals: dict[str, int | None] = {}
             for key in ("params", "flops", "weight_bytes", "activation_bytes", "buffer_bytes", "bytes_moved"):
-                v = spec.get(key)
-                if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0):
-                    raise ProfileError(f"layer {i} ({spec.get('name', '?')}): {key} must be a number >= 0, got {v!r}")
-                vals[key] = None if v is None else int(v)
-            lname = str(spec.get("name", f"layer{i}"))
+                if key not in spec:
+                    vals[key] = None
+                    continue
+                vals[key] = count(spec[key], f"layer {i} ({lname}): {key}", whole=key != "flops")
             params = vals["params"] or 0
             wbytes = vals["weight_bytes"] if vals["weight_bytes"] is not None else params * itemsize
             act = vals["activation_bytes"] or 0
@@ -199,10 +226,15 @@ class ModelProfile:
             own = f"{i}:{lname}.weight"
             weights[own] = (params, wbytes)
             names = [own]
-            for other in spec.get("reads") or ():
+            reads = spec.get("reads") or ()
+            if isinstance(reads, str):
+                reads = [reads]
+            elif not isinstance(reads, (list, tuple)):
+                raise ProfileError(f"rotafx: layer {i} ({lname}): reads must be a list of earlier layers' names, got {reads!r}")
+            for other in reads:
                 src = next((l for l in built if l.name == other), None)
                 if src is None:
-                    raise ProfileError(f"layer {i} ({lname}): reads {other!r}, which is not an earlier layer "
+                    raise ProfileError(f"rotafx: layer {i} ({lname}): reads {other!r}, which is not an earlier layer "
                                        f"({', '.join(l.name for l in built) or 'none'})")
                 names += [w for w in src.weight_names[:1] if w not in names]
             params = sum(weights[w][0] for w in names)
@@ -214,8 +246,6 @@ class ModelProfile:
                                       bytes_moved=moved, work=((flops, moved),), weight_names=tuple(names),
                                       ops=(lname,), outputs=(out,)))
             prev_out = act
-        if not built:
-            raise ProfileError("from_layers needs at least one layer")
         first_in = input_bytes if input_bytes is not None else built[0].activation_bytes
         boundaries = ((TensorInfo("input", first_in, 1),), *((l.outputs[0],) for l in built))
         return cls(layers=tuple(built), boundaries=boundaries, weights=weights, param_names=frozenset(weights), name=name,

@@ -364,8 +364,9 @@ def test_cache_capacity():
     assert "cache" in issue
 
 
-def test_layers_with_the_same_name_hold_their_own_weights():
-    prof = ModelProfile.from_layers([{"name": "blk", "weight_bytes": 10**9, "activation_bytes": 10} for _ in range(3)])
+def test_identical_layers_hold_their_own_weights():
+    # names must differ (a repeated one is an error, tests/test_bad_input_profile.py); equal figures do not merge weights
+    prof = ModelProfile.from_layers([{"name": f"blk{i}", "weight_bytes": 10**9, "activation_bytes": 10} for i in range(3)])
     t = topo(ground_nodes=1, orbital_nodes=0)
     v = LayerPlacement().assign_ground([0, 1, 2]).validate(prof, t)
     # three layers of 1 GB each, plus the largest peak: input 10 + output 10 (no workspace)
