@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
+import io
+import logging
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
@@ -11,8 +15,12 @@ import torch
 import torch.fx as fx
 
 from ...layers import ProfileError
+from ..sizes import positive_int
 
-__all__ = ["Traced", "trace", "as_args", "example_args", "batch_of", "device_of"]
+__all__ = ["Traced", "trace", "as_args", "example_args", "batch_of", "device_of", "require_module"]
+
+# loggers that print a traceback or a graph for a failure torch.export then raises (and rotafx reports in one line)
+_NOISY_LOGGERS = ("torch._subclasses.fake_tensor", "torch.fx.experimental.symbolic_shapes", "torch.export._trace")
 
 
 @dataclass(frozen=True)
@@ -53,21 +61,29 @@ def trace(model: torch.nn.Module, example_inputs: Any, example_kwargs: Mapping[s
     """``torch.export`` (non-strict, without gradients) ``model`` on its example inputs.
 
     Raises :class:`~rotafx.layers.ProfileError` with the first line of torch's message
-    and what to check when the model cannot be exported.
+    and what to check when the model cannot be exported (or is not a module).
 
     >>> t = trace(torch.nn.Linear(4, 2), (torch.randn(3, 4),))
     >>> sorted(t.weights.values()), sorted(t.params)
     (['bias', 'weight'], ['bias', 'weight'])
     """
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"rotafx: expected a torch.nn.Module, got {type(model).__name__}")
+    require_module(model, "trace")
     args = as_args(example_inputs)
+    if example_kwargs is not None and not isinstance(example_kwargs, Mapping):
+        raise ProfileError(f"rotafx: example_kwargs must map forward()'s keyword names to values, got "
+                           f"{type(example_kwargs).__name__}")
     try:
         # fx records a Python stack trace per node; on a 5,000-node model that is a third of the time
-        with torch.no_grad(), _no_fx_stack_traces():
+        with torch.no_grad(), _no_fx_stack_traces(), _quiet(_NOISY_LOGGERS), _stderr_without_partial_graph():
             ep = torch.export.export(model, args, dict(example_kwargs or {}), strict=False)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "data-dependent" in first:
+            raise ProfileError(
+                f"rotafx: {type(model).__name__}'s forward() decides on the value of a tensor ({first}); torch.export "
+                f"traces one program for every input, so it cannot follow a branch, a loop or a size chosen by the "
+                f"data. Write the branch with torch.where or torch.cond, or compile the model with "
+                f"torch.compile(model, backend='rotastellar'), which splits the graph at such a point") from e
         unknown = re.search(r"Found <class '([\w.]+)'> in output, which is not a known type", str(e))
         if unknown is not None:
             kind = unknown.group(1)
@@ -107,6 +123,59 @@ def trace(model: torch.nn.Module, example_inputs: Any, example_kwargs: Mapping[s
                   out_spec=ep.call_spec.out_spec)
 
 
+def require_module(model: Any, what: str) -> None:
+    """Raise a :class:`~rotafx.layers.ProfileError` that says what to pass when ``model`` is not an ``nn.Module`` instance."""
+    if isinstance(model, torch.nn.Module):
+        return
+    if inspect.isclass(model) and issubclass(model, torch.nn.Module):
+        hint = f"the class {model.__name__} itself; pass an instance, {model.__name__}(...)"
+    elif isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        hint = (f"a {type(model).__name__} ({model!r}); build the model first (a file of an ONNX model goes to "
+                f"ModelProfile.from_onnx)")
+    elif callable(model):
+        hint = (f"a {type(model).__name__} ({getattr(model, '__name__', type(model).__name__)}); wrap it in an "
+                f"nn.Module whose forward() calls it, or compile it with torch.compile(fn, backend='rotastellar')")
+    else:
+        hint = f"a {type(model).__name__}"
+    raise ProfileError(f"rotafx: {what} expects a torch.nn.Module instance, got {hint}")
+
+
+@contextlib.contextmanager
+def _quiet(names: tuple[str, ...]) -> Iterator[None]:
+    """Raise these loggers above ERROR for the duration."""
+    loggers = [logging.getLogger(n) for n in names]
+    saved = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, saved):
+            lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def _stderr_without_partial_graph() -> Iterator[None]:
+    """Hold what is written to stderr meanwhile, and pass it on without the partial graph torch.export prints
+    before it raises (its failure is reported as one ProfileError)."""
+    held = io.StringIO()
+    real = sys.stderr
+    sys.stderr = held
+    try:
+        yield
+    except Exception as e:
+        graph = getattr(e, "partial_fx_graph", None)
+        text = held.getvalue()
+        if isinstance(graph, str) and graph:
+            text = text.replace(graph + "\n", "").replace(graph, "")
+        real.write(text)
+        raise
+    else:
+        real.write(held.getvalue())
+    finally:
+        sys.stderr = real
+
+
 @contextlib.contextmanager
 def _no_fx_stack_traces() -> Iterator[None]:
     """Turn off fx's per-node stack traces for the duration (rotafx's errors do not use them)."""
@@ -136,12 +205,18 @@ def batch_of(args: tuple, default: int | None = None) -> int | None:
 def example_args(model: torch.nn.Module, example_inputs: Any, batch_size: int | None, seq_len: int) -> tuple:
     """The example inputs as a tuple, or ones rotafx builds: token ids ``batch x seq_len`` for a model that
     starts with an ``nn.Embedding``, ``batch x in_features`` for one that starts with an ``nn.Linear``."""
+    if batch_size is not None:
+        batch_size = positive_int(batch_size, "batch_size")
+    seq_len = positive_int(seq_len, "seq_len", "the number of tokens in each example sequence")
     if example_inputs is not None:
         args = as_args(example_inputs)
-        if batch_size is not None:
-            b = batch_of(args)
-            if b is not None and b != batch_size:
-                raise ProfileError(f"rotafx: batch_size={batch_size} but example_inputs have batch {b}; give one or the other")
+        b = batch_of(args)
+        if b == 0:
+            first = next(a for a in args if isinstance(a, torch.Tensor) and a.dim() > 0)
+            raise ProfileError(f"rotafx: the example inputs have batch 0 (the first tensor's shape is "
+                               f"{tuple(first.shape)}), which prices nothing; give a batch of at least 1")
+        if batch_size is not None and b is not None and b != batch_size:
+            raise ProfileError(f"rotafx: batch_size={batch_size} but example_inputs have batch {b}; give one or the other")
         return args
     batch = batch_size or 1
     device = device_of(model)
