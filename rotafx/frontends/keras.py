@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 
 from ..layers import OpGraph, OpRecord, ProfileError, TensorInfo, report_unknown_ops
 from .dtypes import float_itemsize, torch_dtype
+from .sizes import positive_int
 
 __all__ = ["read_keras", "KERAS_RULES"]
 
@@ -410,6 +411,9 @@ def _input_specs(keras: Any, model: Any, input_shapes: Any, batch: int) -> tuple
             raise ProfileError(f"rotafx: input {n!r} has {len(declared)} dimensions {declared}, but input_shapes gives "
                                f"{len(shape)}: {tuple(shape)}")
         for axis, (g, d) in enumerate(zip(shape, declared)):
+            if g is not None:
+                g = shape[axis] = positive_int(g, f"input_shapes for input {n!r}, axis {axis},",
+                                               "or None for the batch axis")
             if g is None and axis == 0:
                 shape[0] = batch
             elif g is None:
@@ -449,8 +453,7 @@ def read_keras(model: Any, input_shapes: Mapping[str, Sequence[int | None]] | Se
                 if isinstance(model, keras.layers.Layer) else "")
         raise TypeError(f"rotafx: from_tensorflow expects a Keras model (keras.Sequential or a functional keras.Model), "
                         f"got {kind}{hint}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"rotafx: batch_size must be a positive integer (got {batch_size!r})")
+    batch_size = positive_int(batch_size, "batch_size")
     _ensure_graph(keras, model, input_shapes)
     names, specs = _input_specs(keras, model, input_shapes, batch_size)
     walker = _Walker(keras, float_itemsize(dtype), batch_size)

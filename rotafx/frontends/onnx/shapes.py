@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ...layers import ProfileError
+from ..sizes import dimensions, positive_int
 from .load import ELEM, attrs, first_line, import_onnx, import_ort, load_onnx, subgraph_inputs
 
 __all__ = ["bind_inputs", "skeleton", "TensorTable", "infer_types", "static_shape", "fill_missing_shapes",
@@ -34,24 +35,26 @@ def bind_inputs(graph: Any, input_shapes: Any) -> dict[str, tuple[int, ...]]:
     inits = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in inits]
     names = [i.name for i in inputs]
-    by_input: dict[str, Sequence[int]] = {}
+    by_input: dict[str, tuple[int, ...]] = {}
     by_dim: dict[str, int] = {}
+    params = sorted({d.dim_param for i in inputs for d in i.type.tensor_type.shape.dim if d.dim_param})
     if input_shapes is None:
         input_shapes = {}
     if isinstance(input_shapes, Mapping):
         for key, value in input_shapes.items():
             if key in names:
-                by_input[key] = value
-            elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-                by_dim[key] = int(value)
+                by_input[key] = dimensions(value, f"input_shapes[{key!r}] (the shape of input {key!r})")
+            elif key in params or isinstance(value, (int, np.integer)):
+                # a name no input has is allowed (one binding for several models), but not a bad size
+                by_dim[key] = positive_int(value, f"input_shapes[{key!r}] (the size of dimension {key!r})")
             else:
-                params = sorted({d.dim_param for i in inputs for d in i.type.tensor_type.shape.dim if d.dim_param})
                 raise ProfileError(f"rotafx: input_shapes has {key!r}, which is neither an input ({names}) nor a "
                                    f"dimension name ({params}) of this model")
-    elif isinstance(input_shapes, Sequence):
+    elif isinstance(input_shapes, Sequence) and not isinstance(input_shapes, (str, bytes)):
         if len(input_shapes) != len(inputs):
             raise ProfileError(f"rotafx: input_shapes gives {len(input_shapes)} shapes for {len(inputs)} inputs {names}")
-        by_input = dict(zip(names, input_shapes))
+        by_input = {n: dimensions(v, f"input_shapes[{i}] (the shape of input {n!r})")
+                    for i, (n, v) in enumerate(zip(names, input_shapes))}
     else:
         raise TypeError(f"rotafx: input_shapes must map input names to shapes (or dimension names to sizes), "
                         f"got {type(input_shapes).__name__}")
@@ -60,7 +63,7 @@ def bind_inputs(graph: Any, input_shapes: Any) -> dict[str, tuple[int, ...]]:
         tt = inp.type.tensor_type
         declared = [(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)) for d in tt.shape.dim]
         if inp.name in by_input:
-            given = tuple(by_input[inp.name])
+            given = by_input[inp.name]
             if tt.HasField("shape") and len(given) != len(declared):
                 raise ProfileError(f"rotafx: input {inp.name!r} has {len(declared)} dimensions {tuple(declared)}, "
                                    f"but input_shapes gives {len(given)}: {given}")
