@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from .costmodel import CostTables
 from .layers import TensorInfo
-from .placement import LayerPlacement
+from .placement import LayerPlacement, PlacementError
 from .profile import ModelProfile
 from .topology import Topology
 from .units import MB
@@ -149,11 +150,19 @@ def evaluate(tables: CostTables, stages: Sequence[int]) -> Estimate:
     ``tables.hop_coefficients``: the coefficients the DP and the MILP optimise.
     """
     topo, prof = tables.topology, tables.profile
-    stages = tuple(int(s) for s in stages)
+    try:
+        stages = tuple(_stage_index(s) for s in stages)
+    except TypeError:
+        raise PlacementError(f"rotafx: stages must be integers (the chain stage of each layer), got "
+                             f"{list(stages)[:8]}") from None
     if len(stages) != tables.L:
-        raise ValueError(f"placement covers {len(stages)} layers, the profile has {tables.L}")
+        raise PlacementError(f"rotafx: placement covers {len(stages)} layers, the profile has {tables.L}")
+    bad = [(l, s) for l, s in enumerate(stages) if not 0 <= s < len(topo.chain)]
+    if bad:
+        raise PlacementError(f"rotafx: layer {bad[0][0]} is on stage {bad[0][1]}" + (f" ({len(bad)} layers out of range)" if len(bad) > 1 else "")
+                             + f", but the chain has stages 0..{len(topo.chain) - 1} ({' -> '.join(topo.chain)})")
     if any(b < a for a, b in zip(stages, stages[1:])):
-        raise ValueError("placement must follow the chain in layer order (stages non-decreasing)")
+        raise PlacementError("rotafx: placement must follow the chain in layer order (stages non-decreasing)")
     compute_by_kind: dict[str, float] = {}
     by_layer = []
     busy_ms: dict[str, float] = {}
@@ -190,6 +199,13 @@ def evaluate(tables: CostTables, stages: Sequence[int]) -> Estimate:
                     propagation_ms=prop, by_layer=tuple(by_layer), transfers=tuple(transfers), period_ms=period,
                     energy_j=energy, bandwidth_bytes=int(bw_bytes), memory_bytes=tables.device_memory(stages),
                     stages=stages, codec=tables.codec)
+
+
+def _stage_index(s: Any) -> int:
+    """A stage as an int (Python or numpy); a bool, a float or a string raises ``TypeError``."""
+    if isinstance(s, bool):
+        raise TypeError(s)
+    return operator.index(s)
 
 
 class LatencyEstimator:

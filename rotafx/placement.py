@@ -51,12 +51,18 @@ class LayerPlacement:
     # -- building ----------------------------------------------------------
     def assign(self, layers: Iterable[int | str] | int | str, node: str) -> "LayerPlacement":
         """Assign layers to a node name (``"orbital2"``) or a node kind (``"ground"``, ``"orbital"``)."""
+        if not isinstance(node, str) or not node:
+            raise PlacementError(f"rotafx: a node is a name ('orbital2') or a kind ('ground', 'orbital'), got {node!r}")
         if isinstance(layers, (int, str)):
             layers = [layers]
+        if not isinstance(layers, Iterable):
+            raise PlacementError(f"rotafx: layers to assign to {node!r} are indices or names (a list, a range or one), "
+                                 f"got {layers!r}")
+        layers = list(layers)
         for l in layers:
             if isinstance(l, bool) or not isinstance(l, (int, str)):
-                raise TypeError(f"a layer is an index or a name, got {l!r}")
-            self._entries.append((l, str(node)))
+                raise PlacementError(f"rotafx: a layer is an index or a name, got {l!r} (assigned to {node!r})")
+        self._entries.extend((l, node) for l in layers)
         return self
 
     def assign_ground(self, layers: Iterable[int | str] | int | str) -> "LayerPlacement":
@@ -86,11 +92,25 @@ class LayerPlacement:
         p = cls()
         if isinstance(spec, str):
             items = [part.split(":", 1) for part in spec.split(";") if part.strip()] if ";" in spec else _split_spec(spec)
-            for node, rng in items:
-                p.assign(_parse_range(rng), node.strip())
+            for item in items:
+                if len(item) != 2:
+                    raise PlacementError(f"rotafx: cannot read {item[0].strip()!r} in placement {spec!r}: write node:layers, "
+                                         f"e.g. 'ground:0-4;orbital:5-74;ground:75-79'")
+                p.assign(_parse_range(item[1]), item[0].strip())
             return p
+        if not isinstance(spec, Mapping):
+            raise PlacementError(f"rotafx: a placement is a string ('ground:0-4,orbital:5-74,ground:75-79') or a mapping "
+                                 f"{{node: layers}}, got {type(spec).__name__}")
         for node, rng in spec.items():
-            p.assign(_parse_range(rng) if isinstance(rng, str) else list(rng), node)
+            if isinstance(rng, str):
+                p.assign(_parse_range(rng), str(node))
+            elif isinstance(rng, int) and not isinstance(rng, bool):
+                p.assign([rng], str(node))
+            elif isinstance(rng, (list, tuple)):
+                p.assign(list(rng), str(node))
+            else:
+                raise PlacementError(f"rotafx: the layers of node {node!r} must be a range ('0-4'), a list of indices or "
+                                     f"names, or one index; got {rng!r}")
         return p
 
     # -- resolving ---------------------------------------------------------
@@ -99,21 +119,36 @@ class LayerPlacement:
         issues: list[str] = []
         target: dict[int, str] = {}
         dup: dict[int, list[str]] = {}
+        out_of_range: list[int] = []
+        unknown: list[str] = []
         for key, node in self._entries:
+            if isinstance(key, int) and not -profile.num_layers <= key < profile.num_layers:
+                out_of_range.append(key)
+                continue
             try:
                 idx = profile.layer_index(key)
-            except (IndexError, KeyError) as e:
-                issues.append(str(e.args[0]) if e.args else str(e))
+            except KeyError:
+                unknown.append(str(key))
                 continue
             if idx in target:
                 dup.setdefault(idx, [target[idx]]).append(node)
             target[idx] = node
-        for idx, nodes in sorted(dup.items()):
+        if out_of_range:
+            issues.append(f"layer(s) {_few(format_ranges(out_of_range).split(', '))} are out of range: the model has "
+                          f"{profile.num_layers} layers (0..{profile.num_layers - 1})")
+        if unknown:
+            close = [l.name for l in profile.layers if any(k in l.name for k in unknown)][:5]
+            issues.append(f"no layer named {_few([repr(k) for k in dict.fromkeys(unknown)])}"
+                          + (f"; did you mean {close}?" if close else f"; layers are named {_few([l.name for l in profile.layers])}"))
+        for idx, nodes in sorted(dup.items())[:3]:
             issues.append(f"layer {idx} ({profile.layers[idx].name}) is assigned {len(nodes)} times: to {', '.join(nodes)}")
+        if len(dup) > 3:
+            issues.append(f"... and {len(dup) - 3} more layers assigned more than once "
+                          f"(layers {format_ranges(sorted(dup)[3:])})")
         missing = [l for l in range(profile.num_layers) if l not in target]
         if missing:
             names = ", ".join(profile.layers[l].name for l in missing[:4]) + (", ..." if len(missing) > 4 else "")
-            issues.append(f"layer(s) {format_ranges(missing)} ({names}) are not assigned to any node")
+            issues.append(f"layer(s) {_few(format_ranges(missing).split(', '), 8)} ({names}) are not assigned to any node")
 
         kinds = {d.kind for d in topology.devices.values()}
         stages: list[int | None] = [None] * profile.num_layers
@@ -129,7 +164,13 @@ class LayerPlacement:
                 run_end += 1
             run = list(range(l, run_end + 1))
             if node.startswith("@stage"):
-                cands = [int(node[6:])]
+                num = node[6:]
+                if not num.isdigit() or int(num) >= len(topology.chain):
+                    issues.append(f"layer(s) {format_ranges(run)} are assigned to {node!r}, but the topology's chain has "
+                                  f"stages @stage0..@stage{len(topology.chain) - 1} ({' -> '.join(topology.chain)})")
+                    l = run_end + 1
+                    continue
+                cands = [int(num)]
             elif node in topology.devices:
                 cands = [s for s, n in enumerate(topology.chain) if n == node]
                 if not cands:
@@ -217,6 +258,11 @@ def memory_issues(tables: CostTables, stages: Sequence[int]) -> list[str]:
     return issues
 
 
+def _few(items: Sequence[str], n: int = 4) -> str:
+    """At most ``n`` items, then how many more."""
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
 def _split_spec(spec: str) -> list[list[str]]:
     # "ground:0-4,orbital:5-74,ground:75-79": commas separate node groups, ranges may hold '+'
     out: list[list[str]] = []
@@ -229,7 +275,7 @@ def _split_spec(spec: str) -> list[list[str]]:
         elif out:
             out[-1][1] += "+" + part
         else:
-            raise ValueError(f"cannot read placement {spec!r}; write e.g. 'ground:0-4,orbital:5-74,ground:75-79'")
+            raise PlacementError(f"rotafx: cannot read placement {spec!r}; write e.g. 'ground:0-4,orbital:5-74,ground:75-79'")
     return out
 
 
@@ -238,6 +284,8 @@ def _parse_range(text: str) -> list[int | str]:
     for part in text.replace("+", " ").replace(",", " ").split():
         if "-" in part and all(x.strip().isdigit() for x in part.split("-", 1)):
             a, b = (int(x) for x in part.split("-", 1))
+            if b < a:
+                raise PlacementError(f"rotafx: layer range {part!r} runs backwards; write {b}-{a}")
             out.extend(range(a, b + 1))
         elif part.isdigit():
             out.append(int(part))
