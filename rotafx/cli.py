@@ -5,70 +5,125 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
+import os
 import sys
+import traceback
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 import torch
 
 from .costmodel import MEMORY_RULES
 from .estimate import LatencyEstimator
 from . import models
-from .layers import ProfileError
+from .frontends.dtypes import torch_dtype
+from .layers import CostRuleError
 from .objective import OBJECTIVES
-from .placement import LayerPlacement, PlacementError
+from .placement import LayerPlacement
+from .plan.schema import PlanError, read_plan
 from .plan.write import export
 from .profile import ModelProfile
+from .rewrite import RewriteError
 from .runtime.distributed.stage import add_serve_args, serve_from_args
 from .solve import SOLVERS, InfeasibleError, PartitionOptimizer
-from .topology import PRESETS, Topology, TopologyError
+from .topology import PRESETS, Topology
 from .wire import CODECS
 
-__all__ = ["main", "load_model"]
+__all__ = ["main", "load_model", "UsageError"]
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+DTYPES = ("fp32", "float32", "fp16", "float16", "bf16", "bfloat16")  # names rotafx.frontends.dtypes reads
+_PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-def load_model(spec: str, batch_size: int = 1) -> tuple[torch.nn.Module, tuple | None]:
+class UsageError(ValueError):
+    """A command line the CLI cannot act on (a model path, a placement file, an option); printed on one line, exit 2."""
+
+
+def load_model(spec: str, batch_size: int = 1, seq_len: int | None = None) -> tuple[torch.nn.Module, tuple | None]:
     """A built-in example name (``llama70b``, ``small-gpt``, ``mlp``, ``convnet``) or ``package.module:factory``.
 
-    Returns the model and example inputs (None when the factory gives none).
+    Args:
+        spec: the example's name, or ``module:attr`` where ``attr`` is a module instance or a
+            factory returning a module or ``(module, example_inputs)``.
+        batch_size: the batch of a built-in example's inputs.
+        seq_len: tokens per sequence of a built-in token model (``None``: its default).
+
+    Returns:
+        The model and example inputs (``None`` when the factory gives none).
+
+    Raises:
+        UsageError: an unknown name, a module that cannot be imported (missing, a syntax
+            error, an error while importing), a missing attribute, a factory that raises
+            (its name and message), or one that gives no module.
+
+    >>> model, inputs = load_model("mlp", batch_size=2)
+    >>> inputs[0].shape
+    torch.Size([2, 64])
     """
     if spec in models.EXAMPLES:
-        return models.EXAMPLES[spec](), models.example_inputs(spec, batch_size)
+        return models.EXAMPLES[spec](), models.example_inputs(spec, batch_size, seq_len=seq_len)
     if ":" not in spec:
-        raise SystemExit(f"rotafx: unknown model {spec!r}; use a built-in example ({', '.join(models.EXAMPLES)}) "
+        raise UsageError(f"rotafx: unknown model {spec!r}; use a built-in example ({', '.join(models.EXAMPLES)}) "
                          f"or package.module:factory")
     mod_name, attr = spec.split(":", 1)
-    sys.path.insert(0, str(Path.cwd()))
+    if not mod_name or not attr:
+        raise UsageError(f"rotafx: model {spec!r} must be package.module:factory (both parts)")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # a factory may import its neighbours when called
     try:
         mod = importlib.import_module(mod_name)
+    except SyntaxError as e:
+        raise UsageError(f"rotafx: cannot import {mod_name!r} for model {spec!r}: syntax error in {e.filename}, line "
+                         f"{e.lineno}: {e.msg}") from None
     except ImportError as e:
-        raise SystemExit(f"rotafx: cannot import {mod_name!r} for model {spec!r}: {e}") from None
+        raise UsageError(f"rotafx: cannot import {mod_name!r} for model {spec!r}: {e}") from None
+    except Exception as e:  # the module's own code failed while importing: the user's error, reported as such
+        raise UsageError(f"rotafx: importing {mod_name!r} for model {spec!r} raised {type(e).__name__}: {e}"
+                         f"{_where_raised(e)}") from None
     if not hasattr(mod, attr):
-        raise SystemExit(f"rotafx: module {mod_name!r} has no {attr!r}")
+        public = [n for n in dir(mod) if not n.startswith("_")][:8]
+        raise UsageError(f"rotafx: module {mod_name!r} has no {attr!r} (it has {', '.join(public) or 'nothing public'})")
     obj = getattr(mod, attr)
-    model = obj() if callable(obj) and not isinstance(obj, torch.nn.Module) else obj
+    if callable(obj) and not isinstance(obj, torch.nn.Module):
+        try:
+            model = obj()
+        except Exception as e:  # the factory is the user's code: name it and keep its message
+            raise UsageError(f"rotafx: the factory {spec!r} raised {type(e).__name__}: {e}{_where_raised(e)}") from None
+    else:
+        model = obj
     if isinstance(model, tuple):  # a factory may return (model, example_inputs)
-        return model[0], tuple(model[1]) if isinstance(model[1], (tuple, list)) else (model[1],)
+        if len(model) != 2:
+            raise UsageError(f"rotafx: {spec!r} gave a tuple of {len(model)} items; a factory returns a module or "
+                             f"(module, example_inputs)")
+        model, inputs = model
+        if not isinstance(model, torch.nn.Module):
+            raise UsageError(f"rotafx: {spec!r} gave ({type(model).__name__}, ...), not (nn.Module, example_inputs)")
+        return model, tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
     if not isinstance(model, torch.nn.Module):
-        raise SystemExit(f"rotafx: {spec!r} gave a {type(model).__name__}, not an nn.Module")
+        raise UsageError(f"rotafx: {spec!r} gave a {type(model).__name__}, not an nn.Module")
     return model, None
 
 
+def _where_raised(e: BaseException) -> str:
+    """`` (file:line)`` of the innermost frame that raised ``e``."""
+    frames = traceback.extract_tb(e.__traceback__)
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+
+
 def _profile(args: argparse.Namespace) -> ModelProfile:
-    model, inputs = load_model(args.model, args.batch_size)
-    dtype = DTYPES[args.dtype] if args.dtype else None
-    return ModelProfile.from_pytorch(model, inputs, dtype=dtype, batch_size=None if inputs is not None else args.batch_size,
-                                     seq_len=args.seq_len, progress=not args.quiet)
+    model, inputs = load_model(args.model, args.batch_size, args.seq_len)
+    return ModelProfile.from_pytorch(model, inputs, dtype=torch_dtype(args.dtype),
+                                     batch_size=None if inputs is not None else args.batch_size,
+                                     seq_len=args.seq_len or 128, progress=not args.quiet)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="built-in example (llama70b, small-gpt, mlp, convnet) or package.module:factory")
-    p.add_argument("--batch-size", type=int, default=1, help="batch size of the example inputs (default 1)")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence for token models (default 128)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), help="price floating tensors at this dtype (e.g. fp16)")
+    p.add_argument("--batch-size", type=_positive_int, default=1, help="batch size of the example inputs (default 1)")
+    p.add_argument("--seq-len", type=_positive_int, default=None,
+                   help="tokens per sequence for token models (default: the example's own, 128 otherwise)")
+    p.add_argument("--dtype", choices=DTYPES, help="price floating tensors at this dtype (e.g. fp16)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
 
 
@@ -87,17 +142,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_estimate(args: argparse.Namespace) -> int:
     topo = Topology.coerce(args.topology)
     if args.placement_file:
-        text = Path(args.placement_file).read_text()
-        spec: Any = json.loads(text) if args.placement_file.endswith(".json") else text.strip()
+        spec: Any = _read_placement_file(args.placement_file)
     elif args.placement:
         spec = args.placement
     else:
-        raise SystemExit("rotafx: give --placement 'ground:0-4,orbital:5-74,ground:75-79' or --placement-file")
+        raise UsageError("rotafx: give --placement 'ground:0-4,orbital:5-74,ground:75-79' or --placement-file")
     placement = LayerPlacement.from_spec(spec)
     prof = _profile(args)
     v = placement.validate(prof, topo, memory_rule=args.memory_rule)
     if not v.is_valid:
-        print("invalid placement:\n  " + "\n  ".join(v.issues), file=sys.stderr)
+        print("rotafx: invalid placement:\n  " + "\n  ".join(v.issues), file=sys.stderr)
         return 2
     est = LatencyEstimator(topo, codec=args.codec, memory_rule=args.memory_rule).estimate(placement, prof)
     print(est.report(f"{prof.name} on {args.topology}"))
@@ -105,6 +159,35 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         for le in est.by_layer:
             print(f"  {le.index:>4} {le.name:<28} {le.total_ms:>10.3f} ms on {le.node}")
     return 0
+
+
+def _read_placement_file(path: str) -> Any:
+    """The placement a ``--placement-file`` holds: JSON ``{node: layers}`` (a ``.json`` file) or the string form."""
+    f = Path(path)
+    if f.is_dir():
+        raise UsageError(f"rotafx: placement file {path!r} is a directory; give a file holding the placement")
+    try:
+        text = f.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"rotafx: placement file {path!r} does not exist") from None
+    except OSError as e:
+        raise UsageError(f"rotafx: cannot read placement file {path!r}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"rotafx: placement file {path!r} is not UTF-8 text (byte {e.start}); write the placement as "
+                         f"text: 'ground:0-4,orbital:5-74' or JSON {{\"ground\": [0, 1]}}") from None
+    if not path.endswith(".json"):
+        if not text.strip():
+            raise UsageError(f"rotafx: placement file {path!r} is empty; write e.g. 'ground:0-4,orbital:5-74,ground:75-79'")
+        return text.strip()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"rotafx: placement file {path!r} is not valid JSON: {e.msg} at line {e.lineno}, column "
+                         f"{e.colno}") from None
+    if not isinstance(data, (dict, str)):
+        raise UsageError(f"rotafx: placement file {path!r} holds a JSON {type(data).__name__}; write an object "
+                         f"{{\"ground\": \"0-4\", \"orbital\": [5, 6]}} or a string")
+    return data
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
@@ -125,12 +208,12 @@ def cmd_topology(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    model, inputs = load_model(args.model, args.batch_size)
+    model, inputs = load_model(args.model, args.batch_size, args.seq_len)
     if inputs is None:
-        raise SystemExit(f"rotafx: {args.model!r} gives no example inputs; export needs them (a factory may return "
+        raise UsageError(f"rotafx: {args.model!r} gives no example inputs; export needs them (a factory may return "
                          f"(module, example_inputs))")
     if any(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in inputs):
-        raise SystemExit(f"rotafx: {args.model!r} lives on the meta device (no weights); export a model with real weights")
+        raise UsageError(f"rotafx: {args.model!r} lives on the meta device (no weights); export a model with real weights")
     options: dict[str, Any] = {"codec": args.codec, "memory_rule": args.memory_rule, "solver": args.solver,
                                "time_limit": args.time_limit}
     plan = export(model.eval(), inputs, path=args.path, topology=args.topology, objective=args.objective,
@@ -145,16 +228,62 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    return serve_from_args(args)
+    """Check the command line (plan, stage, address, timeouts), then serve; a cluster's failure exits 3."""
+    plan = read_plan(args.plan)  # PlanError: no plan there, or not a readable one
+    if not 0 <= args.stage < plan.num_stages:
+        raise UsageError(f"rotafx: --stage {args.stage} is not a stage of the plan at {args.plan!r}: it has "
+                         f"{plan.num_stages} stage(s), 0..{plan.num_stages - 1}")
+    port_text = args.master_port if args.master_port is not None else os.environ.get("MASTER_PORT", "29500")
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        where = "--master-port" if args.master_port is not None else "MASTER_PORT"
+        raise UsageError(f"rotafx: {where} must be a TCP port 1..65535, got {port_text!r}")
+    args.master_port = port
+    for name in ("timeout", "idle_timeout", "join_timeout"):
+        value = getattr(args, name)
+        if not (value > 0 and math.isfinite(value)):
+            raise UsageError(f"rotafx: --{name.replace('_', '-')} must be a positive number of seconds, got {value!r}")
+    try:
+        return serve_from_args(args)
+    except torch.distributed.DistNetworkError as e:
+        addr = args.master_addr or os.environ.get("MASTER_ADDR", "127.0.0.1")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"rotafx: stage {args.stage} could not reach the driver at {addr}:{port} ({first}); start the driver "
+              f"(rank 0) first, or pass --master-addr/--master-port (or MASTER_ADDR/MASTER_PORT) where it listens",
+              file=sys.stderr, flush=True)
+        return 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one ``rotafx:`` line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"rotafx: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _positive_int(text: str) -> int:
+    """An option's value as an integer >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="rotafx", description="Profile a model, place its layers on ground and orbital "
+    """The ``rotafx`` argument parser (every subcommand)."""
+    ap = _Parser(prog="rotafx", description="Profile a model, place its layers on ground and orbital "
                                  "nodes (or any chain of devices), estimate and optimise the cost.")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("profile", help="print the layer table of a model")
     _add_model_args(p)
-    p.add_argument("--rows", type=int, default=None, help="show at most this many layers")
+    p.add_argument("--rows", type=_positive_int, default=None, help="show at most this many layers")
     p.set_defaults(func=cmd_profile)
     p = sub.add_parser("estimate", help="estimate a hand placement")
     _add_model_args(p)
@@ -189,14 +318,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``rotafx`` console script."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``rotafx`` console script.
+
+    A user error (a bad model path or option, a profile, placement, topology or plan
+    rotafx refuses, a file it cannot read) prints one line starting ``rotafx:`` and
+    returns 2; a stage that fails while serving returns 3. Any other exception is a bug
+    and propagates with its traceback.
+
+    >>> main(["profile", "mlp", "--rows", "0"])  # prints "rotafx: argument --rows: must be a positive integer, ..."
+    2
+    """
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad command line (2, its line printed): a status, as for any other error
+        return e.code if isinstance(e.code, int) else 2
     try:
         return int(args.func(args))
-    except (TopologyError, ProfileError, PlacementError, ValueError) as e:
-        msg = str(e)
+    except _USER_ERRORS as e:
+        if not _is_user_error(e):
+            raise
+        msg = str(e).strip() or type(e).__name__
         print(msg if msg.startswith("rotafx:") else f"rotafx: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("rotafx: interrupted", file=sys.stderr)
+        return 130
+
+
+# errors with a message for the user: rotafx's ValueError family (topology, profile, placement, plan, backend,
+# infeasible), a missing cost rule under strict, a graph rotafx cannot split, a file that cannot be read or written
+_USER_ERRORS = (ValueError, CostRuleError, RewriteError, OSError)
+
+
+def _is_user_error(e: BaseException) -> bool:
+    """A message rotafx wrote for the user, not an exception from deep inside a library (a bug, shown in full)."""
+    if isinstance(e, (UsageError, PlanError, InfeasibleError, CostRuleError, RewriteError, OSError)):
+        return True
+    if type(e).__module__.startswith("rotafx"):
+        return True  # TopologyError, ProfileError, PlacementError, BackendError, ...
+    frames = traceback.extract_tb(e.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(_PACKAGE_DIR)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -361,18 +361,29 @@ EXAMPLES: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-def example_inputs(name: str, batch_size: int = 1) -> tuple[torch.Tensor, ...]:
-    """Inputs for ``EXAMPLES[name]()`` at its default size (``llama70b``: meta tokens, seq 128).
+def example_inputs(name: str, batch_size: int = 1, seq_len: int | None = None) -> tuple[torch.Tensor, ...]:
+    """Inputs for ``EXAMPLES[name]()`` (``llama70b``: meta tokens, seq 128; ``small-gpt``: seq 32).
+
+    ``seq_len`` sets the tokens per sequence of the token models (at most ``small-gpt``'s
+    32 positions, ``llama70b``'s 4096); the other examples take no sequence.
 
     >>> example_inputs("mlp", batch_size=2)[0].shape
     torch.Size([2, 64])
+    >>> example_inputs("small-gpt", seq_len=16)[0].shape
+    torch.Size([1, 16])
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer (got {batch_size})")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"rotafx: batch_size must be a positive integer, got {batch_size!r}")
+    longest = {"llama70b": LLAMA_70B.max_seq, "small-gpt": 32}
+    if seq_len is not None:
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+            raise ValueError(f"rotafx: seq_len must be a positive integer, got {seq_len!r}")
+        if name in longest and seq_len > longest[name]:
+            raise ValueError(f"rotafx: {name} takes at most {longest[name]} tokens per sequence, got seq_len={seq_len}")
     if name == "llama70b":
-        return (torch.zeros(batch_size, 128, dtype=torch.long, device="meta"),)
+        return (torch.zeros(batch_size, seq_len or 128, dtype=torch.long, device="meta"),)
     if name == "small-gpt":
-        return (torch.randint(0, 256, (batch_size, 32)),)
+        return (torch.randint(0, 256, (batch_size, seq_len or 32)),)
     if name == "mlp":
         return (torch.randn(batch_size, 64),)
     if name == "convnet":
