@@ -246,15 +246,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if not (value > 0 and math.isfinite(value)):
             raise UsageError(f"rotafx: --{name.replace('_', '-')} must be a positive number of seconds, got {value!r}")
-    try:
-        return serve_from_args(args)
-    except torch.distributed.DistNetworkError as e:
-        addr = args.master_addr or os.environ.get("MASTER_ADDR", "127.0.0.1")
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"rotafx: stage {args.stage} could not reach the driver at {addr}:{port} ({first}); start the driver "
-              f"(rank 0) first, or pass --master-addr/--master-port (or MASTER_ADDR/MASTER_PORT) where it listens",
-              file=sys.stderr, flush=True)
-        return 3
+    return serve_from_args(args)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,13 +1,16 @@
 """A stage process that fails on purpose, for the fault tests: ``python -m tests.faulty_stage --fault die@R|hang@R ...``.
 
 ``die@R``: when request R is about to be computed, deliver what was already sent, then
-exit with status 17 (a crash between requests); ``hang@R``: stop there for good.
+exit with status 17 (a crash between requests); ``hang@R``: stop there for good (the
+process still answers heartbeats); ``stop@R``: suspend the whole process (SIGSTOP), as a
+debugger or an operator's ctrl-Z would.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -22,8 +25,8 @@ class FaultyStage(StageServer):
     def __init__(self, *args: object, fault: str, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         kind, _, at = fault.partition("@")
-        if kind not in ("die", "hang") or not at.isdigit():
-            raise SystemExit(f"faulty_stage: --fault must be die@R or hang@R, got {fault!r}")
+        if kind not in ("die", "hang", "stop") or not at.isdigit():
+            raise SystemExit(f"faulty_stage: --fault must be die@R, hang@R or stop@R, got {fault!r}")
         self.kind, self.at = kind, int(at)
 
     def before_compute(self, request: int) -> None:
@@ -32,6 +35,8 @@ class FaultyStage(StageServer):
         if self.kind == "die":
             self.flush()
             os._exit(DIED)
+        if self.kind == "stop":
+            os.kill(os.getpid(), signal.SIGSTOP)
         while True:
             time.sleep(3600)
 
@@ -39,7 +44,7 @@ class FaultyStage(StageServer):
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.faulty_stage")
     add_serve_args(ap)
-    ap.add_argument("--fault", required=True, help="die@R or hang@R")
+    ap.add_argument("--fault", required=True, help="die@R, hang@R or stop@R")
     args = ap.parse_args(argv)
     return serve_from_args(args, FaultyStage, fault=args.fault)
 

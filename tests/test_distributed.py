@@ -151,5 +151,5 @@ def test_a_stage_that_never_starts(conv_plan: Any, tmp_path: Path) -> None:
     path, model, x = conv_plan
     t0 = time.perf_counter()
     with pytest.raises(DistributedError, match=r"stage 0 \(ground0\), stage 1 \(orbital0\), stage 2 \(ground1\) did not join"):
-        Driver(path, master_port=free_port(), join_timeout=2.0)
+        Driver(path, master_port=free_port(), join_timeout=2.0, secret="a test secret, 32 bytes long....")
     assert time.perf_counter() - t0 < 15

@@ -11,12 +11,17 @@ built around training steps; a plan needs values relayed past stages, a codec pe
 and per hop, and request ids for fault reports. The transport underneath is the same
 (``isend``/``irecv`` on a gloo or NCCL process group).
 
-Faults: every wait has a timeout. A stage whose neighbour dies sees the connection close
-at once, records ``lost stage k`` in the store and exits; the driver then raises
-:class:`DistributedError` naming the stage, with the requests that completed. A stage that
-hangs is found by the driver's timeout: the first stage that has not passed the oldest
-unfinished request on is named. The driver then sets ``rotafx/abort`` in the store, and a
-watchdog thread in every stage process exits on it (or when the driver's store is gone).
+Trust: only processes holding the cluster's secret join (:mod:`.secret`, :mod:`.store`):
+the store authenticates every connection and frame, and each rank proves itself to the
+next over the process group before any tensor is exchanged.
+
+Faults: every wait has a timeout, and every stage sends a heartbeat. A stage whose
+neighbour dies sees the connection close, records what it lost and exits; the driver
+names the stage whose process ended or whose heartbeat stopped first (not one of those
+that reported losing it), or, for a stage that hangs while beating, the first one that
+has not passed the oldest unfinished request on. The driver then sets ``rotafx/abort``
+in the store, and a watchdog thread in every stage process exits on it (or when the
+driver's store is gone).
 """
 
 from .driver import Driver

@@ -1,20 +1,26 @@
 """The driver: rank 0, which hosts the rendezvous store, feeds requests to stage 0 and collects outputs from the last stage.
 
-Ranks: the driver is rank 0 and hosts the rendezvous store (``MASTER_ADDR:MASTER_PORT``);
-stage ``i`` of the plan is rank ``i + 1``. A stage receives request ``r + 1`` while it
-computes ``r``, and the driver keeps ``window`` requests in flight, so a long enough
-stream runs at the pace of the slowest stage or link. When a stage fails or hangs, the
-driver names it (:meth:`Driver._diagnose`), sets ``rotafx/abort`` in the store (every
-stage's watchdog exits on it) and raises :class:`DistributedError` with the requests
-that completed.
+Ranks: the driver is rank 0 and hosts the authenticated rendezvous store
+(:mod:`.store`, at ``master_addr:master_port`` and nowhere else); stage ``i`` of the plan
+is rank ``i + 1``. A stage receives request ``r + 1`` while it computes ``r``, and the
+driver keeps ``window`` requests in flight, so a long enough stream runs at the pace of
+the slowest stage or link.
+
+Faults: while it waits, the driver watches every stage: a stage whose process is gone
+(its connection to the store closed) or that stopped sending heartbeats is named at
+once, idle or mid-stream; one that hangs while still beating is found by ``timeout``
+(the first stage that has not passed the request on). The driver then sets
+``rotafx/abort`` in the store (every stage's watchdog exits on it), and raises
+:class:`DistributedError` with the requests that completed.
 """
 
 from __future__ import annotations
 
 import collections
-import datetime
+import concurrent.futures
 import json
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -26,8 +32,10 @@ from torch.utils._pytree import tree_unflatten
 from ...plan.schema import check_request, read_plan
 from ...units import format_ranges
 from ..links import LinkEmulator
-from .transport import (DATA, EMULATE, PREFIX, STOP, CommError, DistributedError, Layout, Wire, backend_for, get_key,
-                        make_group, plan_digest, set_quietly, shutdown, wait)
+from .secret import resolve_secret
+from .store import AuthStore, StoreServer
+from .transport import (DATA, EMULATE, PREFIX, STOP, CommError, DistributedError, Layout, Wire, backend_for,
+                        check_endpoint, check_links, get_key, make_group, plan_digest, set_quietly, shutdown, wait)
 
 __all__ = ["Driver"]
 
@@ -35,20 +43,32 @@ __all__ = ["Driver"]
 class Driver:
     """Rank 0: hosts the store, feeds requests to stage 0 and collects outputs from the last stage.
 
-    >>> # with Driver("plan", master_port=29500) as d:      # stages: rotafx serve --plan plan --stage i ...
+    >>> # with Driver("plan", master_port=29500, secret_file="cluster.key") as d:  # stages: rotafx serve ...
     >>> #     outputs = d.run([(x0,), (x1,), (x2,)])        # one output per request, pipelined
 
     ``timeout`` (s) bounds each wait for a request's output once it is under way (a
     stage that takes longer is reported as hung); ``join_timeout`` the wait for every stage
-    to join. ``window`` is how many requests may be in flight (default: two per stage).
+    to join; ``heartbeat_timeout`` how long a stage may go without a heartbeat (its
+    watchdog sends one every 0.2 s) before it is reported as stopped. ``window`` is how
+    many requests may be in flight (default: two per stage).
+
+    Only processes that hold the cluster's secret can join: ``secret=`` (a string),
+    ``secret_file=`` (created with a new random secret, readable by its owner only, when it
+    does not exist) or ``$ROTAFX_SECRET``; the stages read the same file
+    (``rotafx serve --secret-file``) or variable. The store listens on ``master_addr`` only.
     """
 
     def __init__(self, plan_dir: str | os.PathLike[str], *, master_addr: str = "127.0.0.1", master_port: int = 29500,
-                 timeout: float = 60.0, join_timeout: float = 120.0, emulate_links: bool = False,
-                 backend: str | None = None, device: Any = "cpu", processes: Sequence[Any] = ()) -> None:
+                 timeout: float = 60.0, join_timeout: float = 120.0, heartbeat_timeout: float = 5.0,
+                 emulate_links: bool = False, backend: str | None = None, device: Any = "cpu",
+                 processes: Sequence[Any] = (), secret: str | bytes | None = None,
+                 secret_file: str | os.PathLike[str] | None = None) -> None:
+        check_endpoint(master_addr, master_port, timeout=timeout, join_timeout=join_timeout,
+                       heartbeat_timeout=heartbeat_timeout)
+        self._secret = resolve_secret(secret, secret_file, create=True, who="the driver")
         self.plan_dir = Path(plan_dir)
         self.plan = read_plan(plan_dir)
-        self.timeout = float(timeout)
+        self.timeout, self.heartbeat_timeout = float(timeout), float(heartbeat_timeout)
         self.device = torch.device(device)
         self.emulate_links = emulate_links
         self.processes = list(processes)  # local stage processes, to report a stage that died
@@ -58,31 +78,69 @@ class Driver:
         self._emulator = LinkEmulator(self.plan.hops[n].links)
         self._next_id = self._base = 0
         self._closed = False
-        self.store = dist.TCPStore(master_addr, master_port, n + 1, True, datetime.timedelta(seconds=join_timeout),
-                                   wait_for_workers=False)
-        self.store.set(PREFIX + "plan", plan_digest(plan_dir))
+        self.pg: Any = None
+        self._waiter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rotafx-driver-wait")
+        where = f"{master_addr}:{master_port}"
         try:
-            self.pg = make_group(backend_for(self.device, backend), dist.PrefixStore("rotafx/pg/", self.store), 0, n + 1,
-                                  join_timeout)
-        except Exception as e:
-            missing = [i for i in range(n) if get_key(self.store, f"stage{i}/status") is None]
-            who = ", ".join(f"stage {i} ({self.plan.stages[i].node})" for i in missing) or "a stage"
-            self._abort(f"{who} did not join")
-            raise DistributedError(f"rotafx: {who} did not join the driver at {master_addr}:{master_port} within "
-                                   f"{join_timeout:g} s (start it with `rotafx serve --plan DIR --stage i "
-                                   f"--master-addr {master_addr} --master-port {master_port}`): "
-                                   f"{str(e).splitlines()[0] if str(e) else type(e).__name__}",
-                                   stage=missing[0] if missing else None,
-                                   node=self.plan.stages[missing[0]].node if missing else None) from None
-        mine = plan_digest(plan_dir)
-        for i in range(n):
-            theirs = get_key(self.store, f"stage{i}/plan")
-            if theirs != mine:
-                self._abort(f"stage {i} runs another plan")
-                self.close(stop=False)
-                raise DistributedError(f"rotafx: stage {i} ({self.plan.stages[i].node}) loaded a different plan.json "
-                                       f"(sha256 {str(theirs)[:12]}…, the driver's is {mine[:12]}…); copy the same plan "
-                                       f"directory to every host", stage=i, node=self.plan.stages[i].node)
+            self.server = StoreServer(master_addr, master_port, self._secret)
+        except OSError as e:
+            raise DistributedError(f"rotafx: the driver cannot listen on {where}: {e.strerror or e} (another process "
+                                   f"holds the port? pick another master_port)") from None
+        self.store = AuthStore.local(self.server, join_timeout)
+        nonce = secrets.token_hex(16)
+        self.store.set(PREFIX + "plan", plan_digest(plan_dir))
+        self.store.set(PREFIX + "nonce", nonce)
+        bind = None if master_addr in ("0.0.0.0", "::") else master_addr
+        try:
+            try:
+                self.pg = make_group(backend_for(self.device, backend), dist.PrefixStore("rotafx/pg/", self.store), 0,
+                                     n + 1, join_timeout, bind=bind)
+            except Exception as e:  # noqa: BLE001 - gloo's rendezvous timeout: name who did not come
+                missing = [i for i in range(n) if get_key(self.store, f"stage{i}/status") is None]
+                who_ = ", ".join(f"stage {i} ({self.plan.stages[i].node})" for i in missing) or "a stage"
+                self._abort(f"{who_} did not join")
+                raise DistributedError(f"rotafx: {who_} did not join the driver at {where} within {join_timeout:g} s "
+                                       f"(start it with `rotafx serve --plan DIR --stage i --master-addr {master_addr} "
+                                       f"--master-port {master_port}` and the cluster's secret): "
+                                       f"{str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                                       stage=missing[0] if missing else None,
+                                       node=self.plan.stages[missing[0]].node if missing else None) from None
+            mine = plan_digest(plan_dir)
+            for i in range(n):
+                theirs = get_key(self.store, f"stage{i}/plan")
+                if theirs != mine:
+                    self._abort(f"stage {i} runs another plan")
+                    raise DistributedError(f"rotafx: stage {i} ({self.plan.stages[i].node}) loaded a different "
+                                           f"plan.json (sha256 {str(theirs)[:12]}…, the driver's is {mine[:12]}…); "
+                                           f"copy the same plan directory to every host",
+                                           stage=i, node=self.plan.stages[i].node)
+            check_links(self.pg, 0, n + 1, self._secret, nonce, join_timeout, self.device, "the driver")
+            self._wait_running(join_timeout)
+        except BaseException as e:
+            if not isinstance(e, DistributedError):
+                self._abort(f"the driver failed while the stages joined: {type(e).__name__}")
+            self._release()
+            raise
+
+    def _wait_running(self, timeout_s: float) -> None:
+        """Every stage checked its links and started its heartbeat, or one failed (named)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            errors = self._errors()
+            if errors:
+                i, e = min(errors.items())
+                self._abort(f"stage {i} failed to start")
+                raise DistributedError(f"rotafx: stage {i} ({self.plan.stages[i].node}) could not start: "
+                                       f"{e.get('message')}", stage=i, node=self.plan.stages[i].node)
+            waiting = [i for i in range(self.plan.num_stages) if get_key(self.store, f"stage{i}/status") != "running"]
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                self._abort(f"stage {waiting[0]} did not start")
+                raise DistributedError(f"rotafx: stage {waiting[0]} ({self.plan.stages[waiting[0]].node}) joined but "
+                                       f"did not start within {timeout_s:g} s", stage=waiting[0],
+                                       node=self.plan.stages[waiting[0]].node)
+            time.sleep(0.02)
 
     def __enter__(self) -> "Driver":
         return self
@@ -104,7 +162,9 @@ class Driver:
         A request is a tuple of positional inputs (or a single tensor, or ``(args, kwargs)``
         as a ``dict`` under ``"args"``/``"kwargs"``). All are checked before the first is sent.
         ``emulate_links`` (default: the driver's setting) delays every hop of these requests
-        as the plan's topology links would (:mod:`rotafx.runtime.links`).
+        as the plan's topology links would (:mod:`rotafx.runtime.links`). A stage that dies,
+        stops or hangs, now or since the last call, raises :class:`DistributedError` naming
+        it, with the requests that completed.
         """
         emulate = self.emulate_links if emulate_links is None else bool(emulate_links)
         if self._closed:
@@ -112,20 +172,25 @@ class Driver:
         flat = self.check(requests)
         n = self.plan.num_stages
         window = window or 2 * n
-        if window < 1:
-            raise ValueError(f"rotafx: window must be a positive number of requests in flight, got {window}")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"rotafx: window must be a positive number of requests in flight, got {window!r}")
         last = n  # the rank of the last stage
         outputs: dict[int, Any] = {}
         inflight: collections.deque[tuple[int, int, torch.Tensor, Any]] = collections.deque()
         sends: collections.deque[tuple[Any, torch.Tensor]] = collections.deque()
         base = self._base = self._next_id
+        if self._fault() is not None:  # a stage died or stopped while the pipeline was idle
+            raise self._failure(None, 0, outputs)
+
+        def post(op: Any, peer: int, i: int) -> Any:
+            try:
+                return op(peer)
+            except RuntimeError as e:  # gloo refuses to post on a connection that is gone
+                raise self._failure(CommError(str(e).splitlines()[0] if str(e) else "", peer, False), i, outputs) from None
 
         def collect() -> None:
             i, req, buf, work = inflight.popleft()
-            try:
-                wait(work, self.timeout, last, f"the driver: waiting for request {i}")
-            except CommError as e:
-                raise self._failure(e, i, outputs) from None
+            self._wait(work, last, f"the driver: waiting for request {i}", i, outputs)
             kind, got, sent_at, flags = Layout.header(buf)
             if got != req:
                 raise self._failure(RuntimeError(f"expected the output of request {req}, got {got}"), i, outputs)
@@ -141,21 +206,15 @@ class Driver:
                 collect()
             req = base + i
             out_buf = self._out.empty(self.device)
-            inflight.append((i, req, out_buf, self.pg.recv([out_buf], last, 0)))
+            inflight.append((i, req, out_buf, post(lambda p: self.pg.recv([out_buf], p, 0), last, i)))
             msg = self._in.pack(DATA, req, [t.to(self.device) for t in tensors], self.device, EMULATE if emulate else 0)
-            sends.append((self.pg.send([msg], 1, 0), msg))
+            sends.append((post(lambda p: self.pg.send([msg], p, 0), 1, i), msg))
             while len(sends) > window:
-                try:
-                    wait(sends.popleft()[0], self.timeout, 1, f"the driver: sending request {i}")
-                except CommError as e:
-                    raise self._failure(e, i, outputs) from None
+                self._wait(sends.popleft()[0], 1, f"the driver: sending request {i}", i, outputs)
         while inflight:
             collect()
         while sends:
-            try:
-                wait(sends.popleft()[0], self.timeout, 1, "the driver: sending")
-            except CommError as e:
-                raise self._failure(e, len(flat) - 1, outputs) from None
+            self._wait(sends.popleft()[0], 1, "the driver: sending", len(flat) - 1, outputs)
         self._next_id = base + len(flat)
         return [outputs[i] for i in range(len(flat))]
 
@@ -164,58 +223,122 @@ class Driver:
         return self.run([{"args": args, "kwargs": kwargs}])[0]
 
     def close(self, stop: bool = True) -> None:
-        """Tell the stages to stop (they exit), then leave the process group."""
-        if self._closed:
-            return
+        """Tell the stages to stop (they exit), then leave the process group and close the store."""
+        if not self._closed:
+            self._closed = True
+            if stop:
+                try:
+                    msg = self._in.pack(STOP, self._next_id,
+                                        [torch.zeros(s.shape, dtype=s.torch_dtype) for s in self._in.specs], self.device)
+                    self._wait(self.pg.send([msg], 1, 0), 1, "the driver: stopping", -1, {})
+                    buf = self._out.empty(self.device)
+                    self._wait(self.pg.recv([buf], self.plan.num_stages, 0), self.plan.num_stages,
+                               "the driver: stopping", -1, {})
+                except (DistributedError, CommError, RuntimeError):
+                    self._abort("the driver stopped")
+        self._release()
+
+    def _release(self) -> None:
+        """Leave the process group, stop the waiting thread and close the store (the stages' watchdogs exit)."""
         self._closed = True
-        if stop:
+        if self.pg is not None:
+            shutdown(self.pg)
+        self._waiter.shutdown(wait=False, cancel_futures=True)
+        if getattr(self, "server", None) is not None:
+            time.sleep(0.1) if get_key(self.store, "abort") else None  # let the watchdogs read why
+            self.server.close()
+
+    # -- waiting, with the fault monitor ------------------------------------------------------
+    def _wait(self, work: Any, peer: int, what: str, request: int, outputs: Mapping[int, Any]) -> None:
+        """Wait for a send or receive (at most ``timeout``), checking every stage's liveness meanwhile.
+
+        gloo closes the connection when a timed wait expires, so the wait itself runs whole in
+        a helper thread while this one watches the heartbeats and the stages' connections.
+        """
+        fut = self._waiter.submit(wait, work, self.timeout, peer, what)
+        while True:
             try:
-                msg = self._in.pack(STOP, self._next_id, [torch.zeros(s.shape, dtype=s.torch_dtype) for s in self._in.specs],
-                                    self.device)
-                wait(self.pg.send([msg], 1, 0), self.timeout, 1, "the driver: stopping")
-                buf = self._out.empty(self.device)
-                wait(self.pg.recv([buf], self.plan.num_stages, 0), self.timeout, self.plan.num_stages, "the driver: stopping")
-            except (CommError, RuntimeError):
-                self._abort("the driver stopped")
-        shutdown(self.pg)
+                fut.result(timeout=0.05)
+                return
+            except concurrent.futures.TimeoutError:
+                pass
+            except CommError as e:
+                raise self._failure(e, request, outputs) from None
+            if self._fault() is not None:
+                raise self._failure(None, request, outputs)
+
+    def _fault(self) -> tuple[float, int, str] | None:
+        """The first stage whose process is gone or whose heartbeat stopped, with when and what; None when all live."""
+        found = self._faults()
+        return min(found) if found else None
+
+    def _faults(self) -> list[tuple[float, int, str]]:
+        """Every stage whose process is gone or whose heartbeat stopped: (since when, stage, what)."""
+        now, found = time.monotonic(), []
+        for i in range(self.plan.num_stages):
+            if get_key(self.store, f"stage{i}/status") == "done":  # it passed the stop on and left
+                continue
+            client = self.server.client(f"stage{i}/watch")
+            code = self.processes[i].poll() if i < len(self.processes) and self.processes[i] is not None else None
+            if client is not None and client[1] is not None:
+                found.append((client[1], i, "died" + (f" (exit status {code})" if code is not None else
+                                                      " (its process ended: its connection to the driver closed)")))
+            elif code is not None:
+                found.append((now, i, f"died (exit status {code})"))
+            else:
+                beat = self.server.updated(f"{PREFIX}stage{i}/beat")
+                beat = beat if beat is not None else client[0] if client is not None else None
+                if beat is not None and now - beat > self.heartbeat_timeout:
+                    found.append((beat, i, f"stopped: no heartbeat for {now - beat:.1f} s (suspended, or its "
+                                           f"process is stuck)"))
+        return found
 
     # -- faults -------------------------------------------------------------------
     def _abort(self, message: str) -> None:
         set_quietly(self.store, "abort", message)
 
-    def _failure(self, err: Exception, request: int, outputs: Mapping[int, Any]) -> DistributedError:
+    def _errors(self) -> dict[int, dict[str, Any]]:
+        """What each stage recorded about its own failure (stage -> record)."""
+        errors: dict[int, dict[str, Any]] = {}
+        for i in range(self.plan.num_stages):
+            raw = get_key(self.store, f"stage{i}/error")
+            if raw:
+                try:
+                    rec = json.loads(raw)
+                    errors[i] = rec if isinstance(rec, dict) else {"kind": "self", "message": raw}
+                except json.JSONDecodeError:
+                    errors[i] = {"kind": "self", "message": raw}
+        return errors
+
+    def _failure(self, err: Exception | None, request: int, outputs: Mapping[int, Any]) -> DistributedError:
         """Find the stage to blame, stop every stage, and build the error."""
         time.sleep(0.3)  # let the stages record what they saw
         stage, reason = self._diagnose(err, self._base + request)
         node = self.plan.stages[stage].node if stage is not None else None
-        who = f"stage {stage} ({node})" if stage is not None else "an unknown stage"
+        who_ = f"stage {stage} ({node})" if stage is not None else "an unknown stage"
         done = sorted(outputs)
-        msg = (f"rotafx: {who} {reason}; request {request} did not complete; "
+        msg = (f"rotafx: {who_} {reason}; request {request} did not complete; "
                f"{len(done)} request(s) completed: {format_ranges(done) or 'none'}")
         self._abort(msg)
-        self._closed = True
-        shutdown(self.pg)
+        self._release()
         return DistributedError(msg, stage=stage, node=node, completed=done, outputs=outputs)
 
-    def _diagnose(self, err: Exception, request: int) -> tuple[int | None, str]:
+    def _diagnose(self, err: Exception | None, request: int) -> tuple[int | None, str]:
+        """Who is to blame: a stage's own error, else the first whose process is gone or stopped beating
+        (and that reported nothing: the neighbours of a dead stage report losing it), else the first
+        stage that has not passed on the request the driver waits for."""
         n = self.plan.num_stages
-        errors: dict[int, dict[str, Any]] = {}
-        for i in range(n):
-            raw = get_key(self.store, f"stage{i}/error")
-            if raw:
-                try:
-                    errors[i] = json.loads(raw)
-                except json.JSONDecodeError:
-                    errors[i] = {"kind": "self", "message": raw}
-        for i, e in errors.items():
+        errors = self._errors()
+        for i, e in sorted(errors.items()):
             if e.get("kind") == "self":
                 return i, f"failed: {e.get('message')}"
-        for i, p in enumerate(self.processes[:n]):
-            code = p.poll() if p is not None else None
-            if code is not None and i not in errors:
-                return i, f"died (exit status {code})"
+        # a neighbour of a dead stage may exit too, but it recorded what it saw first
+        gone = [f for f in self._faults() if f[1] not in errors]
+        if gone:
+            _, i, reason = min(gone)
+            return i, reason
         peer_errors = [(int(e["peer"]) - 1, bool(e.get("timed_out"))) for e in errors.values()
-                       if e.get("kind") == "peer" and 0 < int(e.get("peer", 0)) <= n]
+                       if e.get("kind") == "peer" and str(e.get("peer", "")).isdigit() and 0 < int(e["peer"]) <= n]
         for i, timed_out in peer_errors:
             if not timed_out and i not in errors:
                 return i, "died (its neighbours lost the connection)"
@@ -224,14 +347,14 @@ class Driver:
         # a hang: the first stage that has not passed on the request the driver is waiting for
         rel = request - self._base
         for i in range(n):
-            if int(get_key(self.store, f"stage{i}/sent") or -1) < request:
+            sent = get_key(self.store, f"stage{i}/sent") or "-1"
+            if (int(sent) if sent.lstrip("-").isdigit() else -1) < request:
                 state = get_key(self.store, f"stage{i}/state") or "unknown"
                 return i, f"made no progress on request {rel} for {self.timeout:g} s (hung while {state})"
         for i, timed_out in peer_errors:
             if i not in errors:
                 return i, f"stopped answering its neighbours within {self.timeout:g} s"
         return n - 1, f"passed request {rel} on but the driver did not receive it within {self.timeout:g} s"
-
 
 def _split_request(r: Any) -> tuple[tuple, dict[str, Any]]:
     """A request as ``(args, kwargs)``: a tuple or list of inputs, one input, or ``{"args": ..., "kwargs": ...}``."""

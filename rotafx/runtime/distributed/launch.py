@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -13,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from ...plan.schema import read_plan
 from .driver import Driver
+from .secret import ENV, new_secret
 from .transport import free_port
 
 __all__ = ["LocalCluster", "launch_local"]
@@ -55,6 +57,12 @@ class LocalCluster:
         try:
             self.driver.close(stop=stop)
         finally:
+            for p in self.processes:  # a stopped (SIGSTOP) stage must run again to see the abort and exit
+                if p.poll() is None:
+                    try:
+                        p.send_signal(signal.SIGCONT)
+                    except OSError:
+                        pass
             self.wait(grace_s if stop else 2.0)
             for p in self.processes:
                 if p.poll() is None:
@@ -63,7 +71,8 @@ class LocalCluster:
 
 
 def launch_local(plan_dir: str | os.PathLike[str], *, port: int | None = None, timeout: float = 60.0,
-                 join_timeout: float = 60.0, emulate_links: bool = False, threads: int = 1,
+                 join_timeout: float = 60.0, heartbeat_timeout: float = 5.0, emulate_links: bool = False,
+                 threads: int = 1,
                  log_dir: str | os.PathLike[str] | None = None, python: str = sys.executable,
                  stage_commands: Mapping[int, Sequence[str]] | None = None) -> LocalCluster:
     """Start ``rotafx serve`` for every stage of the plan on 127.0.0.1 and connect a :class:`Driver` to them.
@@ -72,13 +81,15 @@ def launch_local(plan_dir: str | os.PathLike[str], *, port: int | None = None, t
     gives another command for some stages, to which the serve arguments are appended) with
     ``OMP_NUM_THREADS=threads``; its stderr goes to ``log_dir/stage{i}.log`` (a temporary
     directory by default). Use as a context manager: leaving it stops the stages and kills
-    any that did not exit.
+    any that did not exit. A fresh secret is generated for the run and given to the stage
+    processes in their environment (``ROTAFX_SECRET``), never on a command line.
     """
     plan = read_plan(plan_dir)
     port = port or free_port()
     logs_at = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="rotafx-logs-"))
     logs_at.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    secret = new_secret()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), ENV: secret}
     procs: list[subprocess.Popen] = []
     logs: list[Path] = []
     try:
@@ -93,7 +104,8 @@ def launch_local(plan_dir: str | os.PathLike[str], *, port: int | None = None, t
             with open(log, "wb") as f:
                 procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=f, env=env))
         driver = Driver(plan_dir, master_addr="127.0.0.1", master_port=port, timeout=timeout,
-                        join_timeout=join_timeout, emulate_links=emulate_links, processes=procs)
+                        join_timeout=join_timeout, heartbeat_timeout=heartbeat_timeout, emulate_links=emulate_links,
+                        processes=procs, secret=secret)
     except BaseException:
         for p in procs:
             p.kill()

@@ -22,8 +22,11 @@ import torch.distributed as dist
 from ...plan.load import load
 from ...plan.schema import PlanError, read_plan
 from ..links import LinkEmulator
+from .secret import SecretError, resolve_secret
+from .store import StoreGone, StoreRefused, connect
 from .transport import (DATA, EMULATE, PREFIX, STOP, CommError, DistributedError, Layout, Wire, backend_for,
-                        client_store, get_key, make_group, plan_digest, set_quietly, shutdown, wait, who)
+                        check_endpoint, check_links, get_key, local_address, make_group, plan_digest, set_quietly,
+                        shutdown, wait, who)
 
 __all__ = ["StageServer", "serve", "main", "add_serve_args", "serve_from_args"]
 
@@ -34,14 +37,21 @@ class StageServer:
     Loads and checks the stage when made (a bad plan fails here, naming the file).
     ``timeout`` bounds each send and each receive of a request already under way (s);
     ``idle_timeout`` bounds the wait for the next request; ``join_timeout`` the wait for
-    every process to join. :meth:`before_compute` is called before each request is
-    computed: a subclass can count, log or inject faults there.
+    every process to join. The cluster's secret is ``secret``, else the contents of
+    ``secret_file``, else ``$ROTAFX_SECRET`` (the driver's; checked when the stage joins).
+    :meth:`before_compute` is called before each request is computed: a subclass can
+    count, log or inject faults there.
     """
 
     def __init__(self, plan_dir: str | os.PathLike[str], stage: int, *, master_addr: str = "127.0.0.1",
                  master_port: int = 29500, timeout: float = 60.0, idle_timeout: float = 7 * 24 * 3600.0,
                  join_timeout: float = 120.0, emulate_links: bool = False, device: Any = None,
-                 backend: str | None = None, threads: int | None = None) -> None:
+                 backend: str | None = None, threads: int | None = None, secret: str | bytes | None = None,
+                 secret_file: str | os.PathLike[str] | None = None) -> None:
+        check_endpoint(master_addr, master_port, timeout=timeout, idle_timeout=idle_timeout, join_timeout=join_timeout)
+        if isinstance(stage, bool) or not isinstance(stage, int):
+            raise ValueError(f"rotafx: stage must be a stage index (an integer), got {stage!r}")
+        self._secret = resolve_secret(secret, secret_file, who=f"stage {stage}")
         if threads:
             torch.set_num_threads(threads)
         self.plan_dir = plan_dir
@@ -74,12 +84,45 @@ class StageServer:
         """
         plan, stage, st, dev = self.plan, self.stage, self.loaded, self.loaded.device
         rank, name = self.rank, self.name
-        store = client_store(self.master_addr, self.master_port, self.join_timeout)
-        store.set(f"{PREFIX}stage{stage}/plan", plan_digest(self.plan_dir))
-        store.set(f"{PREFIX}stage{stage}/status", f"joining pid {os.getpid()} on {socket.gethostname()}")
-        self.pg = pg = make_group(self.backend, dist.PrefixStore("rotafx/pg/", store), rank, self.size, self.join_timeout)
+        where = f"{self.master_addr}:{self.master_port}"
+        try:
+            store = connect(self.master_addr, self.master_port, self._secret, f"stage{stage}", self.join_timeout)
+            watch = connect(self.master_addr, self.master_port, self._secret, f"stage{stage}/watch", self.join_timeout)
+        except StoreRefused as e:
+            raise DistributedError(f"rotafx: {name}: {e}", stage=stage, node=st.node) from None
+        except (TimeoutError, StoreGone, OSError) as e:
+            raise DistributedError(f"rotafx: {name} could not reach the driver at {where} within {self.join_timeout:g} s "
+                                   f"({e}); start the driver (rank 0) first, or pass --master-addr/--master-port "
+                                   f"(MASTER_ADDR/MASTER_PORT) where it listens", stage=stage, node=st.node) from None
         stop_watch = threading.Event()
-        threading.Thread(target=_watchdog, args=(self.master_addr, self.master_port, name, stop_watch), daemon=True).start()
+        try:
+            store.set(f"{PREFIX}stage{stage}/plan", plan_digest(self.plan_dir))
+            store.set(f"{PREFIX}stage{stage}/status", f"joining pid {os.getpid()} on {socket.gethostname()}")
+            bind = local_address(self.master_addr, self.master_port) if self.backend == "gloo" else None
+            try:
+                self.pg = pg = make_group(self.backend, dist.PrefixStore("rotafx/pg/", store), rank, self.size,
+                                          self.join_timeout, bind=bind)
+            except Exception as e:  # noqa: BLE001 - another stage never came, or the driver gave up
+                aborted = get_key(store, "abort")
+                if aborted:
+                    why = f"the driver aborted the run: {aborted}"
+                elif "store" in str(e) and "gone" in str(e):
+                    why = (f"the driver at {where} ended the run while this stage was joining (did another stage "
+                           f"not join? the driver's error says)")
+                else:
+                    why = (f"the process group did not form within {self.join_timeout:g} s "
+                           f"({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+                raise DistributedError(f"rotafx: {name}: {why}", stage=stage, node=st.node) from None
+            nonce = get_key(store, "nonce") or ""
+            check_links(pg, rank, self.size, self._secret, nonce, self.join_timeout, dev, name)
+        except StoreGone:
+            raise DistributedError(f"rotafx: {name}: the driver at {where} went away while this stage joined",
+                                   stage=stage, node=st.node) from None
+        except DistributedError as e:
+            set_quietly(store, f"stage{stage}/error", json.dumps({"kind": "join", "message": str(e)}))
+            raise
+        watch.add(f"{PREFIX}stage{stage}/beat", 1)  # the first heartbeat, before the driver counts on them
+        threading.Thread(target=_watchdog, args=(watch, stage, name, where, stop_watch), daemon=True).start()
         wire = Wire(plan)
         lin, lout = wire.layouts[stage], wire.layouts[stage + 1]
         emulator = LinkEmulator(plan.hops[stage].links)
@@ -165,28 +208,22 @@ def serve(plan_dir: str | os.PathLike[str], stage: int, **options: Any) -> int:
     return StageServer(plan_dir, stage, **options).run()
 
 
-def _watchdog(host: str, port: int, name: str, stop: threading.Event, period_s: float = 0.2) -> None:
-    """Exit the process when the driver aborts the run or its store disappears."""
-    try:
-        store = client_store(host, port, 10.0)
-    except Exception:  # noqa: BLE001
-        sys.stderr.write(f"rotafx: {name}: cannot reach the driver's store at {host}:{port}; exiting\n")
-        os._exit(4)
-    misses = 0
+def _watchdog(store: Any, stage: int, name: str, where: str, stop: threading.Event, period_s: float = 0.2) -> None:
+    """Send a heartbeat every ``period_s``; exit the process when the driver aborts the run or its store is gone."""
     while not stop.wait(period_s):
         try:
+            store.add(f"{PREFIX}stage{stage}/beat", 1)
             if store.check([PREFIX + "abort"]):
                 msg = store.get(PREFIX + "abort").decode()
                 sys.stderr.write(f"rotafx: {name}: the driver aborted the run: {msg}\n")
                 sys.stderr.flush()
                 os._exit(3)
-            misses = 0
-        except Exception:  # noqa: BLE001
-            misses += 1
-            if misses >= 5:  # about a second without the driver
-                sys.stderr.write(f"rotafx: {name}: the driver at {host}:{port} is gone; exiting\n")
-                sys.stderr.flush()
-                os._exit(4)
+        except Exception:  # noqa: BLE001 - the connection to the driver is gone
+            if stop.is_set():
+                return
+            sys.stderr.write(f"rotafx: {name}: the driver at {where} is gone; exiting\n")
+            sys.stderr.flush()
+            os._exit(4)
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
@@ -202,6 +239,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device for this stage (default: the one it was exported on)")
     p.add_argument("--backend", default=None, choices=["gloo", "nccl"], help="default: gloo on CPU, nccl on CUDA")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--secret-file", default=None,
+                   help="a file holding the cluster's secret (default: $ROTAFX_SECRET); the driver's must match")
 
 
 def serve_from_args(args: argparse.Namespace, server: type[StageServer] = StageServer, **extra: Any) -> int:
@@ -211,7 +250,11 @@ def serve_from_args(args: argparse.Namespace, server: type[StageServer] = StageS
     try:
         return server(args.plan, args.stage, master_addr=addr, master_port=port, timeout=args.timeout,
                       idle_timeout=args.idle_timeout, join_timeout=args.join_timeout, emulate_links=args.emulate_links,
-                      device=args.device, backend=args.backend, threads=args.threads, **extra).run()
+                      device=args.device, backend=args.backend, threads=args.threads,
+                      secret_file=getattr(args, "secret_file", None), **extra).run()
+    except SecretError as e:
+        print(str(e), file=sys.stderr, flush=True)
+        return 2
     except (DistributedError, PlanError) as e:
         print(str(e), file=sys.stderr, flush=True)
         return 3

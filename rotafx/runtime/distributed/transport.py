@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import hmac
+import math
 import os
 import socket
 import time
@@ -22,9 +24,10 @@ import torch.distributed as dist
 
 from ...plan.schema import PLAN_FILE, HopSpec, PlanSpec, TensorSpec
 from ...wire import decode, encode
+from .secret import tag
 
 __all__ = ["DistributedError", "CommError", "Layout", "Wire", "wait", "make_group", "backend_for", "plan_digest",
-           "free_port", "client_store", "get_key", "set_quietly", "shutdown", "who", "HEADER_BYTES", "EMULATE", "DATA",
+           "free_port", "local_address", "check_links", "check_endpoint", "get_key", "set_quietly", "shutdown", "who", "HEADER_BYTES", "EMULATE", "DATA",
            "STOP", "PREFIX"]
 
 HEADER_BYTES = 32  # int64 kind, request id, sent-at (ns since the epoch), flags
@@ -165,15 +168,55 @@ def wait(work: Any, timeout_s: float, peer: int, what: str) -> None:
         raise CommError(f"{what}: {msg.splitlines()[0] if msg else type(e).__name__}", peer, timed_out) from None
 
 
-def make_group(backend: str, store: Any, rank: int, size: int, timeout_s: float) -> Any:
-    """A gloo or NCCL process group of ``size`` ranks over ``store``."""
+def make_group(backend: str, store: Any, rank: int, size: int, timeout_s: float, bind: str | None = None) -> Any:
+    """A gloo or NCCL process group of ``size`` ranks over ``store``; gloo listens on ``bind`` only when given."""
     if backend == "gloo":
-        return dist.ProcessGroupGloo(store, rank, size, datetime.timedelta(seconds=timeout_s))
+        opts = dist.ProcessGroupGloo._Options()
+        opts._timeout = datetime.timedelta(seconds=timeout_s)
+        opts._devices = [dist.ProcessGroupGloo.create_device(hostname=bind) if bind else
+                         dist.ProcessGroupGloo.create_default_device()]
+        return dist.ProcessGroupGloo(store, rank, size, opts)
     if backend == "nccl":
         opts = dist.ProcessGroupNCCL.Options()
         opts._timeout = datetime.timedelta(seconds=timeout_s)
         return dist.ProcessGroupNCCL(store, rank, size, opts)
     raise ValueError(f"rotafx: backend must be 'gloo' (CPU) or 'nccl' (CUDA), got {backend!r}")
+
+
+LINK_TAG = 1  # the tag of the link check's messages (requests use 0)
+
+
+def check_links(pg: Any, rank: int, size: int, secret: bytes, nonce: str, timeout_s: float, device: torch.device,
+                name: str) -> None:
+    """Each rank proves to the next one that it holds the secret, over the process group, before any tensor.
+
+    Rank ``r`` sends ``HMAC(secret, link, run nonce, r -> r+1)`` to rank ``r + 1`` (the last
+    to the driver) and checks the one from ``r - 1``: a process that took a neighbour's
+    place in the group without the secret is found here. Raises :class:`DistributedError`.
+    """
+    nxt, prv = (rank + 1) % size, (rank - 1) % size
+    mine = torch.tensor(list(tag(secret, b"link", nonce, f"{rank}->{nxt}")), dtype=torch.uint8, device=device)
+    got = torch.zeros(32, dtype=torch.uint8, device=device)
+    try:
+        recv = pg.recv([got], prv, LINK_TAG)
+        wait(pg.send([mine], nxt, LINK_TAG), timeout_s, nxt, f"{name}: the link check")
+        wait(recv, timeout_s, prv, f"{name}: the link check")
+    except (CommError, RuntimeError) as e:
+        raise DistributedError(f"rotafx: {name}: the link check with its neighbours failed: {e}") from None
+    if not hmac.compare_digest(bytes(got.cpu().tolist()), tag(secret, b"link", nonce, f"{prv}->{rank}")):
+        raise DistributedError(f"rotafx: {name}: the process connected as rank {prv} does not hold the cluster's "
+                               f"secret; it is not one of this run's processes (nothing was exchanged with it)")
+
+
+def check_endpoint(addr: Any, port: Any, **timeouts: Any) -> None:
+    """``addr``/``port`` a host and a TCP port, each named timeout a positive finite number of seconds."""
+    if not isinstance(addr, str) or not addr.strip():
+        raise ValueError(f"rotafx: master_addr must be a host name or address, got {addr!r}")
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(f"rotafx: master_port must be a TCP port 1..65535, got {port!r}")
+    for name, v in timeouts.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and math.isfinite(v)):
+            raise ValueError(f"rotafx: {name} must be a positive finite number of seconds, got {v!r}")
 
 
 def backend_for(device: torch.device, backend: str | None) -> str:
@@ -195,9 +238,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def client_store(host: str, port: int, timeout_s: float) -> Any:
-    """A client of the driver's TCPStore."""
-    return dist.TCPStore(host, port, None, False, datetime.timedelta(seconds=timeout_s), wait_for_workers=False)
+def local_address(host: str, port: int) -> str:
+    """The address of this machine's interface that reaches ``host`` (where this process's gloo should listen)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0][0]
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((host, port))  # UDP: no packet is sent, the kernel only picks the route
+            return str(s.getsockname()[0])
+    except OSError:
+        return socket.gethostname()
 
 
 def get_key(store: Any, key: str) -> str | None:
