@@ -88,3 +88,12 @@ def test_unknown_model_names_the_choices(capsys):
     assert re.fullmatch(r"rotafx: unknown model 'nosuchmodel'; use a built-in example \((.+)\) or package.module:factory\n",
                         err), err
     assert all(name in err for name in models.EXAMPLES)
+
+
+def test_python_dash_m_rotafx_is_the_command() -> None:
+    out = subprocess.run([sys.executable, "-m", "rotafx", "topology", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("usage: rotafx topology"), out.stderr
+    bad = subprocess.run([sys.executable, "-m", "rotafx", "optimize", "--placement"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr

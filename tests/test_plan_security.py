@@ -160,3 +160,26 @@ def test_a_file_that_is_not_an_archive_is_named(plan: Path) -> None:
     (plan / "plan.json").write_text(json.dumps(spec))
     with pytest.raises(PlanError, match=r"stage 0 .* is not a torch.export program \(not a \.pt2 archive"):
         rotafx.load(plan)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"device": "cuda:7"} if not torch.cuda.is_available() or torch.cuda.device_count() < 8 else {"device": "cuda:99"},
+     r"device = 'cuda:\d+', but this machine has"),
+    ({"device": "tpu"}, "'tpu' is not a torch device type"),
+    ({"device": "meta"}, "the meta device holds no data"),
+    ({"devices": ["cpu"] * 5}, "devices lists 5 devices but the plan has"),
+    ({"devices": "cpu"}, "devices must be a list .* or a dict node -> device, got str"),
+    ({"devices": {"nowhere": "cpu"}}, r"devices names node\(s\) \['nowhere'\] that run no stage"),
+    ({"device": "cpu", "devices": ["cpu"]}, "give device or devices, not both"),
+])
+def test_a_device_that_is_not_here_is_named_before_loading(plan: Path, kw: dict, match: str) -> None:
+    with pytest.raises(PlanError, match=match):
+        rotafx.load(plan, **kw)
+
+
+def test_a_node_mapped_to_a_missing_gpu_is_named(plan: Path) -> None:
+    spec = json.loads((plan / "plan.json").read_text())
+    node = spec["stages"][0]["node"]
+    missing = f"cuda:{torch.cuda.device_count() + 3}"
+    with pytest.raises(PlanError, match=rf"devices\['{node}'\] = '{missing}', but this machine has"):
+        rotafx.load(plan, devices={node: missing})

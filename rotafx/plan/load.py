@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from ..devices import existing_device
 from ..runtime.loaded import LoadedPipeline
 from .archive import read_program
 from .schema import PlanError, PlanSpec, StageSpec, TensorSpec, read_plan
@@ -80,11 +81,23 @@ def _stage_device(plan: PlanSpec, s: StageSpec, device: Any, devices: Any) -> to
         raise PlanError("rotafx: give device or devices, not both")
     if devices is not None:
         if isinstance(devices, Mapping):
-            return torch.device(devices[s.node]) if s.node in devices else torch.device(s.device)
+            unknown = sorted(set(map(str, devices)) - {st.node for st in plan.stages})
+            if unknown:
+                raise PlanError(f"rotafx: devices names node(s) {unknown} that run no stage of this plan; its nodes "
+                                f"are {[st.node for st in plan.stages]}")
+            spec = devices.get(s.node, s.device)
+            return existing_device(spec, f"devices[{s.node!r}]" if s.node in devices else
+                                   f"stage {s.index}'s device (as exported)", PlanError)
+        if isinstance(devices, (str, bytes)) or not isinstance(devices, Sequence):
+            raise PlanError(f"rotafx: devices must be a list (one device per stage) or a dict node -> device, "
+                            f"got {type(devices).__name__}")
         if len(devices) != plan.num_stages:
             raise PlanError(f"rotafx: devices lists {len(devices)} devices but the plan has {plan.num_stages} stages")
-        return torch.device(devices[s.index])
-    return torch.device(device if device is not None else s.device)
+        return existing_device(devices[s.index], f"devices[{s.index}] (node {s.node})", PlanError)
+    if device is not None:
+        return existing_device(device, "device", PlanError)
+    return existing_device(s.device, f"stage {s.index}'s device (as exported; pass device= or devices= to move it)",
+                           PlanError)
 
 
 def stage_file(plan: PlanSpec, s: StageSpec) -> Path:
