@@ -72,6 +72,9 @@ def test_the_secret_comes_from_the_argument_a_file_or_the_environment(tmp_path: 
         resolve_secret(secret_file=tmp_path / "missing.key")  # a stage never invents one
     with pytest.raises(SecretError, match="is a directory"):
         resolve_secret(secret_file=tmp_path)
+    f.chmod(0o644)
+    with pytest.raises(SecretError, match=r"can be read by others \(mode 0644\).*chmod 600"):
+        resolve_secret(secret_file=f)
     with pytest.raises(SecretError, match=f"too short \\(5 bytes; at least {MIN_BYTES}"):
         resolve_secret("short")
     with pytest.raises(SecretError, match="not both"):
@@ -250,9 +253,9 @@ def test_stages_with_another_secret_never_join(plan: Any, tmp_path: Path) -> Non
                                "--master-port", str(port), "--join-timeout", "30"], env=env, stderr=subprocess.PIPE,
                               text=True) for i in range(3)]
     try:
-        with pytest.raises(DistributedError, match="did not join"):
-            Driver(path, master_port=port, join_timeout=8.0, secret=SECRET)
-        errs = [p.communicate(timeout=30)[1] for p in procs]
+        with pytest.raises(DistributedError, match="did not join"):  # long enough for slow starts to knock
+            Driver(path, master_port=port, join_timeout=20.0, secret=SECRET)
+        errs = [p.communicate(timeout=90)[1] for p in procs]
         assert [p.returncode for p in procs] == [3, 3, 3]
         assert all("refused" in e and "Traceback" not in e for e in errs), errs
     finally:
@@ -359,9 +362,9 @@ def test_a_stage_that_never_joins_leaves_the_others_with_one_line(plan: Any) -> 
                               text=True) for i in range(2)]  # stage 2 never starts
     try:
         with pytest.raises(DistributedError, match=r"stage 2 \(ground1\) did not join") as info:
-            Driver(path, master_port=port, join_timeout=10.0, secret=SECRET)
+            Driver(path, master_port=port, join_timeout=20.0, secret=SECRET)
         assert info.value.stage == 2
-        errs = [p.communicate(timeout=60)[1] for p in procs]
+        errs = [p.communicate(timeout=90)[1] for p in procs]
         assert [p.returncode for p in procs] == [3, 3], errs
         for e in errs:
             assert "Traceback" not in e and e.strip().count("\n") == 0, e

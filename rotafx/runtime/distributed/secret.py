@@ -57,6 +57,10 @@ def resolve_secret(secret: str | bytes | None = None, secret_file: str | os.Path
             with os.fdopen(fd, "w") as f:
                 f.write(new_secret() + "\n")
         try:
+            mode = path.stat().st_mode
+            if os.name == "posix" and path.is_file() and mode & 0o077:
+                raise SecretError(f"rotafx: {who}: the secret file {path} can be read by others (mode "
+                                  f"{mode & 0o777:04o}); make it private with `chmod 600 {path}`")
             raw = path.read_bytes().strip()
         except IsADirectoryError:
             raise SecretError(f"rotafx: {who}: the secret file {path} is a directory; give a file") from None

@@ -18,6 +18,7 @@ when each client connected and disconnected: the driver's fault monitor reads bo
 
 from __future__ import annotations
 
+import collections
 import datetime
 import hmac
 import os
@@ -190,7 +191,7 @@ class StoreServer:
     def __init__(self, host: str, port: int, secret: bytes) -> None:
         self.host, self.port, self._secret = host, port, secret
         self.keys = _Keys()
-        self.rejected: list[tuple[str, str]] = []  # (peer address, why)
+        self.rejected: collections.deque[tuple[str, str]] = collections.deque(maxlen=1000)  # (peer address, why)
         self._clients: dict[str, tuple[float, float | None]] = {}  # identity -> (connected, disconnected)
         self._socks: set[socket.socket] = set()
         self._lock = threading.Lock()
