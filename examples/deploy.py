@@ -2,11 +2,13 @@
 
     .venv/bin/python examples/deploy.py [PLAN_DIR]
 
-On real hosts the same plan directory is copied to every node, and each runs its stage:
+On real hosts the same plan directory and the cluster's secret file are copied to every node, and
+each runs its stage:
 
-    # ground station A (the driver, rank 0): your program builds rotafx.runtime.distributed.Driver(...)
-    # satellite:  rotafx serve --plan PLAN_DIR --stage 1 --master-addr GROUND_A --master-port 29500
-    # ground B:   rotafx serve --plan PLAN_DIR --stage 2 --master-addr GROUND_A --master-port 29500
+    # ground station A (the driver, rank 0): Driver(PLAN_DIR, master_addr=..., secret_file="cluster.key")
+    #   (a missing cluster.key is created with a new secret; copy it to the other hosts, mode 0600)
+    # satellite:  rotafx serve --plan PLAN_DIR --stage 1 --master-addr GROUND_A --master-port 29500 --secret-file cluster.key
+    # ground B:   rotafx serve --plan PLAN_DIR --stage 2 --master-addr GROUND_A --master-port 29500 --secret-file cluster.key
 """
 
 from __future__ import annotations
