@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 from .units import MB, fmt_bytes
 
-__all__ = ["TensorInfo", "OpRecord", "OpGraph", "LayerProfile", "group_layers", "layer_keys", "fill_keys",
+__all__ = ["TensorInfo", "OpRecord", "OpGraph", "LayerProfile", "OpCost", "group_layers", "layer_keys", "fill_keys",
            "ProfileError", "CostRuleError", "report_unknown_ops"]
 
 
@@ -75,7 +75,9 @@ class OpRecord:
     input (no new memory). ``transient``: outputs that are workspace of a fused
     computation, priced in ``buffer_bytes`` instead of as live activations. ``key``: the
     layer it belongs to (``None``: it joins the next layer). ``measured_ms``: its time
-    on this machine, when measured.
+    on this machine, when measured. ``kernel``: its largest matmul-like kernel, as
+    ``("mm", M, K, N)`` (convolutions as their GEMM) or ``("sdpa", batch*heads, key length,
+    head dim)``: the shape a calibrated device's achieved rate is looked up at.
     """
 
     name: str
@@ -90,6 +92,7 @@ class OpRecord:
     view: bool = False
     transient: tuple[str, ...] = ()
     measured_ms: float | None = None
+    kernel: tuple[str, int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,15 @@ class OpGraph:
     batch_size: int | None = None
 
 
+class OpCost(NamedTuple):
+    """What one op of a layer costs the cost model: its work, the kernel it runs, whether it is a view."""
+
+    flops: int
+    bytes_moved: int
+    kernel: tuple[str, int, int, int] | None
+    view: bool
+
+
 @dataclass(frozen=True)
 class LayerProfile:
     """One layer (a block of the model, e.g. ``layers.7``), in execution order.
@@ -125,8 +137,9 @@ class LayerProfile:
     ops; ``peak_bytes``: the largest amount of live activation memory (plus that op's
     workspace) while it runs, in whole-model execution order; ``flops``: multiply-add = 2;
     ``work``: ``(flops, bytes_moved)`` of each op, for the roofline time; ``ops``: the
-    names of its ops (fx nodes, ONNX nodes, Keras layer calls); ``measured_ms``: its time
-    on this machine, when measured.
+    names of its ops (fx nodes, ONNX nodes, Keras layer calls); ``op_costs``: every op's
+    :class:`OpCost` (views included: on a calibrated device each op has a launch cost);
+    ``measured_ms``: its time on this machine, when measured.
     """
 
     index: int
@@ -143,6 +156,7 @@ class LayerProfile:
     ops: tuple[str, ...] = field(default=(), repr=False)
     outputs: tuple[TensorInfo, ...] = field(default=(), repr=False)
     measured_ms: float | None = None
+    op_costs: tuple[OpCost, ...] = field(default=(), repr=False)
 
     @property
     def activation_size_mb(self) -> float:
@@ -353,5 +367,6 @@ def group_layers(graph: OpGraph) -> tuple[list[LayerProfile], list[tuple[TensorI
             ops=tuple(op.name for op in lops),
             outputs=outs,
             measured_ms=sum(t for t in times if t is not None) if any(t is not None for t in times) else None,
+            op_costs=tuple(OpCost(op.flops, op.bytes_moved, op.kernel, op.view) for op in lops),
         ))
     return layers, [tuple(b) for b in boundaries]

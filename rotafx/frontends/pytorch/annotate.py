@@ -103,6 +103,7 @@ class NodeCost:
     is_weight: bool = False
     is_input: bool = False
     is_view: bool = False
+    kernel: tuple[str, int, int, int] | None = None  # its largest matmul-like kernel, for a calibrated rate
 
 
 def tensor_bytes(t: torch.Tensor, float_itemsize: int | None = None) -> int:
@@ -138,6 +139,11 @@ class _CostMode(TorchDispatchMode):
         self.flops = 0
         self.workspace = 0
         self.allocates = False
+        self.kernel: tuple[int, tuple[str, int, int, int]] | None = None  # (FLOPs, kernel) of the largest
+
+    def _kernel(self, kind: str, a: int, b: int, c: int, flops: int) -> None:
+        if flops > 0 and (self.kernel is None or flops > self.kernel[0]):
+            self.kernel = (flops, (kind, int(a), int(b), int(c)))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
@@ -150,14 +156,26 @@ class _CostMode(TorchDispatchMode):
             self.flops += flops
             self.workspace = max(self.workspace, ws)
             return out
-        self.flops += self._op_flops(func, args, kwargs, out)
-        if func._overloadpacket is aten.convolution and len(args) >= 2:
+        flops = self._op_flops(func, args, kwargs, out)
+        self.flops += flops
+        packet = func._overloadpacket
+        if packet is aten.convolution and len(args) >= 2:
             x, w = args[0], args[1]
             groups = int(args[8]) if len(args) > 8 else 1
             spatial = math.prod(out.shape[2:]) if out.dim() > 2 else 1
             cols = (w.shape[1] * math.prod(w.shape[2:])) * spatial * x.shape[0]
             ws = int(cols) * (self.float_itemsize or x.element_size())
             self.workspace = max(self.workspace, ws if groups >= 1 else 0)
+            # as the GEMM it is: (batch x output positions) x (input channels per group x kernel) x (output channels per group)
+            self._kernel("mm", x.shape[0] * spatial * max(groups, 1), w.shape[1] * math.prod(w.shape[2:]),
+                         max(w.shape[0] // max(groups, 1), 1), flops)
+        elif packet in _MM_OPERANDS:
+            a, b = (args[i] for i in _MM_OPERANDS[packet])
+            batch = a.shape[0] if a.dim() == 3 else 1
+            self._kernel("mm", batch * a.shape[-2], a.shape[-1], b.shape[-1], flops)
+        elif packet is aten._scaled_dot_product_flash_attention_for_cpu:
+            q, k = args[0], args[1]
+            self._kernel("sdpa", math.prod(q.shape[:-2]), k.shape[-2], q.shape[-1], flops)
         return out
 
     def _op_flops(self, func: Any, args: tuple, kwargs: dict, out: Any) -> int:
@@ -185,6 +203,10 @@ class _CostMode(TorchDispatchMode):
             return _numel(args[0])
         self.unknown.setdefault(str(packet), self.node_name)
         return 0
+
+
+# matmul-like aten ops -> the positions of their two operands (a: (..., M, K), b: (..., K, N))
+_MM_OPERANDS = {aten.mm: (0, 1), aten.addmm: (1, 2), aten.bmm: (0, 1), aten.baddbmm: (1, 2)}
 
 
 def _grouped_mm(args: tuple, kwargs: dict, out: Any, itemsize: int | None) -> tuple[int, int]:
@@ -351,6 +373,7 @@ def _run_node(gm: fx.GraphModule, node: fx.Node, env: dict[fx.Node, Any], weight
         q, k, v = (kwargs.get(name, args[i] if len(args) > i else None) for i, name in enumerate(("query", "key", "value")))
         extra_flops = _sdpa_flops(q, k, v)
         workspace = _sdpa_workspace(q, k, itemsize or q.element_size())
+        mode._kernel("sdpa", math.prod(q.shape[:-2]), k.shape[-2], q.shape[-1], extra_flops)
         out = _execute_uncounted(gm, node, args, kwargs, recorded, mode)
         mode.allocates = True
     else:
@@ -377,6 +400,7 @@ def _run_node(gm: fx.GraphModule, node: fx.Node, env: dict[fx.Node, Any], weight
         buffer_bytes=max(workspace, mode.workspace),
         bytes_moved=moved,
         is_view=is_view,
+        kernel=mode.kernel[1] if mode.kernel is not None else None,
     )
 
 

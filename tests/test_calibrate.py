@@ -1,0 +1,144 @@
+"""Calibration: measured device figures, their lookups (checked by hand), their files (checked as untrusted input), and the
+kernel shapes the profile records for them (checked against the modules' own sizes)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import rotafx
+from rotafx.calibrate import Calibration, CalibrationError, calibrate
+
+
+def _cal(**kw: object) -> Calibration:
+    c = Calibration(device="cpu", threads=1, bandwidth_Bps=1e10, op_overhead_s=2e-6, view_overhead_s=1e-6)
+    c.matmul["float32"] = {(1, 256, 256): (1e9, 0.01), (16, 256, 256): (16e9, 0.01),
+                           (1, 1024, 256): (4e9, 0.0), (16, 1024, 256): (64e9, 0.0)}
+    for k, v in kw.items():
+        setattr(c, k, v)
+    return c
+
+
+def test_matmul_rates_are_interpolated_in_log_space_by_hand() -> None:
+    c = _cal()
+    assert c.matmul_flops(1, 256, 256) == pytest.approx(1e9)  # a measured shape
+    # M = 4 is halfway between 1 and 16 in log2: the geometric mean of 1 and 16 GFLOP/s
+    assert c.matmul_flops(4, 256, 256) == pytest.approx(4e9)
+    # K = 512 halfway between 256 and 1024 as well: the geometric mean of the four corners
+    assert c.matmul_flops(4, 512, 256) == pytest.approx(math.exp((math.log(1e9) + math.log(16e9) + math.log(4e9) +
+                                                                  math.log(64e9)) / 4))
+    # beyond the grid: clamped at its edge (no extrapolation)
+    assert c.matmul_flops(1000, 256, 256) == pytest.approx(16e9)
+    assert c.matmul_flops(16, 256, 9999) == pytest.approx(16e9)
+    assert c.matmul_flops(1, 256, 256, "float16") is None  # not measured: the caller keeps the datasheet
+
+
+def test_a_shape_with_no_measured_corner_takes_the_nearest() -> None:
+    c = _cal()
+    del c.matmul["float32"][(16, 1024, 256)]
+    del c.matmul["float32"][(1, 256, 256)]
+    # (1, 256, 256) was skipped (say, past the FLOP budget): in log2 space (1, 1024, 256) is nearer than (16, 256, 256)
+    assert c.matmul_flops(1, 256, 256) == pytest.approx(4e9)
+    assert c.codec_s("int8", 1000) == 0.0
+
+
+def test_a_calibration_file_round_trips(tmp_path: Path) -> None:
+    c = _cal(codecs={"int8": {"encode_s_per_byte": 1e-10, "decode_s_per_byte": 2e-10}},
+             transfers={"cpu->cuda:0": {"latency_s": 1e-5, "bandwidth_Bps": 1e10}}, machine={"host": "h"})
+    for name in ("cpu.yaml", "cpu.json"):
+        back = Calibration.load(c.save(tmp_path / name))
+        assert back.to_dict() == c.to_dict()
+    assert c.codec_s("int8", 1e6) == pytest.approx(3e-4)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d.update(format="other"), "not a rotafx calibration"),
+    (lambda d: d.update(version=99), "version 99"),
+    (lambda d: d.update(bandwidth_Bps=float("nan")), "bandwidth_Bps must be a finite number > 0, got nan"),
+    (lambda d: d.update(bandwidth_Bps=0), "bandwidth_Bps must be a finite number > 0, got 0"),
+    (lambda d: d.update(op_overhead_s=-1), "op_overhead_s must be a finite number >= 0, got -1"),
+    (lambda d: d.update(op_overhead_s="1"), "op_overhead_s must be a finite number"),
+    (lambda d: d.update(threads=True), "threads must be a positive integer, got True"),
+    (lambda d: d.update(device=""), "device must be a torch device name"),
+    (lambda d: d["matmul"]["float32"].append([1, 2]), r"matmul\['float32'\]\[4\] must be \[a, b, c, rate, spread\]"),
+    (lambda d: d["matmul"]["float32"].append([0, 2, 3, 1e9, 0]), "sizes must be positive integers, got \\[0, 2, 3\\]"),
+    (lambda d: d["matmul"]["float32"].append([1, 2, 3, float("inf"), 0]), "rate must be a finite number > 0, got inf"),
+    (lambda d: d.update(matmul=[1]), "matmul must map a dtype to rows"),
+    (lambda d: d.update(codecs={"int8": {"encode_s_per_byte": 1}}), r"codecs\['int8'\] needs"),
+])
+def test_a_bad_calibration_is_named(tmp_path: Path, edit: object, match: str) -> None:
+    d = _cal().to_dict()
+    edit(d)  # type: ignore[operator]
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps(d))
+    with pytest.raises(CalibrationError, match=match):
+        Calibration.load(f)
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"", "is not valid JSON"), (b"\x00\xff\xfe", "is not text"), (b"[" * 100000, "nested too deeply|not valid JSON"),
+    (b"{\"format\": 1", "is not valid JSON"),
+])
+def test_a_broken_calibration_file_is_named(tmp_path: Path, content: bytes, match: str) -> None:
+    f = tmp_path / "c.json"
+    f.write_bytes(content)
+    with pytest.raises(CalibrationError, match=f"calibration file {f}.*({match})"):
+        Calibration.load(f)
+    with pytest.raises(CalibrationError, match="is a directory"):
+        Calibration.load(tmp_path)
+    with pytest.raises(CalibrationError, match="cannot read it"):
+        Calibration.load(tmp_path / "missing.yaml")
+
+
+def test_calibrate_measures_this_cpu_quickly() -> None:
+    lines: list[str] = []
+    c = calibrate("cpu", quick=True, threads=1, progress=lines.append)
+    assert c.device == "cpu" and c.threads == 1 and c.machine["torch"] == str(torch.__version__)
+    rates = [r for r, _ in c.matmul["float32"].values()]
+    assert rates and all(r > 0 and math.isfinite(r) for r in rates)
+    # a bigger matmul does not run slower per FLOP than a single row (M=1 is memory-bound)
+    assert c.matmul_flops(256, 1024, 1024) > c.matmul_flops(1, 1024, 1024)
+    assert c.bandwidth_Bps > 1e8 and 0 < c.op_overhead_s < 1e-3 and set(c.codecs) == {"fp16", "bf16", "int8"}
+    assert c.attention["float32"] and any("matmul" in ln for ln in lines) and any("bandwidth" in ln for ln in lines)
+
+
+@pytest.mark.parametrize("kw, match", [({"device": "tpu"}, "not a torch device type"), ({"threads": 0}, "threads"),
+                                       ({"dtypes": ["float33"]}, "not torch dtypes")])
+def test_bad_calibrate_options_are_named(kw: dict, match: str) -> None:
+    with pytest.raises(CalibrationError, match=match):
+        calibrate(quick=True, **kw)
+
+
+# -- the kernel shapes the profile records -------------------------------------------------------
+
+
+def _kernels(model: torch.nn.Module, *inputs: torch.Tensor) -> list[tuple]:
+    prof = rotafx.ModelProfile.from_pytorch(model.eval(), inputs)
+    return [c.kernel for layer in prof.layers for c in layer.op_costs if c.kernel is not None]
+
+
+def test_linear_records_its_gemm() -> None:
+    assert _kernels(torch.nn.Linear(48, 80), torch.randn(6, 48)) == [("mm", 6, 48, 80)]
+    assert _kernels(torch.nn.Linear(48, 80, bias=False), torch.randn(2, 3, 48)) == [("mm", 6, 48, 80)]
+
+
+def test_a_convolution_records_the_gemm_it_is() -> None:
+    conv = torch.nn.Conv2d(3, 16, 3, padding=1)
+    # batch 2 x 8x8 output positions, 3 channels x 3x3 kernel, 16 output channels
+    assert _kernels(conv, torch.randn(2, 3, 8, 8)) == [("mm", 2 * 64, 27, 16)]
+    grouped = torch.nn.Conv2d(8, 8, 3, padding=1, groups=4)
+    assert _kernels(grouped, torch.randn(1, 8, 4, 4)) == [("mm", 16 * 4, 2 * 9, 2)]
+
+
+def test_batched_matmul_and_attention_record_their_shapes() -> None:
+    class Attn(torch.nn.Module):
+        def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.scaled_dot_product_attention(q, k, k) + torch.bmm(q[0], k[0].transpose(1, 2)).sum()
+
+    q, k = torch.randn(2, 4, 5, 8), torch.randn(2, 4, 7, 8)
+    got = _kernels(Attn(), q, k)
+    assert ("sdpa", 8, 7, 8) in got and ("mm", 4 * 5, 8, 7) in got
