@@ -83,6 +83,38 @@ class Calibration:
         """Achieved FLOP/s of attention at that size (the profile's FLOP count per second); None if not measured."""
         return _interpolate(self.attention.get(dtype), (batch_heads, seq, head_dim))
 
+    def peak_flops(self, dtype: str = "float32") -> float | None:
+        """The best measured matmul rate for ``dtype`` (the compute roof of ops with no kernel of their own)."""
+        rows = self.matmul.get(dtype)
+        return max(r for r, _ in rows.values()) if rows else None
+
+    def op_time_s(self, op: Any, dtype: str = "float32") -> float:
+        """One op's time: its launch cost, plus ``max(flops / rate, bytes_moved / bandwidth)``.
+
+        ``op`` is a :class:`~rotafx.layers.OpCost`. A view costs the view's launch only; the
+        rate is the calibrated rate of the op's kernel at its shape (a matmul or attention),
+        else the device's best matmul rate; the dtype's tables, else float32's.
+        """
+        if op.view:
+            return self.view_overhead_s
+        rate = None
+        table = dtype if dtype in self.matmul else "float32"
+        if op.kernel is not None:
+            kind, a, b, c = op.kernel
+            rate = self.matmul_flops(a, b, c, table) if kind == "mm" else \
+                self.attention_flops(a, b, c, dtype if dtype in self.attention else "float32")
+        rate = rate or self.peak_flops(table)
+        compute = op.flops / rate if rate else 0.0
+        return self.op_overhead_s + max(compute, op.bytes_moved / self.bandwidth_Bps)
+
+    def layer_time_s(self, layer: Any, dtype: str = "float32") -> float:
+        """A layer's time on this device: the sum of its ops' :meth:`op_time_s` (a layer with no op
+        records, e.g. from ``from_layers``, as one op per entry of its ``work``)."""
+        from .layers import OpCost
+
+        ops = layer.op_costs or tuple(OpCost(f, b, None, False) for f, b in (layer.work or ((layer.flops, layer.bytes_moved),)))
+        return sum(self.op_time_s(op, dtype) for op in ops)
+
     def codec_s(self, codec: str, nbytes: float) -> float:
         """Seconds to encode ``nbytes`` of activations with ``codec`` and decode them (0 when not measured)."""
         c = self.codecs.get(codec)

@@ -55,6 +55,8 @@ class ModelProfile:
     input_names: tuple[str, ...] = ()
     output_names: tuple[str, ...] = ()
     op_ms: Mapping[str, float] = field(default_factory=dict, repr=False)
+    measured_on: str | None = None  # the torch device (and host) layers were timed on, e.g. "cpu@host"
+    measured_spread: tuple[float, ...] = field(default=(), repr=False)  # per layer: (max - min) / median over rounds
 
     # -- the seed's properties -----------------------------------------------
     @property
@@ -254,7 +256,8 @@ class ModelProfile:
     @classmethod
     def from_pytorch(cls, model: torch.nn.Module, example_inputs: Any = None, *, example_kwargs: Mapping[str, Any] | None = None,
                      dtype: torch.dtype | None = None, batch_size: int | None = None, seq_len: int = 128,
-                     strict: bool = False, progress: bool = False) -> "ModelProfile":
+                     strict: bool = False, progress: bool = False, measure: bool = False,
+                     device: Any = None, repeats: int = 5) -> "ModelProfile":
         """Trace a PyTorch model with ``torch.export`` and profile it.
 
         Works on the ``meta`` device (no weights allocated). ``example_inputs`` is a
@@ -264,14 +267,58 @@ class ModelProfile:
         that size (``torch.float16``: 2 bytes per parameter) without converting the model.
         An op with no cost rule counts 0 FLOPs with a warning (listed in ``unknown_ops``),
         or raises :class:`~rotafx.layers.CostRuleError` under ``strict=True``.
+        ``measure=True`` also times every layer on ``device`` (see :meth:`measure`).
 
         >>> import torch
         >>> p = ModelProfile.from_pytorch(torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU()))
         >>> p.total_params, p.layers[0].flops
         (36, 64)
         """
-        return cls.from_graph(read_module(model, example_inputs, example_kwargs=example_kwargs, dtype=dtype,
+        from .frontends.pytorch.trace import example_args
+
+        args = example_args(model, example_inputs, batch_size, seq_len) if measure else example_inputs
+        prof = cls.from_graph(read_module(model, args, example_kwargs=example_kwargs, dtype=dtype,
                                           batch_size=batch_size, seq_len=seq_len, strict=strict, progress=progress))
+        if measure:
+            prof = prof.measure(model, args, example_kwargs=example_kwargs, device=device, repeats=repeats,
+                                progress=progress)
+        return prof
+
+    def measure(self, model: torch.nn.Module, example_inputs: Any = None, *,
+                example_kwargs: Mapping[str, Any] | None = None, device: Any = None, threads: int | None = None,
+                repeats: int = 5, progress: bool = False) -> "ModelProfile":
+        """This profile with every layer timed on a real device, at the profiled shapes (``layer.measured_ms``).
+
+        ``model`` is the module this profile was made from, with real weights (a profile
+        holds no model); ``example_inputs`` the inputs it was profiled with (default: built
+        as :meth:`from_pytorch` builds them); ``device`` where to time it (default the
+        model's; the model is moved there); ``threads`` torch intra-op threads while timing
+        (default the current setting); ``repeats`` rounds over the layers, interleaved (the
+        median is kept, the spread in ``measured_spread``). The layers run at the model's
+        own dtype. The estimator and the solvers use these times for a device calibrated
+        on the same machine and device (see :mod:`rotafx.calibrate`).
+        """
+        import dataclasses
+        import socket
+
+        from .frontends.pytorch.measure import measure_layers
+        from .frontends.pytorch.trace import example_args
+
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise ProfileError(f"rotafx: repeats must be a positive integer (rounds of timing), got {repeats!r}")
+        if self.source != "pytorch":
+            raise ProfileError(f"rotafx: measure() times a PyTorch model's layers; this profile comes from "
+                               f"{self.source or 'elsewhere'!r} (ONNX: from_onnx(measure=True) times it with onnxruntime)")
+        args = example_args(model, example_inputs, self.batch_size, 128) if example_inputs is None else example_inputs
+        layer_of = {op: layer.index for layer in self.layers for op in layer.ops}
+        say = (lambda m: __import__("sys").stderr.write(m + "\n")) if progress else None
+        times = measure_layers(model, args, layer_of, self.num_layers, example_kwargs=example_kwargs, device=device,
+                               threads=threads, rounds=repeats, progress=say)
+        dev = torch.device(device) if device is not None else next((p.device for p in model.parameters()),
+                                                                  torch.device("cpu"))
+        layers = tuple(dataclasses.replace(layer, measured_ms=t) for layer, (t, _) in zip(self.layers, times))
+        return dataclasses.replace(self, layers=layers, measured_on=f"{dev}@{socket.gethostname()}",
+                                   measured_spread=tuple(s for _, s in times))
 
     @classmethod
     def from_onnx(cls, path: Any, input_shapes: Mapping[str, Any] | Sequence[Sequence[int]] | None = None,

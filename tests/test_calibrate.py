@@ -142,3 +142,56 @@ def test_batched_matmul_and_attention_record_their_shapes() -> None:
     q, k = torch.randn(2, 4, 5, 8), torch.randn(2, 4, 7, 8)
     got = _kernels(Attn(), q, k)
     assert ("sdpa", 8, 7, 8) in got and ("mm", 4 * 5, 8, 7) in got
+
+
+def test_an_op_costs_its_launch_plus_its_roofline_at_the_calibrated_rate() -> None:
+    from rotafx.layers import OpCost
+
+    c = _cal()
+    # a (16, 256) @ (256, 256) matmul at the measured 16 GFLOP/s: 2*16*256*256 FLOPs; its bytes at 10 GB/s are less
+    mm = OpCost(2 * 16 * 256 * 256, 300_000, ("mm", 16, 256, 256), False)
+    assert c.op_time_s(mm) == pytest.approx(2e-6 + 2 * 16 * 256 * 256 / 16e9)
+    # a pointwise op: memory-bound at the calibrated bandwidth, plus the launch
+    add = OpCost(1000, 12_000, None, False)
+    assert c.op_time_s(add) == pytest.approx(2e-6 + 12_000 / 1e10)
+    # an op with FLOPs but no kernel: the best measured matmul rate (64 GFLOP/s)
+    assert c.op_time_s(OpCost(64_000_000, 0, None, False)) == pytest.approx(2e-6 + 1e-3)
+    assert c.op_time_s(OpCost(0, 0, None, True)) == pytest.approx(1e-6)  # a view: its launch only
+    # a layer is the sum of its ops, views included
+    layer = rotafx.ModelProfile.from_pytorch(torch.nn.Sequential(torch.nn.Linear(256, 256)).eval(),
+                                             (torch.randn(16, 256),)).layers[0]
+    assert layer.op_costs and c.layer_time_s(layer) == pytest.approx(sum(c.op_time_s(o) for o in layer.op_costs))
+    assert any(o.kernel == ("mm", 16, 256, 256) for o in layer.op_costs)
+
+
+# -- measured layers --------------------------------------------------------------------------------
+
+
+def test_every_layer_is_measured_at_the_profiled_shapes() -> None:
+    from rotafx.models import small_gpt
+
+    torch.manual_seed(0)
+    model = small_gpt().eval()
+    x = (torch.randint(0, 256, (1, 8)),)
+    prof = rotafx.ModelProfile.from_pytorch(model, x, measure=True, repeats=2)
+    assert prof.measured_ms is not None and len(prof.measured_ms) == prof.num_layers
+    assert all(t > 0 and math.isfinite(t) for t in prof.measured_ms)
+    assert prof.measured_on is not None and prof.measured_on.startswith("cpu@") and len(prof.measured_spread) == prof.num_layers
+    # the same layers and figures as an unmeasured profile: measuring changes only the times
+    plain = rotafx.ModelProfile.from_pytorch(model, x)
+    assert [(l.name, l.flops, l.peak_bytes) for l in plain.layers] == [(l.name, l.flops, l.peak_bytes) for l in prof.layers]
+    assert plain.measured_ms is None
+
+
+def test_measuring_needs_real_weights_and_a_pytorch_profile() -> None:
+    with torch.device("meta"):
+        model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    prof = rotafx.ModelProfile.from_pytorch(model, (torch.randn(2, 4, device="meta"),))
+    with pytest.raises(rotafx.ProfileError, match="weights on the meta device"):
+        prof.measure(model, (torch.randn(2, 4, device="meta"),))
+    real = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    with pytest.raises(rotafx.ProfileError, match="repeats must be a positive integer"):
+        rotafx.ModelProfile.from_pytorch(real, (torch.randn(2, 4),)).measure(real, (torch.randn(2, 4),), repeats=0)
+    layers = rotafx.ModelProfile.from_layers([{"name": "a", "params": 1, "flops": 1, "activation_bytes": 4}])
+    with pytest.raises(rotafx.ProfileError, match="this profile comes from 'layers'"):
+        layers.measure(real, (torch.randn(2, 4),))
