@@ -249,6 +249,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve_from_args(args)
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Measure a device, with one progress line per step on stderr, and write the calibration file."""
+    from .calibrate import Calibration, CalibrationError, calibrate
+
+    out = Path(args.output)
+    if out.suffix not in (".yaml", ".yml", ".json"):
+        raise CalibrationError(f"rotafx: -o {out}: unknown suffix {out.suffix!r}; use .yaml, .yml or .json")
+    if out.is_dir():
+        raise CalibrationError(f"rotafx: -o {out} is a directory; name the file to write")
+    dtypes = [d.replace("torch.", "") for d in args.dtypes] if args.dtypes else None
+    cal = calibrate(args.device, dtypes=dtypes, threads=args.threads, quick=args.quick,
+                    progress=lambda line: print(line, file=sys.stderr, flush=True))
+    cal.save(out)
+    Calibration.load(out)  # what was written reads back
+    dt = next(iter(cal.matmul), "float32")
+    rates = [r for r, _ in cal.matmul.get(dt, {}).values()]
+    print(f"wrote {out}: {cal.device} with {cal.threads} thread(s); matmul {dt} {min(rates) / 1e9:.1f}-"
+          f"{max(rates) / 1e9:.1f} GFLOP/s over {len(rates)} shapes, copy {cal.bandwidth_Bps / 1e9:.1f} GB/s, "
+          f"{cal.op_overhead_s * 1e6:.1f} us per op" if rates else f"wrote {out}")
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad command line as one ``rotafx:`` line and exit status 2."""
 
@@ -303,6 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run one stage of a plan in this process (the driver is rank 0 at MASTER_ADDR:MASTER_PORT)")
     add_serve_args(p)
     p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("calibrate", help="measure a device (matmul and attention rates, bandwidth, op and codec costs)")
+    p.add_argument("--device", default="cpu", help="torch device to measure (default cpu)")
+    p.add_argument("-o", "--output", required=True, help="the calibration file to write (.yaml, .yml or .json)")
+    p.add_argument("--dtype", action="append", dest="dtypes", default=None,
+                   help="a dtype to measure matmuls and attention in (repeat it; default float32 on CPU)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--quick", action="store_true", help="fewer shapes, shorter runs (a few seconds)")
+    p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("topology", help="describe a topology preset or file")
     p.add_argument("topology", help="preset name or file")
     p.set_defaults(func=cmd_topology)

@@ -195,3 +195,18 @@ def test_measuring_needs_real_weights_and_a_pytorch_profile() -> None:
     layers = rotafx.ModelProfile.from_layers([{"name": "a", "params": 1, "flops": 1, "activation_bytes": 4}])
     with pytest.raises(rotafx.ProfileError, match="this profile comes from 'layers'"):
         layers.measure(real, (torch.randn(2, 4),))
+
+
+def test_the_calibrate_command_writes_a_file_that_reads_back(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "cpu.yaml"
+    run = subprocess.run([sys.executable, "-m", "rotafx", "calibrate", "--quick", "--threads", "1", "-o", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "calibrate cpu: matmul float32" in run.stderr and run.stdout.startswith(f"wrote {out}: cpu with 1 thread")
+    assert Calibration.load(out).threads == 1
+    bad = subprocess.run([sys.executable, "-m", "rotafx", "calibrate", "-o", str(tmp_path / "c.txt")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown suffix '.txt'" in bad.stderr
