@@ -1,9 +1,10 @@
-"""A stage process that fails on purpose, for the fault tests: ``python -m tests.faulty_stage --fault die@R|hang@R ...``.
+"""A stage process that fails on purpose, for the fault tests: ``python -m tests.faulty_stage --fault KIND@R ...``.
 
 ``die@R``: when request R is about to be computed, deliver what was already sent, then
 exit with status 17 (a crash between requests); ``hang@R``: stop there for good (the
 process still answers heartbeats); ``stop@R``: suspend the whole process (SIGSTOP), as a
-debugger or an operator's ctrl-Z would.
+debugger or an operator's ctrl-Z would; ``fail@R``: raise ``RuntimeError("injected")`` there (a bug in
+the stage's own code, which the stage reports itself).
 """
 
 from __future__ import annotations
@@ -20,18 +21,20 @@ DIED = 17
 
 
 class FaultyStage(StageServer):
-    """A :class:`StageServer` that dies or hangs before computing one request."""
+    """A :class:`StageServer` that dies, hangs, stops or raises before computing one request."""
 
     def __init__(self, *args: object, fault: str, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         kind, _, at = fault.partition("@")
-        if kind not in ("die", "hang", "stop") or not at.isdigit():
-            raise SystemExit(f"faulty_stage: --fault must be die@R, hang@R or stop@R, got {fault!r}")
+        if kind not in ("die", "hang", "stop", "fail") or not at.isdigit():
+            raise SystemExit(f"faulty_stage: --fault must be die@R, hang@R, stop@R or fail@R, got {fault!r}")
         self.kind, self.at = kind, int(at)
 
     def before_compute(self, request: int) -> None:
         if request != self.at:
             return
+        if self.kind == "fail":
+            raise RuntimeError("injected")
         if self.kind == "die":
             self.flush()
             os._exit(DIED)
@@ -44,7 +47,7 @@ class FaultyStage(StageServer):
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.faulty_stage")
     add_serve_args(ap)
-    ap.add_argument("--fault", required=True, help="die@R, hang@R or stop@R")
+    ap.add_argument("--fault", required=True, help="die@R, hang@R, stop@R or fail@R")
     args = ap.parse_args(argv)
     return serve_from_args(args, FaultyStage, fault=args.fault)
 
