@@ -10,6 +10,10 @@ or off with big-M bounds. Memory: for each device and each of its layers, its st
 weights plus that layer's live-activation peak fit its capacity; a weight several layers read
 (a tied embedding) is counted once per device, through a variable bounded below by each of
 its readers' placement on that device.
+
+The model's size is linear in layers x stages (:func:`model_size` counts it before anything is
+built), and :func:`solve_milp` keeps to a wall-clock limit: building and compiling the model count
+against it, a model estimated not to fit it is not built, and HiGHS gets only what is left.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +28,10 @@ import numpy as np
 
 from ..costmodel import CostTables
 from ..objective import Objective
+from .deadline import Deadline
 from .feasibility import fits
 
-__all__ = ["solve_milp", "MilpResult"]
+__all__ = ["solve_milp", "MilpResult", "model_size", "build_seconds"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,8 @@ class MilpResult:
     the dual bound, the relative gap and the seconds it took.
 
     ``status``: ``"optimal"``; ``"time_limit"`` (a plan, not proven optimal);
-    ``"time_limit_no_solution"`` (the limit came before any plan); ``"infeasible"``;
+    ``"time_limit_no_solution"`` (the limit came before any plan); ``"time_limit_not_built"`` (the model
+    could not have been built and solved within the limit, so it was not built); ``"infeasible"``;
     ``"error: ..."`` (the solver's own message).
     """
 
@@ -49,51 +54,73 @@ class MilpResult:
 
 
 def _build(tables: CostTables, capacity_margin: float = 0.0):  # type: ignore[no-untyped-def]
+    """The variables and constraints (``K >= 2``): the columns ``Y[b]``, the stage columns ``XC[s]``, the cut
+    columns ``ZC[b]``, the bypass switches ``U`` and the constraints.
+
+    Each stage and cut column is built from one boundary's own variable: a column sliced out of a
+    stacked matrix carries the whole stack's linear map through cvxpy, which made the model quadratic
+    in the stages, and each layer's memory row names the device's weights through one variable (written
+    out, L rows of L weights made it quadratic in the layers: 1,000 layers on 16 stages took 25 s and
+    3.7 GB to compile, 0.2 s and 0.5 GB now)."""
     import cvxpy as cp
 
     L, K = tables.L, tables.K
     topo = tables.topology
-    Y = cp.Variable((L, K - 1), boolean=True) if K > 1 else None
+    # one variable per chain boundary: Y[b][l] = 1 when layer l runs in a stage <= b
+    Y = [cp.Variable(L, boolean=True) for _ in range(K - 1)]
     cons = []
-    if Y is not None:
+    for b, y in enumerate(Y):
         if L > 1:
-            cons.append(Y[1:, :] <= Y[:-1, :])
-        if K > 2:
-            cons.append(Y[:, :-1] <= Y[:, 1:])
-        # empty slices confuse cvxpy's stacking, so the middle pieces are added only when present
-        X = cp.hstack([Y[:, :1], *([Y[:, 1:] - Y[:, :-1]] if K > 2 else []), 1 - Y[:, -1:]])
-        Z = cp.vstack([1 - Y[:1, :], *([Y[:-1, :] - Y[1:, :]] if L > 1 else []), Y[-1:, :]])
-    else:
-        X = np.ones((L, 1))
-        Z = None
+            cons.append(y[1:] <= y[:-1])
+        if b + 1 < K - 1:
+            cons.append(y <= Y[b + 1])
+    XC = [Y[0], *(Y[s] - Y[s - 1] for s in range(1, K - 1)), 1 - Y[-1]]
+    # empty slices confuse cvxpy's stacking, so the middle piece is added only when present
+    ZC = [cp.hstack([1 - y[:1], *([y[:-1] - y[1:]] if L > 1 else []), y[-1:]]) for y in Y]
     # memory, each row in units of the device's capacity (coefficients of order 1, which a tight MIP
     # tolerance can be held to); ``room`` keeps a fraction of it free
     room = 1.0 - capacity_margin
     for dev, ss in tables.device_stages.items():
-        on = sum(X[:, s] for s in ss)
+        on = _total([XC[s] for s in ss])
         cap = tables.capacity[dev]
         if cap <= 0:  # no memory (or no cache) at all: it runs nothing
             cons.append(on == 0)
         elif tables.memory_rule == "sum":
             cons.append((tables.sum_bytes / cap) @ on <= room)
         else:
-            held = 0
+            held = []
             for b, readers in tables.shared:  # held[j] >= 1 when the device runs any reader of shared weight j
                 h = cp.Variable(nonneg=True)
                 cons.append(h >= on[list(readers)])
-                held = held + (b / cap) * h
-            cons.append((tables.own_weight_bytes / cap) @ on + held + cp.multiply(tables.peak_bytes / cap, on) <= room)
+                held.append((b / cap) * h)
+            w = cp.Variable()  # the weights the device holds, each once
+            cons.append(w == (tables.own_weight_bytes / cap) @ on + _total(held))
+            cons.append(w + cp.multiply(tables.peak_bytes / cap, on) <= room)
     # bypass switches
     U = {}
     for i, (f, g) in enumerate(topo.bypasses):
         u = cp.Variable(boolean=True)
-        used = cp.sum(X[:, f:g + 1])
+        used = cp.sum(Y[g] - Y[f - 1])  # the layers in stages f..g (0 < f <= g < K - 1)
         cons += [used <= L * u, used >= u]
         U[i] = u
-    return Y, X, Z, U, cons
+    return Y, XC, ZC, U, cons
 
 
-def _route_hops(tables: CostTables, Z, U, cons, term: str) -> list:  # type: ignore[no-untyped-def]
+def _total(terms: list[Any]) -> Any:
+    """The sum of cvxpy expressions (or numbers) as one node: Python's ``sum`` nests them, and cvxpy flattens each
+    nested sum again, quadratic in the number of terms (one per stage or hop)."""
+    import cvxpy as cp
+
+    if not terms:
+        return 0.0
+    if len(terms) == 1:
+        return terms[0]
+    if all(getattr(t, "ndim", 0) == 0 for t in terms):
+        return cp.sum(cp.hstack(terms))
+    return functools.reduce(lambda a, b: a + b, terms)  # vectors (a device's few stages)
+
+
+def _route_hops(tables: CostTables, ZC, U, cons, term: str) -> list:  # type: ignore[no-untyped-def]
     """What each possible hop of the route adds to ``term`` (the cost model's :func:`~rotafx.costmodel.hop_coefficients`
     times the bytes of the cut it carries), each a pair ``(variable part, constant part)``; a hop that a bypass
     switches off is bounded with big-M and its constant multiplied by the switch."""
@@ -109,72 +136,169 @@ def _route_hops(tables: CostTables, Z, U, cons, term: str) -> list:  # type: ign
         if b in in_bypass:
             u = U[in_bypass[b]]
             h = cp.Variable(nonneg=True)
-            cons.append(h >= coef @ Z[:, b] - float(coef.max(initial=0.0)) * (1 - u))
+            cons.append(h >= coef @ ZC[b] - float(coef.max(initial=0.0)) * (1 - u))
             out.append((h, const * u))
         else:
-            out.append((coef @ Z[:, b], const))
+            out.append((coef @ ZC[b], const))
     for i, ((f, g), link) in enumerate(zip(topo.bypasses, tables.bypass_links)):
         per_byte, const = tables.hop_coefficients(link)[term]
         coef = per_byte * by
         h = cp.Variable(nonneg=True)
-        cons.append(h >= coef @ Z[:, f - 1] - float(coef.max(initial=0.0)) * U[i])
+        cons.append(h >= coef @ ZC[f - 1] - float(coef.max(initial=0.0)) * U[i])
         out.append((h, const * (1 - U[i])))
     return out
 
 
-def _terms(tables: CostTables, X, Z, U, cons, needed: set[str]):  # type: ignore[no-untyped-def]
-    """The cvxpy expression of each needed objective term: the cost model's stage terms over ``X`` plus the route's hops."""
+def _terms(tables: CostTables, XC, ZC, U, cons, needed: set[str]):  # type: ignore[no-untyped-def]
+    """The cvxpy expression of each needed objective term: the cost model's stage terms over ``XC`` plus the
+    route's hops."""
     import cvxpy as cp
 
     out = {}
     for term in needed - {"period"}:
-        stage = cp.sum(cp.multiply(tables.stage_terms[term], X))
-        hops = sum(h + c for h, c in _route_hops(tables, Z, U, cons, term)) if Z is not None else 0
-        out[term] = stage + hops
+        stage = [tables.stage_terms[term][:, s] @ x for s, x in enumerate(XC)]
+        hops = [piece for h, c in _route_hops(tables, ZC, U, cons, term) for piece in (h, c)]
+        out[term] = _total(stage + hops)
     if "period" in needed:  # the slowest device or link: a bound above every one of them
         T = cp.Variable(nonneg=True)
         for dev, ss in tables.device_stages.items():
-            cons.append(T >= sum(tables.stage_terms["latency"][:, s] @ X[:, s] for s in ss))
-        if Z is not None:
-            cons.extend(T >= h for h, _ in _route_hops(tables, Z, U, cons, "period"))
+            cons.append(T >= _total([tables.stage_terms["latency"][:, s] @ XC[s] for s in ss]))
+        cons.extend(T >= h for h, _ in _route_hops(tables, ZC, U, cons, "period"))
         out["period"] = T
     return out
 
 
+# -- how long the model takes to build -------------------------------------------------------------------------
+
+# cvxpy's compilation of this model costs about 1 us per nonzero of its constraint matrix and objective and
+# 1.7 ms per constraint (its per-expression work; a chain of 400 stages has 2,400 constraints), measured on the
+# 2-core machine of benchmarks/RESULTS_solver.md; the figures below are about 1.5-2 times those, and a
+# compilation slower than they predict makes the next estimates slower by as much
+SECONDS_PER_NONZERO = 2e-6
+SECONDS_PER_CONSTRAINT = 2.5e-3
+BUILD_OVERHEAD_S = 0.05  # a model of any size: cvxpy's fixed costs, HiGHS's setup
+IMPORT_S = 2.0  # importing cvxpy the first time in a process (about 1 s there)
+# HiGHS looks at its clock between presolve passes and search steps, so it returns after its limit by up to
+# one of them: 0.03-0.25 s on 1,000 layers x 16 stages (150,000 nonzeros) alone on the 2-core machine, up to
+# 1 s with another job on it (one presolve pass); it gets its limit less this much
+HIGHS_OVERRUN_S = 0.1
+HIGHS_OVERRUN_PER_NONZERO = 3e-6
+_slowdown = [1.0]  # the last large compilation's time over its estimate, when over 1
+
+
+def model_size(tables: CostTables, obj: Objective) -> tuple[int, int]:
+    """``(nonzeros, constraints)`` of the MILP for ``obj``, counted from the tables without building it: what the
+    time to build and compile the model grows with (nonzeros about ``2·L·K`` per objective term and memory row
+    set, constraints about 6 per stage). The count follows :func:`_build` and :func:`_terms`; a test holds it
+    to cvxpy's own count."""
+    L, K = tables.L, tables.K
+    if K < 2:
+        return 0, 0
+    topo = tables.topology
+    nb = len(topo.bypasses)
+    nnz = (K - 1) * 2 * max(L - 1, 0) + max(K - 2, 0) * 2 * L  # y non-increasing in l, non-decreasing in b
+    rows = (K - 1 if L > 1 else 0) + max(K - 2, 0)
+
+    def on_nnz(ss: list[int]) -> int:
+        """Nonzeros per layer of a device's ``on`` (its stages' columns summed; adjacent stages cancel)."""
+        coef: dict[int, int] = {}
+        for s in ss:
+            if s <= K - 2:
+                coef[s] = coef.get(s, 0) + 1
+            if s >= 1:
+                coef[s - 1] = coef.get(s - 1, 0) - 1
+        return max(1, sum(1 for c in coef.values() if c))
+
+    n_shared = len(tables.shared)
+    shared_rows = sum(len(r) for _, r in tables.shared)
+    for ss in tables.device_stages.values():
+        k = on_nnz(ss)
+        if tables.memory_rule == "sum" or tables.capacity[topo.chain[ss[0]]] <= 0:
+            nnz, rows = nnz + L * k, rows + 1
+        else:
+            nnz += shared_rows * (1 + k) + (L * k + 1 + n_shared) + L * (1 + k)
+            rows += n_shared + 2
+    nnz, rows = nnz + nb * 2 * (2 * L + 1), rows + 2 * nb
+    needed = obj.needed | ({"latency"} if obj.name == "minimize_bandwidth" else set())
+    big_m = sum(g - f + 2 for f, g in topo.bypasses) + nb  # hops a bypass switches, each a row per term
+    additive = len(needed - {"period"})
+    nnz, rows = nnz + additive * big_m * (L + 3), rows + additive * big_m
+    nnz += L * (K - 1)  # the objective itself (all its terms on the same variables)
+    if "period" in needed:
+        nnz += sum(L * on_nnz(ss) + 1 for ss in tables.device_stages.values()) + (K - 1 + nb) * (L + 3)
+        rows += len(tables.device_stages) + (K - 1 + nb) + big_m
+    return nnz + L * (K - 1), rows + 1  # and the cutoff row: the objective again
+
+
+def build_seconds(tables: CostTables, obj: Objective) -> float:
+    """A cautious estimate of the seconds from nothing to HiGHS's start: import cvxpy (once), build, compile."""
+    first = 0.0 if "cvxpy" in sys.modules else IMPORT_S
+    return first + _compile_estimate(*model_size(tables, obj)) * _slowdown[0]
+
+
+def _compile_estimate(nnz: int, rows: int) -> float:
+    return BUILD_OVERHEAD_S + SECONDS_PER_NONZERO * nnz + SECONDS_PER_CONSTRAINT * rows
+
+
 def solve_milp(tables: CostTables, obj: Objective, *, time_limit: float = 60.0, verbose: bool = False,
                cutoff: float | None = None, presolve: bool = True, capacity_margin: float = 0.0) -> MilpResult:
-    """Solve ``obj`` exactly (or to the time limit). ``cutoff``: a known feasible value (upper bound).
+    """Solve ``obj`` exactly, or as well as ``time_limit`` seconds of wall time allow.
+
+    Args:
+        tables: the cost tables of a profile on a topology.
+        obj: the objective.
+        time_limit: wall seconds for the whole call: building the model, cvxpy's compilation and HiGHS.
+            A model that :func:`build_seconds` says cannot be built within it is not built
+            (status ``"time_limit_not_built"``); HiGHS gets only what is left after compilation.
+        verbose: HiGHS's log.
+        cutoff: a known feasible value (an upper bound on the optimum).
+        presolve: HiGHS's presolve (off to check a suspicious answer).
+        capacity_margin: the fraction of every capacity kept free.
+
+    Returns:
+        A :class:`MilpResult`.
 
     ``minimize_bandwidth`` is solved in two phases: the fewest bytes, then the lowest
-    latency among plans with those bytes.
+    latency among plans with those bytes (when time is left for it; else ``"time_limit"``).
     """
+    deadline = Deadline(time_limit)
+    if tables.K == 1:  # a single stage: nothing to decide but whether it fits
+        if fits(tables, [0] * tables.L):
+            return MilpResult([0] * tables.L, "optimal", float("nan"), float("nan"), 0.0, deadline.spent())
+        return MilpResult(None, "infeasible", float("inf"), float("inf"), float("nan"), deadline.spent())
+    if build_seconds(tables, obj) >= deadline.left():
+        return MilpResult(None, "time_limit_not_built", float("nan"), float("nan"), float("nan"), deadline.spent())
     import cvxpy as cp  # imported here, not at start-up: it costs seconds and only the MILP needs it
 
-    t0 = time.perf_counter()
-    Y, X, Z, U, cons = _build(tables, capacity_margin)
+    Y, XC, ZC, U, cons = _build(tables, capacity_margin)
     needed = obj.needed | ({"latency"} if obj.name == "minimize_bandwidth" else set())
-    T = _terms(tables, X, Z, U, cons, needed)
+    T = _terms(tables, XC, ZC, U, cons, needed)
     expr = obj.combine(T)
-    if Y is None:  # a single stage: nothing to decide but whether it fits
-        if fits(tables, [0] * tables.L):
-            return MilpResult([0] * tables.L, "optimal", float("nan"), float("nan"), 0.0, time.perf_counter() - t0)
-        return MilpResult(None, "infeasible", float("inf"), float("inf"), float("nan"), time.perf_counter() - t0)
     extra = [expr <= cutoff * (1 + 1e-7) + 1e-9] if cutoff is not None and np.isfinite(cutoff) else []
-    res = _solve(cp.Problem(cp.Minimize(expr), cons + extra), time_limit, verbose, presolve)
-    status, value, bound, gap = res
-    if obj.name == "minimize_bandwidth" and status in ("optimal", "time_limit") and Y.value is not None:
-        first = np.round(Y.value)
-        left = max(1.0, time_limit - (time.perf_counter() - t0))
-        res2 = _solve(cp.Problem(cp.Minimize(T["latency"]), cons + [expr <= value + 0.5]), left, verbose, presolve)
-        if res2[0] not in ("optimal", "time_limit") or Y.value is None:
-            Y.value = first
+    status, value, bound, gap = _solve(cp.Problem(cp.Minimize(expr), cons + extra), deadline, verbose, presolve)
+    if obj.name == "minimize_bandwidth" and status in ("optimal", "time_limit") and _values(Y) is not None:
+        first = _values(Y)
+        status2 = _solve(cp.Problem(cp.Minimize(T["latency"]), cons + [expr <= value + 0.5]), deadline, verbose,
+                         presolve)[0]
+        if status2 not in ("optimal", "time_limit") or _values(Y) is None:
+            for y, v in zip(Y, first.T):  # the first phase's plan: the fewest bytes, ties not broken
+                y.value = v
+            status = "time_limit" if status2.startswith("time_limit") else status
         else:
-            status = "optimal" if (status == "optimal" and res2[0] == "optimal") else "time_limit"
+            status = "optimal" if (status == "optimal" and status2 == "optimal") else "time_limit"
     stages = None
-    if status in ("optimal", "time_limit") and Y.value is not None:
-        y = np.round(Y.value).astype(int)
+    ys = _values(Y)
+    if status in ("optimal", "time_limit") and ys is not None:
+        y = ys.astype(int)
         stages = [int(tables.K - 1 - y[l].sum()) for l in range(tables.L)]
-    return MilpResult(stages, status, value, bound, gap, time.perf_counter() - t0)
+    return MilpResult(stages, status, value, bound, gap, deadline.spent())
+
+
+def _values(Y: list[Any]) -> np.ndarray | None:
+    """``y[l, b]`` rounded, or None before a solution."""
+    if any(y.value is None for y in Y):
+        return None
+    return np.round(np.column_stack([y.value for y in Y]))
 
 
 @functools.cache
@@ -197,19 +321,33 @@ def _silence_highs_banner() -> None:
         os.close(saved)
 
 
-def _solve(prob: Any, time_limit: float, verbose: bool, presolve: bool = True) -> tuple[str, float, float, float]:
+def _solve(prob: Any, deadline: Deadline, verbose: bool, presolve: bool = True) -> tuple[str, float, float, float]:
+    """Compile ``prob`` for HiGHS and solve it in what is left before ``deadline``: ``(status, value, bound, gap)``."""
     import cvxpy as cp
 
     if not verbose:
         _silence_highs_banner()
+    # HiGHS's defaults are made for objectives of order 1 and more: with its MIP feasibility tolerance (1e-6)
+    # objectives of order 1e-2 (joules of a small model) came back "optimal" at three times the optimum, and
+    # its absolute gap (1e-6) accepts any plan within 1e-6 J of the bound (tests/test_solve.py). Tighter
+    # than 1e-7 is worse again: at 1e-8 and 1e-9 a 50-layer, 8-device chain came back suboptimal or
+    # "infeasible" (benchmarks/solver.py's instance), so 1e-7, and the optimizer checks every answer
+    opts: dict[str, Any] = {"mip_rel_gap": 1e-9, "mip_abs_gap": 1e-12, "mip_feasibility_tolerance": 1e-7,
+                            **({} if presolve else {"presolve": "off"})}
     try:
-        # HiGHS's defaults are made for objectives of order 1 and more: with its MIP feasibility tolerance (1e-6)
-        # objectives of order 1e-2 (joules of a small model) came back "optimal" at three times the optimum, and
-        # its absolute gap (1e-6) accepts any plan within 1e-6 J of the bound (tests/test_solve.py). Tighter
-        # than 1e-7 is worse again: at 1e-8 and 1e-9 a 50-layer, 8-device chain came back suboptimal or
-        # "infeasible" (benchmarks/solver.py's instance), so 1e-7, and the optimizer checks every answer
-        prob.solve(solver=cp.HIGHS, time_limit=float(time_limit), verbose=verbose, mip_rel_gap=1e-9,
-                   mip_abs_gap=1e-12, mip_feasibility_tolerance=1e-7, **({} if presolve else {"presolve": "off"}))
+        # compiled first, then solved in the time left: cvxpy's compilation counts against the limit
+        before = deadline.left()
+        data, chain, inverse = prob.get_problem_data(cp.HIGHS, verbose=verbose, solver_opts=opts)
+        nnz = data["A"].nnz + int(np.count_nonzero(data["c"]))
+        predicted = _compile_estimate(nnz, len(prob.constraints))
+        if predicted > 0.2:  # large enough that the fixed costs do not dominate: how fast this machine compiles
+            _slowdown[0] = max(1.0, (before - deadline.left()) / predicted)
+        left = deadline.left()
+        left -= min(0.3 * left, HIGHS_OVERRUN_S + HIGHS_OVERRUN_PER_NONZERO * nnz)
+        if left <= 0:
+            return "time_limit_no_solution", float("nan"), float("nan"), float("nan")
+        opts["time_limit"] = float(left)
+        prob.unpack_results(chain.solve_via_data(prob, data, False, verbose, opts), chain, inverse)
     except cp.error.SolverError as e:
         return "error: " + str(e).splitlines()[0], float("nan"), float("nan"), float("nan")
     info = prob.solver_stats.extra_stats if prob.solver_stats is not None else None

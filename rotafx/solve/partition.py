@@ -24,6 +24,9 @@ class Partition:
     ``stages[l]`` is the chain stage of layer ``l``; ``nodes[l]`` its node.
     ``status`` is ``"optimal"`` (proven, gap ``gap``), ``"time_limit"`` (best found, not
     proven), ``"heuristic"`` (greedy) or ``"manual"`` (after :meth:`move_layer`).
+    ``solver`` is the solver asked for; ``method`` the algorithm whose plan this is: ``"milp"``,
+    ``"dp"`` (exact: its plan is optimal), ``"greedy"`` or ``"manual"`` (the MILP's time limit may
+    leave the DP's or greedy's plan as the answer). ``solve_seconds``: the whole ``optimize()`` call.
     """
 
     profile: ModelProfile
@@ -41,6 +44,7 @@ class Partition:
     codec: str | None = None
     memory_rule: str = "liveness"
     validation: Validation | None = None
+    method: str = "milp"
     _moves: dict[int, str] = field(default_factory=dict, repr=False)
 
     # -- the seed's fields ---------------------------------------------------
@@ -106,7 +110,7 @@ class Partition:
         self.stages = tuple(v.stages or ())
         self.estimate = evaluate(tables, self.stages)
         self.objective_value = self.objective.value(self.estimate)
-        self.status, self.gap, self.solver = "manual", math.nan, "manual"
+        self.status, self.gap, self.solver, self.method = "manual", math.nan, "manual", "manual"
         self._moves.clear()
         return v
 
@@ -131,8 +135,9 @@ class Partition:
 
     def report(self) -> str:
         gap = "" if math.isnan(self.gap) else f", gap {self.gap:.2%}"
-        lines = [f"partition of {self.profile.name} for {self.objective.name} (solver {self.solver}: {self.status}{gap}, "
-                 f"{self.solve_seconds:.2f} s)", self.table(), f"cut points: {self.cut_points}",
+        how = "" if self.method == self.solver else f", the {self.method} plan"
+        lines = [f"partition of {self.profile.name} for {self.objective.name} (solver {self.solver}: {self.status}{gap}"
+                 f"{how}, {self.solve_seconds:.2f} s)", self.table(), f"cut points: {self.cut_points}",
                  self.estimate.report("estimate")]
         if self.baseline is not None:
             fits_note = "" if self.baseline_objective_value is not None else " (does NOT fit its memory)"
