@@ -145,7 +145,8 @@ class CostTables:
             self.device_stages.setdefault(name, []).append(s)
         self.capacity = {n: topology.capacity_bytes(topology.devices[n]) for n in self.device_stages}
         self.bypass_links = [topology.link(topology.chain[f - 1], topology.chain[g + 1]) for f, g in topology.bypasses]
-        ground_orbit = [l for l in topology.links.values() if l.kind in ("uplink", "downlink")]
+        # the kinds, not every link: the seed's dict joins every pair of nodes (links made when looked up)
+        ground_orbit = topology.link_kinds() & {"uplink", "downlink"}
         self.bandwidth_kinds = ("uplink", "downlink") if ground_orbit else None
 
     @property

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rotafx.topology import Device, Topology, TopologyError, parse_quantity, preset
+from rotafx.topology import Device, Link, Topology, TopologyError, parse_quantity, preset
 
 # the seed's Partition Optimizer topology, written out here (not taken from rotafx)
 SEED = {
@@ -472,3 +472,111 @@ def test_describe_mentions_every_stage():
     for name in ("ground0", *ORBITALS, "ground1"):
         assert name in text
     assert "100 Mbps" in text and "500 Mbps" in text and "10 Gbps" in text
+
+
+# ---------------------------------------------------------------------------
+# a topology is as large as what its user wrote: links made when looked up
+
+
+def _links_alive() -> int:
+    """Link objects alive in this process (a count, not a time)."""
+    import gc
+
+    gc.collect()
+    return sum(type(o) is Link for o in gc.get_objects())
+
+
+def test_ten_thousand_orbital_nodes_construct_and_their_links_are_looked_up():
+    t = Topology.from_dict(seed(orbital_nodes=10_000))
+    assert t.num_stages == 10_002 and t.chain[0] == "ground0" and t.chain[-1] == "ground1"
+    assert len(t.devices) == 10_002
+    up, isl, down = t.link("ground1", "orbital9999"), t.link("orbital17", "orbital9998"), t.link("orbital5000", "ground0")
+    assert (up.src, up.dst, up.kind, up.bandwidth_bps, up.latency_ms) == ("ground1", "orbital9999", "uplink", 100e6, 25)
+    assert (isl.kind, isl.bandwidth_bps, isl.latency_ms) == ("isl", 10e9, 0.0)
+    assert (down.kind, down.bandwidth_bps) == ("downlink", 500e6)
+    assert t.link("ground0", "ground1").kind == "ground" and t.link("orbital3", "orbital3").kind == "local"
+    with pytest.raises(TopologyError, match="no link from 'orbital3' to 'mars'"):
+        t.link("orbital3", "mars")
+    # every ordered pair of distinct nodes is joined, as before: 2·2·n up and down, 2 ground, n(n-1) isl
+    n = 10_000
+    assert len(t.links) == 4 * n + 2 + n * (n - 1)
+    assert ("orbital1", "orbital2") in t.links and ("orbital1", "orbital1") not in t.links
+
+
+def test_stored_links_grow_linearly_with_the_nodes():
+    """n satellites joined pairwise are n² links; what is kept must be O(n): count the Link objects alive."""
+    before = _links_alive()
+    topologies = [Topology.from_dict(seed(orbital_nodes=n, ground_nodes=g)) for n, g in ((300, 2), (300, 50))]
+    held = _links_alive() - before
+    assert len(topologies[0].links) > 90_000  # what the old table stored, one object each
+    assert held <= 4 * 2 * 350, held  # at most a few per node (none: groups make them when looked up)
+
+
+def test_seed_links_are_every_pair_by_kind():
+    """The lazily made links are exactly the table the seed's dict meant: every ordered pair by the kinds of its ends."""
+    t = Topology.from_dict(seed(ground_nodes=3, orbital_nodes=3, isl_latency_ms=2, ground_latency_ms=4))
+    kind = {("ground", "orbital"): "uplink", ("orbital", "ground"): "downlink", ("ground", "ground"): "ground",
+            ("orbital", "orbital"): "isl"}
+    names = list(t.devices)
+    expected = {(a, b): kind[t.devices[a].kind, t.devices[b].kind] for a in names for b in names if a != b}
+    assert {key: link.kind for key, link in t.links.items()} == expected
+    assert len(t.links) == len(expected) == 30
+    for (a, b), link in t.links.items():
+        assert (link.src, link.dst) == (a, b)
+        assert link.latency_ms == {"uplink": 25, "downlink": 25, "ground": 4, "isl": 2}[link.kind]
+
+
+def test_to_dict_of_a_large_seed_topology_is_small_and_reads_back_equal():
+    t = Topology.from_dict(seed(orbital_nodes=10_000))
+    d = t.to_dict()
+    assert len(d["links"]) == 4 and sorted(l["kind"] for l in d["links"]) == ["downlink", "ground", "isl", "uplink"]
+    assert Topology.from_dict(d) == t
+    assert Topology.from_dict(json.loads(json.dumps(d))) == t
+
+
+def test_general_form_links_between_lists_of_devices():
+    data = {"devices": [{"name": "g", "count": 2, "flops": 1e12, "memory": 1e9},
+                        {"name": "s", "count": 3, "kind": "orbital", "flops": 1e12, "memory": 1e9}],
+            "links": [{"src": "g0", "dst": "s1", "bandwidth": "5 Mbps", "kind": "special", "bidirectional": False},
+                      {"src": ["g0", "g1"], "dst": ["s0", "s1", "s2"], "bandwidth": "100 Mbps", "latency_ms": 25,
+                       "kind": "uplink", "bidirectional": False},
+                      {"src": ["s0", "s1", "s2"], "dst": ["s0", "s1", "s2"], "bandwidth": "10 Gbps", "kind": "isl"},
+                      {"src": ["s0", "s1", "s2"], "dst": ["g0", "g1"], "bandwidth": "1 Gbps", "kind": "downlink"},
+                      {"src": ["s0"], "dst": "g1", "bandwidth": "1 bps", "kind": "never"},
+                      {"src": ["g0"], "dst": ["g1"], "bandwidth": "40 Gbps", "kind": "ground"}],
+            "chain": ["g0", "s0", "s1", "s2", "g1"], "bypasses": [[1, 3]]}
+    t = Topology.from_dict(data)
+    assert t.link("g1", "s2").kind == "uplink" and t.link("g1", "s2").bandwidth_bps == 100e6
+    assert t.link("g0", "s1").kind == "special"  # a link written out wins over a group
+    assert t.link("s2", "s0").kind == "isl" and t.link("s1", "g0").kind == "downlink"
+    assert t.link("s0", "g1").kind == "downlink"  # the first group wins over a later one
+    assert t.link("g0", "s0").kind == "uplink"  # the downlink group's reverse (g -> s) comes after the uplink group
+    assert t.link("g1", "g0").kind == "ground"  # a group is bidirectional unless told otherwise
+    with pytest.raises(TopologyError):
+        t.link("g1", "g1" + "x")
+    # the written link, the uplinks but the one it shadows, isl 3·2, downlinks 3·2, ground both ways; the other
+    # groups' pairs are all shadowed
+    assert len(t.links) == len(list(t.links)) == len(dict(t.links.items())) == 1 + 5 + 6 + 6 + 2
+    assert Topology.from_dict(t.to_dict()) == t
+
+
+def test_a_written_link_shadows_one_pair_of_a_group():
+    data = {"devices": [{"name": "g", "count": 2, "flops": 1e12, "memory": 1e9},
+                        {"name": "s", "count": 3, "flops": 1e12, "memory": 1e9}],
+            "links": [{"src": ["g0", "g1"], "dst": ["s0", "s1", "s2"], "bandwidth": 1e8, "bidirectional": False},
+                      {"src": "g0", "dst": "s1", "bandwidth": 5e6, "kind": "special", "bidirectional": False}],
+            "chain": ["g0", "s1"]}
+    t = Topology.from_dict(data)
+    assert t.link("g0", "s1").kind == "special" and t.link("g0", "s2").kind == "link"
+    assert len(t.links) == len(dict(t.links.items())) == 6
+
+
+def test_repr_holds_every_figure_and_stays_linear():
+    """A plan cache keys on the topology's repr: two topologies that differ in one latency must not look alike."""
+    data = {"devices": [{"name": "a", "flops": 1e12, "memory": 1e9}, {"name": "b", "flops": 1e12, "memory": 1e9}],
+            "links": [{"src": "a", "dst": "b", "bandwidth": 1e9, "latency_ms": 0.01}]}
+    slow = {**data, "links": [{**data["links"][0], "latency_ms": 40}]}
+    assert repr(Topology.from_dict(data)) != repr(Topology.from_dict(slow))
+    assert repr(Topology.from_dict(SEED)) != repr(Topology.from_dict(seed(isl_latency_ms=3)))
+    big = Topology.from_dict(seed(orbital_nodes=3000))
+    assert len(repr(big.links)) < 100 * 3000  # the names in its groups, not 9 million links
