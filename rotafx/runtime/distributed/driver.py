@@ -35,7 +35,8 @@ from ..links import LinkEmulator
 from .secret import resolve_secret
 from .store import AuthStore, StoreServer
 from .transport import (DATA, EMULATE, PREFIX, STOP, CommError, DistributedError, Layout, Wire, backend_for,
-                        check_endpoint, check_links, get_key, make_group, plan_digest, set_quietly, shutdown, wait)
+                        check_endpoint, check_links, get_key, make_group, plan_digest, post, set_quietly, shutdown,
+                        wait)
 
 __all__ = ["Driver"]
 
@@ -182,11 +183,11 @@ class Driver:
         if self._fault() is not None:  # a stage died or stopped while the pipeline was idle
             raise self._failure(None, 0, outputs)
 
-        def post(op: Any, peer: int, i: int) -> Any:
+        def start(op: Any, buf: torch.Tensor, peer: int, i: int) -> Any:
             try:
-                return op(peer)
-            except RuntimeError as e:  # gloo refuses to post on a connection that is gone
-                raise self._failure(CommError(str(e).splitlines()[0] if str(e) else "", peer, False), i, outputs) from None
+                return post(op, [buf], peer, f"the driver: request {i}")
+            except CommError as e:  # gloo refuses to post on a connection that is gone
+                raise self._failure(e, i, outputs) from None
 
         def collect() -> None:
             i, req, buf, work = inflight.popleft()
@@ -206,9 +207,9 @@ class Driver:
                 collect()
             req = base + i
             out_buf = self._out.empty(self.device)
-            inflight.append((i, req, out_buf, post(lambda p: self.pg.recv([out_buf], p, 0), last, i)))
+            inflight.append((i, req, out_buf, start(self.pg.recv, out_buf, last, i)))
             msg = self._in.pack(DATA, req, [t.to(self.device) for t in tensors], self.device, EMULATE if emulate else 0)
-            sends.append((post(lambda p: self.pg.send([msg], p, 0), 1, i), msg))
+            sends.append((start(self.pg.send, msg, 1, i), msg))
             while len(sends) > window:
                 self._wait(sends.popleft()[0], 1, f"the driver: sending request {i}", i, outputs)
         while inflight:
@@ -329,13 +330,14 @@ class Driver:
         stage that has not passed on the request the driver waits for."""
         n = self.plan.num_stages
         errors = self._errors()
-        for i, e in sorted(errors.items()):
-            if e.get("kind") == "self":
-                return i, f"failed: {e.get('message')}"
-        # a neighbour of a dead stage may exit too, but it recorded what it saw first
-        gone = [f for f in self._faults() if f[1] not in errors]
-        if gone:
-            _, i, reason = min(gone)
+        # the first event wins: a stage's own failure (when it recorded it) or a stage gone or silent without a word
+        # (a neighbour of a dead stage may fail or exit too, but after it, and it recorded what it saw)
+        now = time.monotonic()
+        first = [(self.server.updated(f"{PREFIX}stage{i}/error") or now, i, f"failed: {e.get('message')}")
+                 for i, e in errors.items() if e.get("kind") == "self"]
+        first += [f for f in self._faults() if f[1] not in errors]
+        if first:
+            _, i, reason = min(first)
             return i, reason
         peer_errors = [(int(e["peer"]) - 1, bool(e.get("timed_out"))) for e in errors.values()
                        if e.get("kind") == "peer" and str(e.get("peer", "")).isdigit() and 0 < int(e["peer"]) <= n]

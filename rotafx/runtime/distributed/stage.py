@@ -25,8 +25,8 @@ from ..links import LinkEmulator
 from .secret import SecretError, resolve_secret
 from .store import StoreGone, StoreRefused, connect
 from .transport import (DATA, EMULATE, PREFIX, STOP, CommError, DistributedError, Layout, Wire, backend_for,
-                        check_endpoint, check_links, get_key, local_address, make_group, plan_digest, set_quietly,
-                        shutdown, wait, who)
+                        check_endpoint, check_links, get_key, local_address, make_group, plan_digest, post,
+                        set_quietly, shutdown, wait, who)
 
 __all__ = ["StageServer", "serve", "main", "add_serve_args", "serve_from_args"]
 
@@ -130,7 +130,7 @@ class StageServer:
         peer = rank - 1  # the rank we are waiting on
         try:
             buf = lin.empty(dev)
-            work = pg.recv([buf], rank - 1, 0)
+            work = post(pg.recv, [buf], rank - 1, f"{name}: receiving from {who(plan, rank - 1)}")
             while True:
                 # idle or not, this stage cannot tell a quiet driver from a stuck neighbour: the driver's
                 # timeout finds a hang and aborts everyone (see Driver._diagnose)
@@ -141,11 +141,13 @@ class StageServer:
                 if kind == STOP:
                     out = lout.pack(STOP, req, [torch.zeros(s.shape, dtype=s.torch_dtype, device=dev) for s in lout.specs], dev)
                     peer = self.next_rank
-                    wait(pg.send([out], peer, 0), self.timeout, peer, f"{name}: passing stop to {who(plan, peer)}")
+                    what = f"{name}: passing stop to {who(plan, peer)}"
+                    wait(post(pg.send, [out], peer, what), self.timeout, peer, what)
                     break
                 incoming = wire.split(stage, lin.unpack(buf))
                 buf = lin.empty(dev)
-                work = pg.recv([buf], rank - 1, 0)  # the next request arrives while this one runs
+                # the next request arrives while this one runs
+                work = post(pg.recv, [buf], rank - 1, f"{name}: receiving from {who(plan, rank - 1)}")
                 if self.emulate_links or flags & EMULATE:
                     emulator.deliver(sent_at, lin.payload_bytes)
                 store.set(f"{PREFIX}stage{stage}/state", f"computing request {req}")
@@ -164,7 +166,7 @@ class StageServer:
                 local.update(zip(st.spec.outputs, outs))
                 msg = lout.pack(DATA, req, wire.gather(stage + 1, incoming, local), dev, flags)
                 peer = self.next_rank
-                self.pending.append((pg.send([msg], peer, 0), msg))
+                self.pending.append((post(pg.send, [msg], peer, f"{name}: sending to {who(plan, peer)}"), msg))
                 while len(self.pending) > 2:
                     wait(self.pending.popleft()[0], self.timeout, peer, f"{name}: sending to {who(plan, peer)}")
                 store.set(f"{PREFIX}stage{stage}/sent", str(req))

@@ -271,7 +271,10 @@ class StoreServer:
                 except (StoreRefused, ValueError, IndexError, UnicodeDecodeError) as e:
                     self.rejected.append((str(addr), f"a bad frame: {e}"))
                     return
-                ch.send(status + _fields(*out))
+                try:
+                    ch.send(status + _fields(*out))
+                except OSError:  # the client left while it was answered
+                    return
         finally:
             with self._lock:
                 self._socks.discard(sock)

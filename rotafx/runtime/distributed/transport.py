@@ -27,7 +27,7 @@ from ...wire import decode, encode
 from .secret import tag
 
 __all__ = ["DistributedError", "CommError", "Layout", "Wire", "wait", "make_group", "backend_for", "plan_digest",
-           "free_port", "local_address", "check_links", "check_endpoint", "get_key", "set_quietly", "shutdown", "who", "HEADER_BYTES", "EMULATE", "DATA",
+           "free_port", "post", "local_address", "check_links", "check_endpoint", "get_key", "set_quietly", "shutdown", "who", "HEADER_BYTES", "EMULATE", "DATA",
            "STOP", "PREFIX"]
 
 HEADER_BYTES = 32  # int64 kind, request id, sent-at (ns since the epoch), flags
@@ -166,6 +166,16 @@ def wait(work: Any, timeout_s: float, peer: int, what: str) -> None:
         msg = str(e)
         timed_out = "Timed out" in msg or "timeout" in msg.lower()
         raise CommError(f"{what}: {msg.splitlines()[0] if msg else type(e).__name__}", peer, timed_out) from None
+
+
+def post(op: Any, tensors: list[torch.Tensor], peer: int, what: str) -> Any:
+    """Start a send or receive (``op`` is ``pg.send`` or ``pg.recv``); gloo refuses at once on a connection that is
+    gone, which is the peer's failure: a :class:`CommError` naming it, as a failed wait is."""
+    try:
+        return op(tensors, peer, 0)
+    except RuntimeError as e:
+        msg = str(e)
+        raise CommError(f"{what}: {msg.splitlines()[0] if msg else type(e).__name__}", peer, False) from None
 
 
 def make_group(backend: str, store: Any, rank: int, size: int, timeout_s: float, bind: str | None = None) -> Any:
