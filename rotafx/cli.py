@@ -191,10 +191,11 @@ def _read_placement_file(path: str) -> Any:
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
-    prof = _profile(args)
     opt = PartitionOptimizer(solver=args.solver, time_limit=args.time_limit, codec=args.codec, memory_rule=args.memory_rule)
+    topo = Topology.coerce(args.topology)  # a bad option or topology file is reported before profiling
+    prof = _profile(args)
     try:
-        part = opt.optimize(model=prof, topology=args.topology, objective=args.objective)
+        part = opt.optimize(model=prof, topology=topo, objective=args.objective)
     except InfeasibleError as e:
         print(f"rotafx: infeasible: {e}", file=sys.stderr)
         return 2
@@ -311,14 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_topology_args(p)
     p.add_argument("--objective", default="minimize_latency", choices=OBJECTIVES)
     p.add_argument("--solver", default="milp", choices=SOLVERS)
-    p.add_argument("--time-limit", type=float, default=60.0, help="seconds for the MILP (default 60)")
+    p.add_argument("--time-limit", type=float, default=60.0, help="wall-clock seconds for the whole optimization (default 60)")
     p.set_defaults(func=cmd_optimize)
     p = sub.add_parser("export", help="partition a model and write a plan directory (plan.json + one program per stage)")
     _add_model_args(p)
     _add_topology_args(p)
     p.add_argument("--objective", default="minimize_latency", choices=OBJECTIVES)
     p.add_argument("--solver", default=None, choices=SOLVERS)
-    p.add_argument("--time-limit", type=float, default=60.0, help="seconds for the MILP (default 60)")
+    p.add_argument("--time-limit", type=float, default=60.0, help="wall-clock seconds for the whole optimization (default 60)")
     p.add_argument("--path", required=True, help="the plan directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing plan directory")
     p.set_defaults(func=cmd_export)

@@ -84,8 +84,9 @@ def objective(name: str, weights: Mapping[str, float] | None = None) -> Objectiv
     for k, v in dict(DEFAULT_BALANCE if weights is None else weights).items():
         if k not in _ALIASES:
             raise ValueError(f"unknown balance weight {k!r}; use latency, throughput, bandwidth, energy")
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
-            raise ValueError(f"balance weight {k!r} must be a number >= 0, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 and v != float("inf")):
+            raise ValueError(f"balance weight {k!r} must be a finite number >= 0, got {v!r}; weigh the terms "
+                             f"relative to each other, e.g. weights={{'latency': 10, 'energy': 1}}")
         out[_ALIASES[k]] = float(v)
     if not any(out.values()):
         raise ValueError("balance needs at least one positive weight")

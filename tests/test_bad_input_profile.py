@@ -421,8 +421,10 @@ def test_cli_serve_refuses_before_joining(argv: list[str], env: dict, patterns: 
         assert p in err, f"{p!r} not in: {err}"
 
 
-def test_cli_serve_without_a_driver_is_a_stage_failure(plan_dir: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_serve_without_a_driver_is_a_stage_failure(plan_dir: Path, capsys: pytest.CaptureFixture,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """No driver listening: a failure of the cluster (exit 3, as every failure while serving), one rotafx: line."""
+    monkeypatch.setenv("ROTAFX_SECRET", "a secret long enough for the cluster")
     rc = main(["serve", "--plan", str(plan_dir), "--stage", "0", "--master-port", "29599", "--join-timeout", "1"])
     err = capsys.readouterr().err
     assert rc == 3, err

@@ -196,10 +196,6 @@ def objective_for(name: str, weights: Mapping[str, float] | None, tables: CostTa
     obj = objective(name, weights)
     if obj.name != "balance":
         return obj, True
-    for k, w in (weights or {}).items():  # objective() refuses NaN, negative and non-numbers; inf here
-        if math.isinf(w):
-            raise ValueError(f"balance weight {k!r} must be a finite number >= 0, got {w!r}; weigh the terms "
-                             f"relative to each other, e.g. weights={{'latency': 10, 'energy': 1}}")
     deadline = deadline or Deadline(opt.time_limit)
     norms = {}
     proven = True
