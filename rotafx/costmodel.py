@@ -23,7 +23,7 @@ so the estimator and the solvers cannot disagree.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -34,6 +34,18 @@ from .wire import check_codec, serialization_ms
 __all__ = ["CostTables", "Route", "route", "transfer_ms", "link_energy_j", "hop_coefficients", "MEMORY_RULES"]
 
 MEMORY_RULES = ("liveness", "sum")
+
+
+def _measured_on(profile: ModelProfile, topology: Topology) -> Any:
+    """The calibration, among the topology's devices, of the device the profile's layers were timed on (or None)."""
+    if profile.measured_on is None or profile.measured_ms is None:
+        return None
+    device, _, host = profile.measured_on.partition("@")
+    for d in topology.devices.values():
+        cal = d.calibration
+        if cal is not None and cal.device == device and cal.machine.get("host", host) == host:
+            return cal
+    return None
 
 
 def transfer_ms(nbytes: float, link: Link) -> float:
@@ -115,11 +127,26 @@ class CostTables:
         self.L, self.K = L, K
         cache = topology.capacity == "cache"
         self.compute_ms = np.zeros((L, K))
+        self.figures: list[str] = []  # per stage: "measured", "calibrated" or "datasheet"
+        dtype = str(profile.dtype).replace("torch.", "") if profile.dtype is not None else "float32"
+        source = _measured_on(profile, topology)
         for s, name in enumerate(topology.chain):
             d = topology.devices[name]
             bw = (d.cache_bandwidth or d.memory_bandwidth) if cache else d.memory_bandwidth
+            cal = d.calibration
+            same = cal is not None and source is not None and source is cal
             for l, layer in enumerate(profile.layers):
-                self.compute_ms[l, s] = 1e3 * sum(max(f / d.flops, b / bw) for f, b in layer.work)
+                if cal is None:  # the datasheet roofline
+                    self.compute_ms[l, s] = 1e3 * sum(max(f / d.flops, b / bw) for f, b in layer.work)
+                elif layer.measured_ms is not None and same:
+                    self.compute_ms[l, s] = layer.measured_ms
+                elif layer.measured_ms is not None and source is not None:  # measured elsewhere: scaled by both
+                    here, there = cal.layer_time_s(layer, dtype), source.layer_time_s(layer, dtype)
+                    self.compute_ms[l, s] = layer.measured_ms * (here / there if there > 0 else 1.0)
+                else:
+                    self.compute_ms[l, s] = 1e3 * cal.layer_time_s(layer, dtype)
+            self.figures.append("datasheet" if cal is None else
+                                "measured" if source is not None and profile.measured_ms is not None else "calibrated")
         self.power_w = np.array([topology.devices[n].power_w for n in topology.chain])
         self.stage_terms = {"latency": self.compute_ms, "energy": self.compute_ms * 1e-3 * self.power_w[None, :],
                             "bandwidth": np.zeros((L, K))}

@@ -65,6 +65,7 @@ class Estimate:
     memory_bytes: dict[str, float]
     stages: tuple[int, ...]
     codec: str | None = None
+    figures: dict[str, str] | None = None  # node -> "measured", "calibrated" or "datasheet": where its times come from
 
     # -- the seed's fields ---------------------------------------------------
     @property
@@ -130,8 +131,9 @@ class Estimate:
         lines = [f"{title}: {self.total_ms:,.2f} ms per request, {self.throughput_rps:,.2f} requests/s pipelined, "
                  f"{self.energy_j:,.3f} J, {self.transfer_size_mb:,.3f} MB transferred"
                  + (f" (codec {self.codec})" if self.codec else "")]
+        kinds = sorted(set((self.figures or {}).values()))
         for k, v in self.compute_ms_by_kind.items():
-            lines.append(f"  {k} compute: {v:,.2f} ms")
+            lines.append(f"  {k} compute: {v:,.2f} ms" + (f" ({', '.join(kinds)})" if kinds else ""))
         for k, v in self.transfer_ms_by_kind.items():
             lines.append(f"  {k} transfer: {v:,.2f} ms")
         lines.append(f"  propagation: {self.propagation_ms:,.2f} ms")
@@ -198,7 +200,8 @@ def evaluate(tables: CostTables, stages: Sequence[int]) -> Estimate:
     return Estimate(total_ms=total, compute_ms_by_kind=compute_by_kind, transfer_ms_by_kind=transfer_by_kind,
                     propagation_ms=prop, by_layer=tuple(by_layer), transfers=tuple(transfers), period_ms=period,
                     energy_j=energy, bandwidth_bytes=int(bw_bytes), memory_bytes=tables.device_memory(stages),
-                    stages=stages, codec=tables.codec)
+                    stages=stages, codec=tables.codec,
+                    figures={topo.chain[s]: tables.figures[s] for s in dict.fromkeys(stages)})
 
 
 def _stage_index(s: Any) -> int:

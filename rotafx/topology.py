@@ -144,6 +144,9 @@ class Device:
 
     Units: ``flops`` in FLOP/s, ``memory_bytes`` and ``cache_bytes`` in bytes,
     ``memory_bandwidth`` and ``cache_bandwidth`` in bytes/s, ``power_w`` in watts.
+    ``calibration``: what the device measured (:class:`rotafx.calibrate.Calibration`); the
+    cost model then prices each op by its measured rate and launch cost instead of the
+    datasheet roofline (``flops``, ``memory_bandwidth``).
     """
 
     name: str
@@ -154,6 +157,12 @@ class Device:
     cache_bytes: float = 0.0
     cache_bandwidth: float = 0.0
     power_w: float = 700.0
+    calibration: Any = None
+
+    @property
+    def figures(self) -> str:
+        """Where its compute times come from: ``"calibrated"`` (measured) or ``"datasheet"`` (its peak figures)."""
+        return "calibrated" if self.calibration is not None else "datasheet"
 
 
 @dataclass(frozen=True)
@@ -401,7 +410,7 @@ class Topology:
             raise TopologyError(f"{where} must hold a mapping at the top level (the seed's keys, or devices/links/"
                                 f"chain), not a {type(data).__name__}")
         try:
-            return cls.from_dict(data)
+            return cls.from_dict(_calibrations_beside(data, p.parent))
         except TopologyError as e:
             raise TopologyError(f"{where}: {e}") from None
         except RecursionError:
@@ -428,7 +437,8 @@ class Topology:
         for d in self.devices.values():
             devices.append({"name": d.name, "kind": d.kind, "flops": d.flops, "memory": d.memory_bytes,
                             "memory_bandwidth": d.memory_bandwidth, "cache": d.cache_bytes,
-                            "cache_bandwidth": d.cache_bandwidth, "power": d.power_w})
+                            "cache_bandwidth": d.cache_bandwidth, "power": d.power_w,
+                            **({"calibration": d.calibration.to_dict()} if d.calibration is not None else {})})
         table = self.links if isinstance(self.links, LinkTable) else LinkTable(self.links)
         links: list[dict[str, Any]] = [
             {"src": l.src, "dst": l.dst, "kind": l.kind, "bandwidth": l.bandwidth_bps, "latency_ms": l.latency_ms,
@@ -671,6 +681,38 @@ _LINK_KEYS = {"bandwidth": "bps", "bandwidth_bps": "bps", "latency_ms": "ms", "l
 _GENERAL_KEYS = {"devices", "links", "chain", "bypasses", "capacity"}
 
 
+def _calibration(value: Any, where: str) -> Any:
+    """A device's calibration: a file path (JSON/YAML) or the mapping ``Calibration.to_dict`` writes."""
+    from .calibrate import Calibration, CalibrationError
+
+    try:
+        if isinstance(value, Calibration):
+            return value
+        if isinstance(value, (str, Path)):
+            return Calibration.load(value)
+        if isinstance(value, Mapping):
+            return Calibration.from_dict(value, where=f"rotafx: {where}")
+    except CalibrationError as e:
+        raise TopologyError(f"{where}: {str(e).removeprefix('rotafx: ')}") from None
+    raise TopologyError(f"{where} must be a calibration file (written by `rotafx calibrate -o FILE`) or its mapping, "
+                        f"got {_show(value)}")
+
+
+def _calibrations_beside(data: Mapping[str, Any], base: Path) -> Mapping[str, Any]:
+    """``data`` with each device's relative calibration path read from beside the topology file."""
+    devices = data.get("devices") if isinstance(data, Mapping) else None
+    rows = devices.values() if isinstance(devices, Mapping) else devices if isinstance(devices, list) else []
+    if not any(isinstance(r, Mapping) and isinstance(r.get("calibration"), str) for r in rows):
+        return data
+
+    def fix(r: Any) -> Any:
+        if isinstance(r, Mapping) and isinstance(r.get("calibration"), str) and not Path(r["calibration"]).is_absolute():
+            return {**r, "calibration": str(base / r["calibration"])}
+        return r
+    fixed = {k: fix(v) for k, v in devices.items()} if isinstance(devices, Mapping) else [fix(r) for r in devices]
+    return {**data, "devices": fixed}
+
+
 _DEVICE_POSITIVE = {"flops", "memory", "memory_bytes", "memory_bandwidth", "power", "power_w"}
 
 
@@ -701,8 +743,10 @@ def _from_general(data: Mapping[str, Any]) -> Topology:
             raise TopologyError(f"device {name!r}: kind must be a name such as ground, orbital or gpu, got "
                                 f"{_show(kind)}")
         kw: dict[str, Any] = {"kind": kind}
+        if rd.get("calibration") is not None:
+            kw["calibration"] = _calibration(rd["calibration"], f"device {name!r}.calibration")
         for key, val in rd.items():
-            if key in ("name", "kind", "count"):
+            if key in ("name", "kind", "count", "calibration"):
                 continue
             if key not in _DEVICE_KEYS:
                 raise TopologyError(f"device {name!r}: unknown key {_show(key)}; known: {sorted(_DEVICE_KEYS)} "
@@ -710,6 +754,11 @@ def _from_general(data: Mapping[str, Any]) -> Topology:
             q = _quantity(val, _DEVICE_KEYS[key], f"device {name!r}.{key}", positive=key in _DEVICE_POSITIVE)
             field_name = {"memory": "memory_bytes", "cache": "cache_bytes", "power": "power_w"}.get(key, key)
             kw[field_name] = q
+        cal = kw.get("calibration")
+        if cal is not None:  # measured figures stand in for the datasheet's where none is given
+            if "flops" not in kw and cal.peak_flops(next(iter(cal.matmul), "float32")):
+                kw["flops"] = cal.peak_flops(next(iter(cal.matmul), "float32"))
+            kw.setdefault("memory_bandwidth", cal.bandwidth_Bps)
         if "flops" not in kw or "memory_bytes" not in kw:
             missing = [k for k in ("flops", "memory") if {"flops": "flops", "memory": "memory_bytes"}[k] not in kw]
             raise TopologyError(f"device {name!r} is missing {missing} (flops in FLOP/s, memory in bytes)")

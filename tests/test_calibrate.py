@@ -210,3 +210,102 @@ def test_the_calibrate_command_writes_a_file_that_reads_back(tmp_path: Path) -> 
     bad = subprocess.run([sys.executable, "-m", "rotafx", "calibrate", "-o", str(tmp_path / "c.txt")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown suffix '.txt'" in bad.stderr
+
+
+# -- the cost model uses it ------------------------------------------------------------------------
+
+
+def _scaled(c: Calibration, slower: float) -> Calibration:
+    """``c`` on a device ``slower`` times slower at everything (rates and bandwidth divided, launch costs multiplied)."""
+    d = c.to_dict()
+    for table in ("matmul", "attention"):
+        for rows in d[table].values():
+            for row in rows:
+                row[3] /= slower
+    d["bandwidth_Bps"] /= slower
+    d["op_overhead_s"] *= slower
+    d["view_overhead_s"] *= slower
+    return Calibration.from_dict(d)
+
+
+def _gpt_profile(measure: bool = False) -> tuple[torch.nn.Module, tuple, rotafx.ModelProfile]:
+    from rotafx.models import small_gpt
+
+    torch.manual_seed(0)
+    model = small_gpt().eval()
+    x = (torch.randint(0, 256, (1, 8)),)
+    return model, x, rotafx.ModelProfile.from_pytorch(model, x, measure=measure, repeats=1)
+
+
+def _one_device(cal: Calibration | None, name: str = "cpu") -> rotafx.Topology:
+    dev: dict = {"name": name, "memory": "8 GB", "flops": 1e12, "memory_bandwidth": 1e11}
+    if cal is not None:
+        dev["calibration"] = cal.to_dict()
+    return rotafx.Topology.from_dict({"devices": [dev], "links": [], "chain": [name]})
+
+
+def test_a_calibrated_device_prices_every_op_by_its_measured_rate() -> None:
+    _, _, prof = _gpt_profile()
+    cal = _cal()
+    est = rotafx.LatencyEstimator(_one_device(cal)).estimate([0] * prof.num_layers, prof)
+    assert est.compute_ms == pytest.approx(1e3 * sum(cal.layer_time_s(layer) for layer in prof.layers))
+    assert est.figures == {"cpu": "calibrated"} and "(calibrated)" in est.report()
+    # the same device from its datasheet: the roofline, and it says so
+    plain = rotafx.LatencyEstimator(_one_device(None)).estimate([0] * prof.num_layers, prof)
+    assert plain.figures == {"cpu": "datasheet"} and plain.compute_ms == pytest.approx(
+        1e3 * sum(max(f / 1e12, b / 1e11) for layer in prof.layers for f, b in layer.work))
+
+
+def test_measured_layers_are_used_where_measured_and_scaled_to_other_devices() -> None:
+    import socket
+
+    _, _, prof = _gpt_profile(measure=True)
+    here = _cal(machine={"host": socket.gethostname()})
+    topo = rotafx.Topology.from_dict({
+        "devices": [{"name": "cpu", "memory": "8 GB", "calibration": here.to_dict()},
+                    {"name": "slow", "memory": "8 GB", "calibration": _scaled(here, 3.0).to_dict()}],
+        "links": [{"src": "cpu", "dst": "slow", "bandwidth": "1 Gbps"}], "chain": ["cpu", "slow"]})
+    est = rotafx.LatencyEstimator(topo)
+    on_cpu = est.estimate([0] * prof.num_layers, prof)
+    assert on_cpu.figures == {"cpu": "measured"} and on_cpu.compute_ms == pytest.approx(sum(prof.measured_ms))
+    # a device 3x slower at everything: each measured time, scaled by the two calibrations, exactly 3x
+    on_slow = est.estimate([1] * prof.num_layers, prof)
+    assert on_slow.compute_ms == pytest.approx(3 * sum(prof.measured_ms))
+    # measured on another host: the calibration does not match, so the calibrated figures are used
+    elsewhere = _cal(machine={"host": "another-host"})
+    other = rotafx.LatencyEstimator(_one_device(elsewhere)).estimate([0] * prof.num_layers, prof)
+    assert other.figures == {"cpu": "calibrated"}
+    assert other.compute_ms == pytest.approx(1e3 * sum(elsewhere.layer_time_s(layer) for layer in prof.layers))
+
+
+def test_the_optimizer_plans_with_the_calibration() -> None:
+    # by its datasheet the second device is 100x faster; measured, it is 50x slower: the plan keeps off it
+    _, _, prof = _gpt_profile()
+    fast_sheet = {"name": "b", "memory": "8 GB", "flops": 1e14, "memory_bandwidth": 1e13}
+    base = {"devices": [{"name": "a", "memory": "8 GB", "flops": 1e12, "memory_bandwidth": 1e11}, fast_sheet],
+            "links": [{"src": "a", "dst": "b", "bandwidth": "100 Gbps"}], "chain": ["a", "b"]}
+    sheet_plan = rotafx.PartitionOptimizer().optimize(model=prof, topology=base, objective="minimize_latency")
+    assert set(sheet_plan.stages) == {1}, "by the datasheets, everything runs on b"
+    base_cal = _cal()
+    cal_topo = {**base, "devices": [{**base["devices"][0], "calibration": base_cal.to_dict()},
+                                    {**fast_sheet, "calibration": _scaled(base_cal, 50.0).to_dict()}]}
+    plan = rotafx.PartitionOptimizer().optimize(model=prof, topology=cal_topo, objective="minimize_latency")
+    assert set(plan.stages) == {0}, "measured, b is slower: everything stays on a"
+
+
+def test_a_topology_file_names_its_calibration_beside_it(tmp_path: Path) -> None:
+    _cal().save(tmp_path / "cpu.yaml")
+    (tmp_path / "topo.yaml").write_text("devices:\n  - {name: cpu, memory: 8 GB, calibration: cpu.yaml}\n"
+                                        "links: []\nchain: [cpu]\n")
+    topo = rotafx.Topology.load(tmp_path / "topo.yaml")
+    dev = topo.devices["cpu"]
+    assert dev.figures == "calibrated" and dev.calibration.bandwidth_Bps == 1e10
+    assert dev.flops == 64e9 and dev.memory_bandwidth == 1e10, "the datasheet fields default to the measured figures"
+    assert rotafx.Topology.from_dict(topo.to_dict()) == topo
+    (tmp_path / "bad.yaml").write_text("devices:\n  - {name: cpu, memory: 8 GB, calibration: nowhere.yaml}\n"
+                                       "links: []\nchain: [cpu]\n")
+    with pytest.raises(rotafx.TopologyError, match=r"bad.yaml.*device 'cpu'.calibration.*nowhere.yaml.*cannot read"):
+        rotafx.Topology.load(tmp_path / "bad.yaml")
+    with pytest.raises(rotafx.TopologyError, match=r"calibration must be a calibration file"):
+        rotafx.Topology.from_dict({"devices": [{"name": "c", "memory": 1, "flops": 1, "calibration": 5}], "links": [],
+                                   "chain": ["c"]})
