@@ -34,7 +34,7 @@ from ...units import format_ranges
 from ..links import LinkEmulator
 from .secret import resolve_secret
 from .store import AuthStore, StoreServer
-from .transport import (DATA, EMULATE, PREFIX, STOP, CommError, DistributedError, Layout, Wire, backend_for,
+from .transport import (BEAT_S, DATA, EMULATE, PREFIX, STOP, CommError, DistributedError, Layout, Wire, backend_for,
                         check_endpoint, check_links, get_key, make_group, plan_digest, post, set_quietly, shutdown,
                         wait)
 
@@ -66,6 +66,9 @@ class Driver:
                  secret_file: str | os.PathLike[str] | None = None) -> None:
         check_endpoint(master_addr, master_port, timeout=timeout, join_timeout=join_timeout,
                        heartbeat_timeout=heartbeat_timeout)
+        if heartbeat_timeout < 5 * BEAT_S:
+            raise ValueError(f"rotafx: heartbeat_timeout must be at least {5 * BEAT_S:g} s (five heartbeats of "
+                             f"{BEAT_S:g} s; a shorter one calls a busy stage stopped), got {heartbeat_timeout!r}")
         self._secret = resolve_secret(secret, secret_file, create=True, who="the driver")
         self.plan_dir = Path(plan_dir)
         self.plan = read_plan(plan_dir)
@@ -85,27 +88,43 @@ class Driver:
         try:
             self.server = StoreServer(master_addr, master_port, self._secret)
         except OSError as e:
-            raise DistributedError(f"rotafx: the driver cannot listen on {where}: {e.strerror or e} (another process "
-                                   f"holds the port? pick another master_port)") from None
+            why = e.strerror or str(e)
+            hint = "" if "resolve" in why else " (another process holds the port? pick another master_port)"
+            raise DistributedError(f"rotafx: the driver cannot listen on {where}: {why}{hint}") from None
         self.store = AuthStore.local(self.server, join_timeout)
         nonce = secrets.token_hex(16)
         self.store.set(PREFIX + "plan", plan_digest(plan_dir))
         self.store.set(PREFIX + "nonce", nonce)
         bind = None if master_addr in ("0.0.0.0", "::") else master_addr
         try:
-            try:
-                self.pg = make_group(backend_for(self.device, backend), dist.PrefixStore("rotafx/pg/", self.store), 0,
-                                     n + 1, join_timeout, bind=bind)
-            except Exception as e:  # noqa: BLE001 - gloo's rendezvous timeout: name who did not come
-                missing = [i for i in range(n) if get_key(self.store, f"stage{i}/status") is None]
-                who_ = ", ".join(f"stage {i} ({self.plan.stages[i].node})" for i in missing) or "a stage"
-                self._abort(f"{who_} did not join")
-                raise DistributedError(f"rotafx: {who_} did not join the driver at {where} within {join_timeout:g} s "
-                                       f"(start it with `rotafx serve --plan DIR --stage i --master-addr {master_addr} "
-                                       f"--master-port {master_port}` and the cluster's secret): "
-                                       f"{str(e).splitlines()[0] if str(e) else type(e).__name__}",
-                                       stage=missing[0] if missing else None,
-                                       node=self.plan.stages[missing[0]].node if missing else None) from None
+            # the group forms in a helper thread, so that a stage that dies while joining is named at once
+            forming = self._waiter.submit(make_group, backend_for(self.device, backend),
+                                          dist.PrefixStore("rotafx/pg/", self.store), 0, n + 1, join_timeout, bind=bind)
+            while True:
+                try:
+                    self.pg = forming.result(timeout=0.1)
+                    break
+                except concurrent.futures.TimeoutError:
+                    gone = [f for f in self._faults(joining=True)]
+                    if gone:
+                        _, i, reason = min(gone)
+                        self._abort(f"stage {i} {reason} while joining")
+                        raise DistributedError(f"rotafx: stage {i} ({self.plan.stages[i].node}) {reason} while the "
+                                               f"stages joined the driver at {where}", stage=i,
+                                               node=self.plan.stages[i].node) from None
+                except Exception as e:  # noqa: BLE001 - gloo's rendezvous timeout: name who did not come
+                    missing = [i for i in range(n) if get_key(self.store, f"stage{i}/status") is None]
+                    who_ = ", ".join(f"stage {i} ({self.plan.stages[i].node})" for i in missing) or "a stage"
+                    refused = len(self.server.rejected)
+                    self._abort(f"{who_} did not join")
+                    raise DistributedError(
+                        f"rotafx: {who_} did not join the driver at {where} within {join_timeout:g} s (start it with "
+                        f"`rotafx serve --plan DIR --stage i --master-addr {master_addr} --master-port {master_port}` "
+                        f"and the cluster's secret): {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                        + (f"; {refused} connection(s) were refused (without the secret, or too slow to authenticate)"
+                           if refused else ""),
+                        stage=missing[0] if missing else None,
+                        node=self.plan.stages[missing[0]].node if missing else None) from None
             mine = plan_digest(plan_dir)
             for i in range(n):
                 theirs = get_key(self.store, f"stage{i}/plan")
@@ -180,8 +199,9 @@ class Driver:
         inflight: collections.deque[tuple[int, int, torch.Tensor, Any]] = collections.deque()
         sends: collections.deque[tuple[Any, torch.Tensor]] = collections.deque()
         base = self._base = self._next_id
-        if self._fault() is not None:  # a stage died or stopped while the pipeline was idle
-            raise self._failure(None, 0, outputs)
+        fault = self._fault()
+        if fault is not None:  # a stage died or stopped while the pipeline was idle
+            raise self._failure(None, 0, outputs, fault)
 
         def start(op: Any, buf: torch.Tensor, peer: int, i: int) -> Any:
             try:
@@ -235,9 +255,20 @@ class Driver:
                     buf = self._out.empty(self.device)
                     self._wait(self.pg.recv([buf], self.plan.num_stages, 0), self.plan.num_stages,
                                "the driver: stopping", -1, {})
+                    self._wait_done(2.0)
                 except (DistributedError, CommError, RuntimeError):
                     self._abort("the driver stopped")
         self._release()
+
+    def _wait_done(self, timeout_s: float) -> None:
+        """Give the stages a moment to say they are done (or leave) before the store closes under them."""
+        deadline = time.monotonic() + timeout_s
+        n = self.plan.num_stages
+        while time.monotonic() < deadline:
+            if all(get_key(self.store, f"stage{i}/status") == "done" or
+                   (self.server.client(f"stage{i}/watch") or (0, None))[1] is not None for i in range(n)):
+                return
+            time.sleep(0.01)
 
     def _release(self) -> None:
         """Leave the process group, stop the waiting thread and close the store (the stages' watchdogs exit)."""
@@ -265,16 +296,19 @@ class Driver:
                 pass
             except CommError as e:
                 raise self._failure(e, request, outputs) from None
-            if self._fault() is not None:
-                raise self._failure(None, request, outputs)
+            fault = self._fault()
+            if fault is not None:
+                raise self._failure(None, request, outputs, fault)
 
     def _fault(self) -> tuple[float, int, str] | None:
         """The first stage whose process is gone or whose heartbeat stopped, with when and what; None when all live."""
         found = self._faults()
         return min(found) if found else None
 
-    def _faults(self) -> list[tuple[float, int, str]]:
-        """Every stage whose process is gone or whose heartbeat stopped: (since when, stage, what)."""
+    def _faults(self, joining: bool = False) -> list[tuple[float, int, str]]:
+        """Every stage whose process is gone or whose heartbeat stopped: (since when, stage, what).
+
+        ``joining``: only processes that are gone (heartbeats count once the stages run)."""
         now, found = time.monotonic(), []
         for i in range(self.plan.num_stages):
             if get_key(self.store, f"stage{i}/status") == "done":  # it passed the stop on and left
@@ -286,7 +320,7 @@ class Driver:
                                                       " (its process ended: its connection to the driver closed)")))
             elif code is not None:
                 found.append((now, i, f"died (exit status {code})"))
-            else:
+            elif not joining:
                 beat = self.server.updated(f"{PREFIX}stage{i}/beat")
                 beat = beat if beat is not None else client[0] if client is not None else None
                 if beat is not None and now - beat > self.heartbeat_timeout:
@@ -311,10 +345,11 @@ class Driver:
                     errors[i] = {"kind": "self", "message": raw}
         return errors
 
-    def _failure(self, err: Exception | None, request: int, outputs: Mapping[int, Any]) -> DistributedError:
-        """Find the stage to blame, stop every stage, and build the error."""
+    def _failure(self, err: Exception | None, request: int, outputs: Mapping[int, Any],
+                 fault: tuple[float, int, str] | None = None) -> DistributedError:
+        """Find the stage to blame (``fault``: what the monitor saw), stop every stage, and build the error."""
         time.sleep(0.3)  # let the stages record what they saw
-        stage, reason = self._diagnose(err, self._base + request)
+        stage, reason = self._diagnose(err, self._base + request, fault)
         node = self.plan.stages[stage].node if stage is not None else None
         who_ = f"stage {stage} ({node})" if stage is not None else "an unknown stage"
         done = sorted(outputs)
@@ -324,7 +359,8 @@ class Driver:
         self._release()
         return DistributedError(msg, stage=stage, node=node, completed=done, outputs=outputs)
 
-    def _diagnose(self, err: Exception | None, request: int) -> tuple[int | None, str]:
+    def _diagnose(self, err: Exception | None, request: int,
+                  fault: tuple[float, int, str] | None = None) -> tuple[int | None, str]:
         """Who is to blame: a stage's own error, else the first whose process is gone or stopped beating
         (and that reported nothing: the neighbours of a dead stage report losing it), else the first
         stage that has not passed on the request the driver waits for."""
@@ -336,6 +372,8 @@ class Driver:
         first = [(self.server.updated(f"{PREFIX}stage{i}/error") or now, i, f"failed: {e.get('message')}")
                  for i, e in errors.items() if e.get("kind") == "self"]
         first += [f for f in self._faults() if f[1] not in errors]
+        if fault is not None and fault[1] not in errors:  # what the monitor saw stands, even if the stage recovered
+            first.append(fault)
         if first:
             _, i, reason = min(first)
             return i, reason
@@ -352,7 +390,8 @@ class Driver:
             sent = get_key(self.store, f"stage{i}/sent") or "-1"
             if (int(sent) if sent.lstrip("-").isdigit() else -1) < request:
                 state = get_key(self.store, f"stage{i}/state") or "unknown"
-                return i, f"made no progress on request {rel} for {self.timeout:g} s (hung while {state})"
+                return i, (f"made no progress on request {rel} for {self.timeout:g} s (hung while {state}; the stages "
+                           f"count every request since the driver started: this one is {request})")
         for i, timed_out in peer_errors:
             if i not in errors:
                 return i, f"stopped answering its neighbours within {self.timeout:g} s"

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import stat
 from pathlib import Path
 
 __all__ = ["SecretError", "ENV", "MIN_BYTES", "resolve_secret", "new_secret", "tag"]
@@ -46,7 +47,7 @@ def resolve_secret(secret: str | bytes | None = None, secret_file: str | os.Path
     if secret is not None:
         if not isinstance(secret, (str, bytes)) or isinstance(secret, bool):
             raise SecretError(f"rotafx: {who}: the secret must be a string or bytes, got {type(secret).__name__}")
-        raw, where = (secret.encode() if isinstance(secret, str) else bytes(secret)), "the secret given"
+        raw, where = (secret.encode() if isinstance(secret, str) else bytes(secret)).strip(), "the secret given"
     elif secret_file is not None:
         path = Path(secret_file)
         if create and not path.exists():
@@ -56,16 +57,7 @@ def resolve_secret(secret: str | bytes | None = None, secret_file: str | os.Path
                 raise SecretError(f"rotafx: {who}: cannot create the secret file {path}: {e.strerror}") from None
             with os.fdopen(fd, "w") as f:
                 f.write(new_secret() + "\n")
-        try:
-            mode = path.stat().st_mode
-            if os.name == "posix" and path.is_file() and mode & 0o077:
-                raise SecretError(f"rotafx: {who}: the secret file {path} can be read by others (mode "
-                                  f"{mode & 0o777:04o}); make it private with `chmod 600 {path}`")
-            raw = path.read_bytes().strip()
-        except IsADirectoryError:
-            raise SecretError(f"rotafx: {who}: the secret file {path} is a directory; give a file") from None
-        except OSError as e:
-            raise SecretError(f"rotafx: {who}: cannot read the secret file {path}: {e.strerror}; {_FIX}") from None
+        raw = _read_secret_file(path, who)
         where = f"the secret file {path}"
     elif os.environ.get(ENV):
         raw, where = os.environ[ENV].strip().encode(), f"${ENV}"
@@ -74,7 +66,39 @@ def resolve_secret(secret: str | bytes | None = None, secret_file: str | os.Path
     if len(raw) < MIN_BYTES:
         raise SecretError(f"rotafx: {who}: {where} is too short ({len(raw)} bytes; at least {MIN_BYTES} are needed): "
                           f"{_FIX}")
+    if len(set(raw)) < 6:
+        raise SecretError(f"rotafx: {who}: {where} is {len(set(raw))} distinct byte(s) repeated: a placeholder, not a "
+                          f"secret; {_FIX}")
     return raw
+
+
+MAX_FILE_BYTES = 4096
+
+
+def _read_secret_file(path: Path, who: str) -> bytes:
+    """The secret file's contents: a regular file (not a FIFO, a device or a directory), private, at most 4 KiB."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except IsADirectoryError:
+        raise SecretError(f"rotafx: {who}: the secret file {path} is a directory; give a file") from None
+    except OSError as e:
+        raise SecretError(f"rotafx: {who}: cannot read the secret file {path}: {e.strerror}; {_FIX}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise SecretError(f"rotafx: {who}: the secret file {path} is a directory; give a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise SecretError(f"rotafx: {who}: the secret file {path} is not a regular file (a FIFO, socket or "
+                              f"device); give a file holding the secret")
+        if os.name == "posix" and st.st_mode & 0o077:
+            raise SecretError(f"rotafx: {who}: the secret file {path} can be read by others (mode "
+                              f"{st.st_mode & 0o777:04o}); make it private with `chmod 600 {path}`")
+        if st.st_size > MAX_FILE_BYTES:
+            raise SecretError(f"rotafx: {who}: the secret file {path} is {st.st_size} bytes; a secret is at most "
+                              f"{MAX_FILE_BYTES} (64 hex characters is plenty)")
+        return os.read(fd, MAX_FILE_BYTES + 1).strip()
+    finally:
+        os.close(fd)
 
 
 def tag(secret: bytes, *parts: bytes | str) -> bytes:

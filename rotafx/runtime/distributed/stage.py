@@ -24,11 +24,13 @@ from ...plan.schema import PlanError, read_plan
 from ..links import LinkEmulator
 from .secret import SecretError, resolve_secret
 from .store import StoreGone, StoreRefused, connect
-from .transport import (DATA, EMULATE, PREFIX, STOP, CommError, DistributedError, Layout, Wire, backend_for,
+from .transport import (BEAT_S, DATA, EMULATE, PREFIX, STOP, CommError, DistributedError, Layout, Wire, backend_for,
                         check_endpoint, check_links, get_key, local_address, make_group, plan_digest, post,
                         set_quietly, shutdown, wait, who)
 
 __all__ = ["StageServer", "serve", "main", "add_serve_args", "serve_from_args"]
+
+WATCH_IO_S = 30.0  # the watchdog gives up on a driver that answers nothing for this long (stopped, or cut off)
 
 
 class StageServer:
@@ -87,7 +89,9 @@ class StageServer:
         where = f"{self.master_addr}:{self.master_port}"
         try:
             store = connect(self.master_addr, self.master_port, self._secret, f"stage{stage}", self.join_timeout)
-            watch = connect(self.master_addr, self.master_port, self._secret, f"stage{stage}/watch", self.join_timeout)
+            # the watchdog's own connection: a driver that stops answering for WATCH_IO_S is gone
+            watch = connect(self.master_addr, self.master_port, self._secret, f"stage{stage}/watch", self.join_timeout,
+                            io_timeout=WATCH_IO_S)
         except StoreRefused as e:
             raise DistributedError(f"rotafx: {name}: {e}", stage=stage, node=st.node) from None
         except (TimeoutError, StoreGone, OSError) as e:
@@ -95,6 +99,9 @@ class StageServer:
                                    f"({e}); start the driver (rank 0) first, or pass --master-addr/--master-port "
                                    f"(MASTER_ADDR/MASTER_PORT) where it listens", stage=stage, node=st.node) from None
         stop_watch = threading.Event()
+        watch.add(f"{PREFIX}stage{stage}/beat", 1)  # the first heartbeat, before the driver counts on them
+        # from here an abort (a stage that never joins, a wrong plan) ends this process too
+        threading.Thread(target=_watchdog, args=(watch, stage, name, where, stop_watch), daemon=True).start()
         try:
             store.set(f"{PREFIX}stage{stage}/plan", plan_digest(self.plan_dir))
             store.set(f"{PREFIX}stage{stage}/status", f"joining pid {os.getpid()} on {socket.gethostname()}")
@@ -121,8 +128,6 @@ class StageServer:
         except DistributedError as e:
             set_quietly(store, f"stage{stage}/error", json.dumps({"kind": "join", "message": str(e)}))
             raise
-        watch.add(f"{PREFIX}stage{stage}/beat", 1)  # the first heartbeat, before the driver counts on them
-        threading.Thread(target=_watchdog, args=(watch, stage, name, where, stop_watch), daemon=True).start()
         wire = Wire(plan)
         lin, lout = wire.layouts[stage], wire.layouts[stage + 1]
         emulator = LinkEmulator(plan.hops[stage].links)
@@ -143,6 +148,7 @@ class StageServer:
                     peer = self.next_rank
                     what = f"{name}: passing stop to {who(plan, peer)}"
                     wait(post(pg.send, [out], peer, what), self.timeout, peer, what)
+                    stop_watch.set()  # the run is over: the driver may close its store any moment now
                     break
                 incoming = wire.split(stage, lin.unpack(buf))
                 buf = lin.empty(dev)
@@ -171,7 +177,13 @@ class StageServer:
                     wait(self.pending.popleft()[0], self.timeout, peer, f"{name}: sending to {who(plan, peer)}")
                 store.set(f"{PREFIX}stage{stage}/sent", str(req))
             self.flush()
-            store.set(f"{PREFIX}stage{stage}/status", "done")
+            try:
+                store.set(f"{PREFIX}stage{stage}/status", "done")
+            except StoreGone:  # the driver got the stop back and left first: a normal end
+                pass
+        except StoreGone:
+            raise DistributedError(f"rotafx: {name}: the driver at {where} is gone (it ended or was killed) while "
+                                   f"this stage served", stage=stage, node=st.node) from None
         except CommError as e:
             what = "timed out" if e.timed_out else "lost the connection"
             if e.peer == rank - 1:  # upstream is gone: pass on what this stage finished, so the driver can report it
@@ -210,7 +222,7 @@ def serve(plan_dir: str | os.PathLike[str], stage: int, **options: Any) -> int:
     return StageServer(plan_dir, stage, **options).run()
 
 
-def _watchdog(store: Any, stage: int, name: str, where: str, stop: threading.Event, period_s: float = 0.2) -> None:
+def _watchdog(store: Any, stage: int, name: str, where: str, stop: threading.Event, period_s: float = BEAT_S) -> None:
     """Send a heartbeat every ``period_s``; exit the process when the driver aborts the run or its store is gone."""
     while not stop.wait(period_s):
         try:

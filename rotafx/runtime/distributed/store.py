@@ -37,8 +37,8 @@ __all__ = ["StoreServer", "AuthStore", "StoreRefused", "StoreGone", "connect"]
 MAGIC = b"rotafx-store/1\n"
 NONCE = 32
 MAX_FRAME = 16 << 20
-HANDSHAKE_S = 10.0
-MAX_PENDING = 32  # unauthenticated connections handled at once; more are dropped
+HANDSHAKE_S = 2.0  # a client proves itself within this, or is dropped
+MAX_PENDING = 64  # unauthenticated connections handled at once; more are dropped (the client retries)
 _OK, _TIMEOUT, _ERR = b"\x00", b"\x01", b"\x02"
 
 
@@ -68,9 +68,15 @@ def _parse(data: bytes) -> list[bytes]:
     return out
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def _recv_exact(sock: socket.socket, n: int, deadline: float | None = None) -> bytes:
+    """``n`` bytes; with ``deadline`` (``time.monotonic()``) all of them by then, however slowly they drip in."""
     buf = bytearray()
     while len(buf) < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StoreRefused("the handshake took too long")
+            sock.settimeout(left)
         chunk = sock.recv(n - len(buf))
         if not chunk:
             raise StoreGone("the connection closed")
@@ -103,9 +109,10 @@ class _Channel:
 
 
 def _handshake_server(sock: socket.socket, secret: bytes) -> _Channel:
+    deadline = time.monotonic() + HANDSHAKE_S  # the whole handshake, not each read: a slow drip loses its slot
     ns = os.urandom(NONCE)
     sock.sendall(MAGIC + ns)
-    got = _recv_exact(sock, NONCE + 32)
+    got = _recv_exact(sock, NONCE + 32, deadline)
     nc, proof = got[:NONCE], got[NONCE:]
     if not hmac.compare_digest(proof, tag(secret, b"client", ns, nc)):
         raise StoreRefused("the client does not hold the cluster's secret")
@@ -143,7 +150,8 @@ class _Keys:
         self.cond.notify_all()
 
     def _wait(self, keys: Sequence[str], timeout_s: float) -> bool:
-        return self.cond.wait_for(lambda: all(k in self.data for k in keys), timeout=max(0.0, timeout_s))
+        t = min(max(0.0, timeout_s), threading.TIMEOUT_MAX) if timeout_s == timeout_s else 0.0
+        return self.cond.wait_for(lambda: all(k in self.data for k in keys), timeout=t)
 
     def handle(self, op: bytes, args: list[bytes]) -> tuple[bytes, list[bytes]]:
         """One request: (status, result fields)."""
@@ -203,8 +211,9 @@ class StoreServer:
             self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self._listener.bind(addr)
             self._listener.listen(128)
-        except OSError as e:
-            raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None
+        except socket.gaierror as e:
+            raise OSError(e.errno, f"{host!r} is not a name or address this machine can resolve ({e.strerror}); "
+                          f"give master_addr as an address of this host") from None
         threading.Thread(target=self._accept, name="rotafx-store", daemon=True).start()
 
     # -- what the driver reads ---------------------------------------------------------
@@ -233,8 +242,12 @@ class StoreServer:
         while not self._closed:
             try:
                 sock, addr = self._listener.accept()
-            except OSError:
-                return
+            except OSError as e:  # out of descriptors, a connection aborted: the store goes on
+                if self._closed:
+                    return
+                self.rejected.append(("?", f"accept failed: {e.strerror or e}"))
+                time.sleep(0.05)
+                continue
             if not self._pending.acquire(blocking=False):
                 sock.close()
                 self.rejected.append((str(addr), "too many connections waiting to authenticate"))
@@ -268,7 +281,7 @@ class StoreServer:
                         status, out = self.keys.handle(op, args)
                 except (StoreGone, OSError):
                     return
-                except (StoreRefused, ValueError, IndexError, UnicodeDecodeError) as e:
+                except (StoreRefused, ValueError, IndexError, UnicodeDecodeError, OverflowError) as e:
                     self.rejected.append((str(addr), f"a bad frame: {e}"))
                     return
                 try:
@@ -346,32 +359,40 @@ class AuthStore(dist.Store):
         return cls(server.keys.handle, timeout_s)
 
 
-def connect(host: str, port: int, secret: bytes, identity: str, timeout_s: float) -> AuthStore:
+def connect(host: str, port: int, secret: bytes, identity: str, timeout_s: float,
+            io_timeout: float | None = None) -> AuthStore:
     """A client of the driver's store, authenticated as holding ``secret``, named ``identity`` to the driver.
 
-    Retries until ``timeout_s`` while nobody listens (the driver may start later); raises
+    Retries until ``timeout_s`` while nobody listens (the driver may start later) or the
+    server drops the connection before its greeting (it is busy); raises
     :class:`StoreRefused` at once when the other side refuses the secret or does not hold it.
+    ``io_timeout``: a request unanswered for that long is :class:`StoreGone`.
     """
     where = f"{host}:{port}"
     deadline = time.monotonic() + timeout_s
+    pause = 0.05
     while True:
         try:
             sock = socket.create_connection((host, port), timeout=max(0.1, min(HANDSHAKE_S, deadline - time.monotonic())))
-            break
         except OSError as e:
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"nobody listens at {where} after {timeout_s:g} s ({e.strerror or e})") from None
             time.sleep(0.1)
-    try:
-        ch = _handshake_client(sock, secret, where)
-    except (StoreGone, OSError) as e:
-        sock.close()
-        raise StoreRefused(f"the process at {where} closed the connection before it authenticated ({e}); "
-                           f"is it a rotafx driver?") from None
-    except StoreRefused:
-        sock.close()
-        raise
-    sock.settimeout(None)
+            continue
+        try:
+            ch = _handshake_client(sock, secret, where)
+            break
+        except StoreRefused:
+            sock.close()
+            raise
+        except (StoreGone, OSError) as e:  # dropped before the greeting: a busy server; try again, a little later
+            sock.close()
+            if time.monotonic() >= deadline:
+                raise StoreRefused(f"the process at {where} kept closing the connection before it authenticated "
+                                   f"({e}); is it a rotafx driver, and is something flooding it?") from None
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+    sock.settimeout(io_timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     lock = threading.Lock()
 

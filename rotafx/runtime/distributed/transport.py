@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
-import math
 import os
 import socket
 import time
@@ -28,13 +27,15 @@ from .secret import tag
 
 __all__ = ["DistributedError", "CommError", "Layout", "Wire", "wait", "make_group", "backend_for", "plan_digest",
            "free_port", "post", "local_address", "check_links", "check_endpoint", "get_key", "set_quietly", "shutdown", "who", "HEADER_BYTES", "EMULATE", "DATA",
-           "STOP", "PREFIX"]
+           "STOP", "PREFIX", "BEAT_S", "MAX_TIMEOUT_S"]
 
 HEADER_BYTES = 32  # int64 kind, request id, sent-at (ns since the epoch), flags
 EMULATE = 1  # flag: apply link emulation to this request
 ALIGN = 16
 DATA, STOP = 0, 1
 PREFIX = "rotafx/"
+BEAT_S = 0.2  # a stage's heartbeat period
+MAX_TIMEOUT_S = 1e7  # about 115 days: longer is a mistake (and overflows thread waits)
 
 
 class DistributedError(RuntimeError):
@@ -225,8 +226,9 @@ def check_endpoint(addr: Any, port: Any, **timeouts: Any) -> None:
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise ValueError(f"rotafx: master_port must be a TCP port 1..65535, got {port!r}")
     for name, v in timeouts.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and math.isfinite(v)):
-            raise ValueError(f"rotafx: {name} must be a positive finite number of seconds, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v <= MAX_TIMEOUT_S):
+            raise ValueError(f"rotafx: {name} must be a positive finite number of seconds (at most "
+                             f"{MAX_TIMEOUT_S:g}), got {v!r}")
 
 
 def backend_for(device: torch.device, backend: str | None) -> str:
