@@ -446,3 +446,33 @@ def test_a_stage_that_stalls_past_the_heartbeat_timeout_is_named_even_if_it_reco
         with pytest.raises(DistributedError, match=r"stage 1 \(orbital0\) stopped: no heartbeat") as info:
             c.run(_requests(x, 3000), window=3)
         assert info.value.stage == 1
+
+
+def test_stages_end_with_their_launcher_even_when_stopped(plan: Any) -> None:
+    # the driver's process killed while a stage is stopped: nothing is left behind (the kernel ends them)
+    path, _, _ = plan
+    code = (f"import signal, time\nfrom rotafx.runtime.distributed import launch_local\n"
+            f"c = launch_local({str(path)!r}, timeout=20, join_timeout=90)\n"
+            f"print(' '.join(str(p.pid) for p in c.processes), flush=True)\n"
+            f"c.processes[1].send_signal(signal.SIGSTOP)\ntime.sleep(120)\n")
+    launcher = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(v) for v in launcher.stdout.readline().split()]  # type: ignore[union-attr]
+        assert len(pids) == 3
+        time.sleep(1.0)
+        launcher.kill()
+        launcher.wait(10)
+        deadline = time.monotonic() + 10
+        alive = pids
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.2)
+            alive = [p for p in pids if Path(f"/proc/{p}").exists() and "zombie" not in
+                     Path(f"/proc/{p}/status").read_text()]
+        assert not alive, f"stage processes left after their launcher died: {alive}"
+    finally:
+        launcher.kill()
+        for p in locals().get("pids", []):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass

@@ -89,7 +89,8 @@ def launch_local(plan_dir: str | os.PathLike[str], *, port: int | None = None, t
     logs_at = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="rotafx-logs-"))
     logs_at.mkdir(parents=True, exist_ok=True)
     secret = new_secret()
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), ENV: secret}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), ENV: secret,
+           "ROTAFX_PARENT_PID": str(os.getpid())}
     procs: list[subprocess.Popen] = []
     logs: list[Path] = []
     try:

@@ -257,8 +257,25 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="a file holding the cluster's secret (default: $ROTAFX_SECRET); the driver's must match")
 
 
+def _die_with_parent() -> None:
+    """Under ``launch_local`` (``ROTAFX_PARENT_PID`` set): the kernel kills this process when its launcher dies,
+    even while it is stopped (Linux; elsewhere the watchdog's timeout ends it)."""
+    parent = os.environ.get("ROTAFX_PARENT_PID")
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except (OSError, AttributeError):
+        return
+    if str(os.getppid()) != parent:  # the launcher died before the request was made
+        os._exit(4)
+
+
 def serve_from_args(args: argparse.Namespace, server: type[StageServer] = StageServer, **extra: Any) -> int:
     """Serve from parsed ``rotafx serve`` arguments; a failure prints one line and returns 3."""
+    _die_with_parent()
     addr = args.master_addr or os.environ.get("MASTER_ADDR", "127.0.0.1")
     port = int(args.master_port or os.environ.get("MASTER_PORT", 29500))
     try:
