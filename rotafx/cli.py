@@ -250,6 +250,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve_from_args(args)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Export the optimizer's plan (or take a plan directory), run it here, print estimate vs measured per stage."""
+    from .measured import estimate_vs_measured
+
+    model, inputs = load_model(args.model, args.batch_size, args.seq_len)
+    if inputs is None or any(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in inputs):
+        raise UsageError(f"rotafx: {args.model!r} gives no example inputs with real weights; compare runs the model "
+                         f"(a factory may return (module, example_inputs))")
+    Topology.coerce(args.topology)  # a bad topology is reported before anything is exported
+    cmp = estimate_vs_measured(model.eval(), inputs, repeats=args.repeats, threads=args.threads,
+                               emulate_links=not args.no_emulate, topology=args.topology, objective=args.objective,
+                               codec=args.codec, memory_rule=args.memory_rule)
+    print(cmp.report())
+    return 0
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Measure a device, with one progress line per step on stderr, and write the calibration file."""
     from .calibrate import Calibration, CalibrationError, calibrate
@@ -326,6 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run one stage of a plan in this process (the driver is rank 0 at MASTER_ADDR:MASTER_PORT)")
     add_serve_args(p)
     p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("compare", help="run the optimizer's plan in this process: estimate vs measured, per stage")
+    _add_model_args(p)
+    _add_topology_args(p)
+    p.add_argument("--objective", default="minimize_latency", choices=OBJECTIVES)
+    p.add_argument("--repeats", type=_positive_int, default=20, help="requests timed (default 20, after 3 warm-up)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads while timing")
+    p.add_argument("--no-emulate", action="store_true", help="do not hold hops back as the topology's links would")
+    p.set_defaults(func=cmd_compare)
     p = sub.add_parser("calibrate", help="measure a device (matmul and attention rates, bandwidth, op and codec costs)")
     p.add_argument("--device", default="cpu", help="torch device to measure (default cpu)")
     p.add_argument("-o", "--output", required=True, help="the calibration file to write (.yaml, .yml or .json)")

@@ -309,3 +309,45 @@ def test_a_topology_file_names_its_calibration_beside_it(tmp_path: Path) -> None
     with pytest.raises(rotafx.TopologyError, match=r"calibration must be a calibration file"):
         rotafx.Topology.from_dict({"devices": [{"name": "c", "memory": 1, "flops": 1, "calibration": 5}], "links": [],
                                    "chain": ["c"]})
+
+
+# -- the estimator's own error ------------------------------------------------------------------------
+
+
+def test_estimate_vs_measured_runs_the_plan_and_sets_each_part_beside_its_estimate(tmp_path: Path) -> None:
+    from tests.test_export import build, three_stage_topology
+
+    model, x = build("small-gpt")
+    topo = three_stage_topology(model, x, latency_ms=5.0)
+    cmp = rotafx.estimate_vs_measured(model, x, topology=topo, repeats=4, threads=1, path=tmp_path / "plan")
+    stages, links, total = cmp.rows[:-2], cmp.rows[-2], cmp.total
+    assert [r.what.split(" (")[0] for r in stages] == ["stage 0", "stage 1", "stage 2"]
+    plan = rotafx.plan.schema.read_plan(tmp_path / "plan")
+    # the estimate column is the plan's estimate, split into its parts: they add up to the whole
+    assert sum(r.estimate_ms for r in stages) + links.estimate_ms == pytest.approx(total.estimate_ms)
+    assert total.estimate_ms == pytest.approx(plan.estimate["total_ms"])
+    assert all(r.measured_ms > 0 and r.p10_ms <= r.measured_ms <= r.p90_ms for r in cmp.rows)
+    # the emulated links sleep at least what the estimate says they take (two hops of 5 ms and more)
+    assert links.p10_ms >= 0.95 * links.estimate_ms and links.estimate_ms >= 10.0
+    assert total.error == pytest.approx(total.estimate_ms / total.measured_ms - 1)
+    assert "whole request" in cmp.report() and "(datasheet)" in cmp.report()
+    # a plan directory runs as it is; options are for exporting
+    again = rotafx.estimate_vs_measured(tmp_path / "plan", x, repeats=2, emulate_links=False)
+    assert again.total.estimate_ms == pytest.approx(total.estimate_ms) and not again.emulate_links
+    with pytest.raises(ValueError, match=r"options \['objective'\] are for exporting a model"):
+        rotafx.estimate_vs_measured(tmp_path / "plan", x, objective="minimize_energy")
+    with pytest.raises(ValueError, match="repeats must be an integer >= 1, got 0"):
+        rotafx.estimate_vs_measured(tmp_path / "plan", x, repeats=0)
+
+
+def test_the_compare_command_prints_the_table(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    topo = tmp_path / "two.yaml"
+    topo.write_text("devices:\n  - {name: a, flops: 1e12, memory: 1 GB}\n  - {name: b, flops: 1e12, memory: 1 GB}\n"
+                    "links:\n  - {src: a, dst: b, bandwidth: 1 Gbps, latency_ms: 1, bidirectional: true}\nchain: [a, b]\n")
+    run = subprocess.run([sys.executable, "-m", "rotafx", "compare", "small-gpt", "--topology", str(topo), "--repeats",
+                          "3", "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "estimate vs measured over 3 requests" in run.stdout and "whole request" in run.stdout
