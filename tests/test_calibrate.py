@@ -351,3 +351,18 @@ def test_the_compare_command_prints_the_table(tmp_path: Path) -> None:
                           "3", "--threads", "1"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "estimate vs measured over 3 requests" in run.stdout and "whole request" in run.stdout
+
+
+def test_the_backends_default_device_is_calibrated_when_rotafx_calibration_names_a_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rotafx.backend.options import Config
+
+    monkeypatch.delenv("ROTAFX_CALIBRATION", raising=False)
+    assert Config.make({}).topology.devices["local"].figures == "datasheet"
+    _cal().save(tmp_path / "here.yaml")
+    monkeypatch.setenv("ROTAFX_CALIBRATION", str(tmp_path / "here.yaml"))
+    dev = Config.make({}).topology.devices["local"]
+    assert dev.figures == "calibrated" and dev.flops == 64e9
+    monkeypatch.setenv("ROTAFX_CALIBRATION", str(tmp_path / "missing.yaml"))
+    with pytest.raises(rotafx.BackendError, match=r"default local device.s calibration \(\$ROTAFX_CALIBRATION\).*missing.yaml"):
+        Config.make({})

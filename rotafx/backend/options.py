@@ -13,7 +13,7 @@ from ..topology import Topology, TopologyError
 from ..wire import check_codec
 from .devices import BackendError, resolve_devices
 
-__all__ = ["OPTIONS", "LOCAL_TOPOLOGY", "Config"]
+__all__ = ["OPTIONS", "LOCAL_TOPOLOGY", "Config", "local_topology", "CALIBRATION_ENV"]
 
 # the default: one local device that holds anything, so plain backend="rotastellar" works
 LOCAL_TOPOLOGY: dict[str, Any] = {
@@ -21,6 +21,22 @@ LOCAL_TOPOLOGY: dict[str, Any] = {
     "links": [],
     "chain": ["local"],
 }
+
+CALIBRATION_ENV = "ROTAFX_CALIBRATION"
+
+
+def local_topology() -> dict[str, Any]:
+    """The default topology: one local device; calibrated by the file ``$ROTAFX_CALIBRATION`` names, when it is set
+    (``rotafx calibrate -o FILE`` writes one), else priced by its datasheet figures."""
+    import os
+
+    path = os.environ.get(CALIBRATION_ENV)
+    if not path:
+        return LOCAL_TOPOLOGY
+    device = {**LOCAL_TOPOLOGY["devices"][0], "calibration": path}
+    del device["flops"]  # the measured rate stands in
+    return {**LOCAL_TOPOLOGY, "devices": [device]}
+
 
 OPTIONS: dict[str, str] = {
     "topology": "a Topology, a topology dict, a preset name or a file path (default: one local device)",
@@ -58,8 +74,11 @@ class Config:
             raise BackendError(f"rotafx: unknown option(s) {unknown} for the rotastellar backend; the options are:\n  {known}")
         topo_spec = options.get("topology")
         try:
-            topo = Topology.coerce(topo_spec if topo_spec is not None else LOCAL_TOPOLOGY)
+            topo = Topology.coerce(topo_spec if topo_spec is not None else local_topology())
         except (TopologyError, OSError) as e:
+            if topo_spec is None:
+                raise BackendError(f"rotafx: the default local device's calibration (${CALIBRATION_ENV}): {e}; "
+                                   f"unset it or point it at a file `rotafx calibrate -o FILE` wrote") from e
             raise BackendError(f"rotafx: option topology: {e}") from e
         objective = str(options.get("objective") or "minimize_latency")
         if objective not in OBJECTIVES:
