@@ -5,8 +5,11 @@
 * matmuls over a grid of shapes ``(M, K, N)`` per dtype: achieved FLOP/s (``2·M·K·N`` per call);
 * attention (``scaled_dot_product_attention``) over ``(batch·heads, sequence, head dim)``:
   achieved FLOP/s counted as the profile counts it (``4·BH·S²·D``, causal or not);
-* memory bandwidth (a large copy: bytes read + written per second);
-* the fixed cost of launching one op (a 1-element add) and of a view, eager;
+* memory bandwidth by working-set size (copies into a buffer made once, 256 kB to 64 MB:
+  bytes read + written per second; an op is priced at the bandwidth of its own size);
+* the fixed cost of launching one op and one view, eager, as a model pays it: the larger of
+  a chain of small ops and a net of tiny layers (module calls included) spread over the ops
+  the profiler counts in it;
 * each codec's encode and decode time per input byte;
 * for each other device of the host (``cpu`` and ``cuda:i``), transfer latency and bandwidth.
 
@@ -66,6 +69,7 @@ class Calibration:
     matmul: dict[str, dict[tuple[int, int, int], tuple[float, float]]] = field(default_factory=dict)
     attention: dict[str, dict[tuple[int, int, int], tuple[float, float]]] = field(default_factory=dict)
     bandwidth_Bps: float = 0.0
+    bandwidth: dict[int, float] = field(default_factory=dict)  # bytes copied -> bytes/s (read + written)
     op_overhead_s: float = 0.0
     view_overhead_s: float = 0.0
     codecs: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -83,29 +87,47 @@ class Calibration:
         """Achieved FLOP/s of attention at that size (the profile's FLOP count per second); None if not measured."""
         return _interpolate(self.attention.get(dtype), (batch_heads, seq, head_dim))
 
+    def bandwidth_at(self, nbytes: float) -> float:
+        """Bytes/s an op moving ``nbytes`` achieves: log-linear between the measured copy sizes, clamped at their
+        ends (small working sets run from cache); ``bandwidth_Bps`` when no table was measured."""
+        if not self.bandwidth:
+            return self.bandwidth_Bps
+        sizes = sorted(self.bandwidth)
+        x = min(max(nbytes, sizes[0]), sizes[-1])
+        j = bisect.bisect_left(sizes, x)
+        if sizes[j] == x or j == 0:
+            return self.bandwidth[sizes[j]]
+        lo, hi = sizes[j - 1], sizes[j]
+        w = (math.log(x) - math.log(lo)) / (math.log(hi) - math.log(lo))
+        return math.exp((1 - w) * math.log(self.bandwidth[lo]) + w * math.log(self.bandwidth[hi]))
+
     def peak_flops(self, dtype: str = "float32") -> float | None:
         """The best measured matmul rate for ``dtype`` (the compute roof of ops with no kernel of their own)."""
         rows = self.matmul.get(dtype)
         return max(r for r, _ in rows.values()) if rows else None
 
     def op_time_s(self, op: Any, dtype: str = "float32") -> float:
-        """One op's time: its launch cost, plus ``max(flops / rate, bytes_moved / bandwidth)``.
+        """One op's time: its launch cost, plus its work.
 
-        ``op`` is a :class:`~rotafx.layers.OpCost`. A view costs the view's launch only; the
-        rate is the calibrated rate of the op's kernel at its shape (a matmul or attention),
-        else the device's best matmul rate; the dtype's tables, else float32's.
+        ``op`` is a :class:`~rotafx.layers.OpCost`. A view costs the view's launch only. An op
+        whose kernel (a matmul or attention) has a calibrated rate costs ``flops / rate``
+        (that rate was measured with its operands' traffic in it); any other op
+        ``max(flops / best matmul rate, bytes_moved / bandwidth at that many bytes)``. The
+        dtype's tables, else float32's.
         """
         if op.view:
             return self.view_overhead_s
-        rate = None
         table = dtype if dtype in self.matmul else "float32"
         if op.kernel is not None:
             kind, a, b, c = op.kernel
             rate = self.matmul_flops(a, b, c, table) if kind == "mm" else \
                 self.attention_flops(a, b, c, dtype if dtype in self.attention else "float32")
-        rate = rate or self.peak_flops(table)
-        compute = op.flops / rate if rate else 0.0
-        return self.op_overhead_s + max(compute, op.bytes_moved / self.bandwidth_Bps)
+            if rate:
+                return self.op_overhead_s + op.flops / rate
+        peak = self.peak_flops(table)
+        compute = op.flops / peak if peak else 0.0
+        memory = op.bytes_moved / self.bandwidth_at(op.bytes_moved) if op.bytes_moved else 0.0
+        return self.op_overhead_s + max(compute, memory)
 
     def layer_time_s(self, layer: Any, dtype: str = "float32") -> float:
         """A layer's time on this device: the sum of its ops' :meth:`op_time_s` (a layer with no op
@@ -126,7 +148,9 @@ class Calibration:
             return {dt: [[*shape, rate, spread] for shape, (rate, spread) in sorted(rows.items())] for dt, rows in t.items()}
         return {"format": FORMAT, "version": VERSION, "device": self.device, "threads": self.threads,
                 "source": self.source, "machine": dict(self.machine),
-                "bandwidth_Bps": self.bandwidth_Bps, "op_overhead_s": self.op_overhead_s,
+                "bandwidth_Bps": self.bandwidth_Bps,
+                "bandwidth": [[n, bps] for n, bps in sorted(self.bandwidth.items())],
+                "op_overhead_s": self.op_overhead_s,
                 "view_overhead_s": self.view_overhead_s,
                 "matmul": table(self.matmul), "attention": table(self.attention),
                 "codecs": {k: dict(v) for k, v in self.codecs.items()},
@@ -234,7 +258,17 @@ class Calibration:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise CalibrationError(f"{where}: threads must be a positive integer, got {threads!r}")
         machine = data.get("machine", {})
-        return cls(device=device, threads=threads, matmul=table("matmul"), attention=table("attention"),
+        bw_rows = data.get("bandwidth", [])
+        if not isinstance(bw_rows, list):
+            raise CalibrationError(f"{where}: bandwidth must be a list of [bytes, bytes per second] rows")
+        bandwidth: dict[int, float] = {}
+        for i, row in enumerate(bw_rows):
+            if not isinstance(row, list) or len(row) != 2 or isinstance(row[0], bool) or not isinstance(row[0], int) \
+                    or row[0] < 1:
+                raise CalibrationError(f"{where}: bandwidth[{i}] must be [bytes (a positive integer), bytes per second], "
+                                       f"got {row!r}")
+            bandwidth[row[0]] = num(f"bandwidth[{i}] rate", row[1])
+        return cls(bandwidth=bandwidth, device=device, threads=threads, matmul=table("matmul"), attention=table("attention"),
                    bandwidth_Bps=num("bandwidth_Bps", data.get("bandwidth_Bps")),
                    op_overhead_s=num("op_overhead_s", data.get("op_overhead_s"), False),
                    view_overhead_s=num("view_overhead_s", data.get("view_overhead_s"), False),
@@ -352,13 +386,54 @@ def calibrate(device: str | torch.device = "cpu", *, dtypes: Sequence[str] | Non
                 cal.attention[dt][(bh, s, d)] = (flops / t, spread)
                 say(f"calibrate {dev}: attention {dt} {i + 1}/{len(sizes)} (BH {bh}, S {s}, D {d}: "
                     f"{flops / t / 1e9:.1f} GFLOP/s)")
-        big = torch.randn(1 << (22 if quick else 24), device=dev)  # 16 or 64 MB of float32
-        t, _ = _timer(lambda: big.clone(), threads, run)
-        cal.bandwidth_Bps = 2 * big.numel() * big.element_size() / t
-        say(f"calibrate {dev}: copy bandwidth {cal.bandwidth_Bps / 1e9:.1f} GB/s")
-        one = torch.ones(1, device=dev)
-        cal.op_overhead_s, _ = _timer(lambda: torch.add(one, one), threads, run)
-        cal.view_overhead_s, _ = _timer(lambda: one.view(1, 1), threads, run)
+        # copies into a buffer made once (a fresh allocation would time page faults), by working-set size
+        for log2 in ((16, 20, 22, 24) if quick else (16, 18, 20, 22, 24)):  # 256 kB .. 64 MB of float32
+            src = torch.randn(1 << log2, device=dev)
+            dst = torch.empty_like(src)
+            t, _ = _timer(lambda: dst.copy_(src), threads, run)
+            nbytes = 2 * src.numel() * src.element_size()
+            cal.bandwidth[nbytes] = nbytes / t
+        cal.bandwidth_Bps = cal.bandwidth[max(cal.bandwidth)]
+        say(f"calibrate {dev}: copy bandwidth {min(cal.bandwidth.values()) / 1e9:.1f}-"
+            f"{max(cal.bandwidth.values()) / 1e9:.1f} GB/s ({len(cal.bandwidth)} sizes)")
+        # the launch cost of an op as models pay it: a chain of different small ops (and of views)
+        a, b, idx = torch.randn(4, 8, device=dev), torch.randn(4, 8, device=dev), torch.tensor([0, 2], device=dev)
+
+        def ops() -> Any:
+            x = torch.add(a, b)
+            x = torch.mul(x, b)
+            x = torch.relu(x)
+            x = torch.tanh(x)
+            x = torch.neg(x)
+            y = x.sum(-1, keepdim=True)
+            x = torch.sub(x, y)
+            x = x[idx]
+            x = torch.cat([x, x])
+            return x.clone()
+
+        def views() -> Any:
+            x = a.view(8, 4)
+            x = x.transpose(0, 1)
+            x = x.unsqueeze(0)
+            x = x.squeeze(0)
+            x = x.expand(4, 8)
+            return x.narrow(0, 0, 2)
+
+        t_ops, _ = _timer(ops, threads, run)
+        t_views, _ = _timer(views, threads, run)
+        cal.op_overhead_s, cal.view_overhead_s = t_ops / 10, t_views / 6
+        # and as a model's forward pays it, module calls included: a small net of tiny layers (no arithmetic to
+        # speak of), its time spread over the ops the profiler counts in it
+        net = _launch_probe().to(dev).eval()
+        x = torch.randn(4, 16, device=dev)
+        t_net, _ = _timer(lambda: net(x), threads, run)
+        from .profile import ModelProfile
+
+        prof = ModelProfile.from_pytorch(net, (x.to("cpu"),) if dev.type != "cpu" else (x,))
+        costs = [c for layer in prof.layers for c in layer.op_costs]
+        n_views = sum(1 for c in costs if c.view)
+        n_ops = max(1, len(costs) - n_views)
+        cal.op_overhead_s = max(cal.op_overhead_s, (t_net - n_views * cal.view_overhead_s) / n_ops)
         say(f"calibrate {dev}: {cal.op_overhead_s * 1e6:.1f} us per op, {cal.view_overhead_s * 1e6:.1f} us per view")
         from .wire import CODECS, decode, encode
 
@@ -379,6 +454,20 @@ def calibrate(device: str | torch.device = "cpu", *, dtypes: Sequence[str] | Non
             say(f"calibrate {dev}: to {other}: {lat * 1e6:.1f} us, "
                 f"{cal.transfers[f'{dev}->{other}']['bandwidth_Bps'] / 1e9:.1f} GB/s")
     return cal
+
+
+def _launch_probe() -> torch.nn.Module:
+    """Eight tiny blocks (linear, layer norm, GELU, a residual add): what a model's forward does, at no size."""
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.norm = torch.nn.Linear(16, 16), torch.nn.LayerNorm(16)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + torch.nn.functional.gelu(self.norm(self.fc(x)))
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(*(Block() for _ in range(8)))
 
 
 def _other_devices(dev: torch.device) -> Iterable[torch.device]:

@@ -185,8 +185,27 @@ class CostTables:
 
     # -- transfers -----------------------------------------------------------
     def hop_coefficients(self, link: Link) -> dict[str, tuple[float, float]]:
-        """:func:`hop_coefficients` of ``link`` under this topology's bandwidth rule."""
-        return hop_coefficients(link, self.counts_for_bandwidth(link))
+        """:func:`hop_coefficients` of ``link`` under this topology's bandwidth rule, plus, with a codec, the time
+        its calibrated ends take to encode and decode (per wire byte; 0 for a datasheet end)."""
+        co = hop_coefficients(link, self.counts_for_bandwidth(link))
+        codec_ms = self._codec_ms_per_wire_byte(link)
+        if codec_ms:
+            co["latency"] = (co["latency"][0] + codec_ms, co["latency"][1])
+            co["period"] = (co["period"][0] + codec_ms, co["period"][1])
+        return co
+
+    def _codec_ms_per_wire_byte(self, link: Link) -> float:
+        if self.codec is None:
+            return 0.0
+        from .wire import CODECS
+
+        devices = self.topology.devices
+        src, dst = devices.get(link.src), devices.get(link.dst)
+        enc = src.calibration.codecs.get(self.codec) if src is not None and src.calibration is not None else None
+        dec = dst.calibration.codecs.get(self.codec) if dst is not None and dst.calibration is not None else None
+        itemsize = self.profile.dtype.itemsize if self.profile.dtype is not None else 4
+        ratio = max(1.0, itemsize / CODECS[self.codec].itemsize)  # activation bytes per wire byte
+        return 1e3 * ratio * ((enc or {}).get("encode_s_per_byte", 0.0) + (dec or {}).get("decode_s_per_byte", 0.0))
 
     def counts_for_bandwidth(self, link: Link) -> bool:
         """Whether bytes on this link count towards the ``minimize_bandwidth`` objective."""

@@ -366,3 +366,40 @@ def test_the_backends_default_device_is_calibrated_when_rotafx_calibration_names
     monkeypatch.setenv("ROTAFX_CALIBRATION", str(tmp_path / "missing.yaml"))
     with pytest.raises(rotafx.BackendError, match=r"default local device.s calibration \(\$ROTAFX_CALIBRATION\).*missing.yaml"):
         Config.make({})
+
+
+def test_bandwidth_is_looked_up_by_the_bytes_an_op_moves() -> None:
+    from rotafx.layers import OpCost
+
+    c = _cal(bandwidth={1 << 20: 64e9, 1 << 26: 16e9})
+    assert c.bandwidth_at(1 << 20) == pytest.approx(64e9) and c.bandwidth_at(1 << 26) == pytest.approx(16e9)
+    assert c.bandwidth_at(1 << 23) == pytest.approx(32e9)  # halfway in log between 1 MiB and 64 MiB
+    assert c.bandwidth_at(10) == pytest.approx(64e9) and c.bandwidth_at(1 << 30) == pytest.approx(16e9)  # clamped
+    assert _cal().bandwidth_at(123) == 1e10  # no table: the single figure
+    # a pointwise op of 8 MiB at 32 GB/s; a matmul with a calibrated rate pays no memory term on top of it
+    assert c.op_time_s(OpCost(0, 1 << 23, None, False)) == pytest.approx(2e-6 + (1 << 23) / 32e9)
+    mm = OpCost(2 * 16 * 256 * 256, 1 << 26, ("mm", 16, 256, 256), False)
+    assert c.op_time_s(mm) == pytest.approx(2e-6 + 2 * 16 * 256 * 256 / 16e9)
+
+
+def test_a_gather_moves_the_rows_it_returns_not_its_table() -> None:
+    prof = rotafx.ModelProfile.from_pytorch(torch.nn.Embedding(512, 128), (torch.randint(0, 512, (1, 16)),))
+    (op,) = [c for layer in prof.layers for c in layer.op_costs]
+    assert op.bytes_moved == 2 * 16 * 128 * 4 + 16 * 8  # 16 rows of 128 floats read and written, 16 int64 indices
+
+
+def test_a_codec_hop_between_calibrated_devices_costs_its_encode_and_decode() -> None:
+    from rotafx.costmodel import CostTables, hop_coefficients
+
+    _, _, prof = _gpt_profile()
+    c = _cal(codecs={"int8": {"encode_s_per_byte": 1e-9, "decode_s_per_byte": 3e-9}})
+    topo = rotafx.Topology.from_dict({
+        "devices": [{"name": "a", "memory": "8 GB", "calibration": c.to_dict()},
+                    {"name": "b", "memory": "8 GB", "calibration": c.to_dict()}],
+        "links": [{"src": "a", "dst": "b", "bandwidth": "1 Gbps"}], "chain": ["a", "b"]})
+    link = topo.link("a", "b")
+    plain = hop_coefficients(link, True)["latency"][0]
+    with_codec = CostTables(prof, topo, codec="int8").hop_coefficients(link)["latency"][0]
+    # float32 activations travel as int8: 4 activation bytes per wire byte, encoded at a and decoded at b
+    assert with_codec - plain == pytest.approx(1e3 * 4 * (1e-9 + 3e-9))
+    assert CostTables(prof, topo).hop_coefficients(link)["latency"][0] == pytest.approx(plain)  # no codec, no cost

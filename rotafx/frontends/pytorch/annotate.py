@@ -136,6 +136,7 @@ class _CostMode(TorchDispatchMode):
         self.node_name = ""
 
     def reset(self) -> None:
+        self.gathers = False  # a gather (embedding, index_select) reads the rows it returns, not its whole table
         self.flops = 0
         self.workspace = 0
         self.allocates = False
@@ -148,7 +149,10 @@ class _CostMode(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if not _is_view_op(func):
+        name = func._overloadpacket.__name__
+        if name in _GATHER_NAMES:
+            self.gathers = True
+        if not _is_view_op(func) and name not in _CHECK_NAMES:
             self.allocates = True
         rule = _FUSED_RULES.get(func._overloadpacket.__name__)
         if rule is not None:  # ops that do several ops' work: their FLOPs and workspace by formula
@@ -204,6 +208,12 @@ class _CostMode(TorchDispatchMode):
         self.unknown.setdefault(str(packet), self.node_name)
         return 0
 
+
+# ops that read rows of a table by index: they move what they return (twice: read, written) and the indices
+_GATHER_NAMES = {"embedding", "index_select", "gather", "index", "take", "embedding_bag", "_embedding_bag"}
+# ops that check metadata and compute nothing (torch.export leaves them in the graph; eager never runs them)
+_CHECK_NAMES = {"_assert_tensor_metadata", "_assert_scalar", "_assert_async", "sym_constrain_range",
+                "sym_constrain_range_for_size", "_functional_assert_async"}
 
 # matmul-like aten ops -> the positions of their two operands (a: (..., M, K), b: (..., K, N))
 _MM_OPERANDS = {aten.mm: (0, 1), aten.addmm: (1, 2), aten.bmm: (0, 1), aten.baddbmm: (1, 2)}
@@ -392,7 +402,12 @@ def _run_node(gm: fx.GraphModule, node: fx.Node, env: dict[fx.Node, Any], weight
     for t in _tensors((args, kwargs)):
         in_tensors.setdefault(id(t), t)
     is_view = not mode.allocates
-    moved = 0 if is_view else sum(nb(t) for t in in_tensors.values()) + out_bytes
+    if is_view:
+        moved = 0
+    elif mode.gathers:  # the rows it returns, read and written, and the (integer) indices
+        moved = 2 * out_bytes + sum(nb(t) for t in in_tensors.values() if not t.is_floating_point())
+    else:
+        moved = sum(nb(t) for t in in_tensors.values()) + out_bytes
     return NodeCost(
         flops=mode.flops + extra_flops,
         activation_bytes=0 if is_view else out_bytes,
