@@ -117,17 +117,24 @@ class Calibration:
         """
         if op.view:
             return self.view_overhead_s
-        table = dtype if dtype in self.matmul else "float32"
+        table = self._table(self.matmul, dtype)
         if op.kernel is not None:
             kind, a, b, c = op.kernel
             rate = self.matmul_flops(a, b, c, table) if kind == "mm" else \
-                self.attention_flops(a, b, c, dtype if dtype in self.attention else "float32")
+                self.attention_flops(a, b, c, self._table(self.attention, dtype))
             if rate:
                 return self.op_overhead_s + op.flops / rate
         peak = self.peak_flops(table)
         compute = op.flops / peak if peak else 0.0
         memory = op.bytes_moved / self.bandwidth_at(op.bytes_moved) if op.bytes_moved else 0.0
         return self.op_overhead_s + max(compute, memory)
+
+    @staticmethod
+    def _table(tables: Mapping[str, Any], dtype: str) -> str:
+        """The table for ``dtype``: its own, else float32's, else any measured one."""
+        if dtype in tables:
+            return dtype
+        return "float32" if "float32" in tables else next(iter(tables), dtype)
 
     def layer_time_s(self, layer: Any, dtype: str = "float32") -> float:
         """A layer's time on this device: the sum of its ops' :meth:`op_time_s` (a layer with no op

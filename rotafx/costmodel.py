@@ -36,6 +36,18 @@ __all__ = ["CostTables", "Route", "route", "transfer_ms", "link_energy_j", "hop_
 MEMORY_RULES = ("liveness", "sum")
 
 
+def _float_dtype(profile: ModelProfile) -> str:
+    """The dtype floating tensors run at: the one they were priced at, else the model's own (its first floating
+    tensor between layers), else float32."""
+    if profile.dtype is not None:
+        return str(profile.dtype).replace("torch.", "")
+    for layer in profile.layers:
+        for t in layer.outputs:
+            if t.floating and t.dtype:
+                return str(t.dtype).replace("torch.", "")
+    return "float32"
+
+
 def _measured_on(profile: ModelProfile, topology: Topology) -> Any:
     """The calibration, among the topology's devices, of the device the profile's layers were timed on (or None)."""
     if profile.measured_on is None or profile.measured_ms is None:
@@ -128,7 +140,7 @@ class CostTables:
         cache = topology.capacity == "cache"
         self.compute_ms = np.zeros((L, K))
         self.figures: list[str] = []  # per stage: "measured", "calibrated" or "datasheet"
-        dtype = str(profile.dtype).replace("torch.", "") if profile.dtype is not None else "float32"
+        dtype = _float_dtype(profile)
         source = _measured_on(profile, topology)
         for s, name in enumerate(topology.chain):
             d = topology.devices[name]
@@ -199,12 +211,19 @@ class CostTables:
             return 0.0
         from .wire import CODECS
 
+        def torch_dtype_named(name: str) -> Any:
+            import torch
+
+            return getattr(torch, name, None)
+
         devices = self.topology.devices
         src, dst = devices.get(link.src), devices.get(link.dst)
         enc = src.calibration.codecs.get(self.codec) if src is not None and src.calibration is not None else None
         dec = dst.calibration.codecs.get(self.codec) if dst is not None and dst.calibration is not None else None
-        itemsize = self.profile.dtype.itemsize if self.profile.dtype is not None else 4
-        ratio = max(1.0, itemsize / CODECS[self.codec].itemsize)  # activation bytes per wire byte
+        itemsize = getattr(torch_dtype_named(_float_dtype(self.profile)), "itemsize", 4)
+        if CODECS[self.codec].itemsize >= itemsize:  # the codec does not compress these activations: not applied
+            return 0.0
+        ratio = itemsize / CODECS[self.codec].itemsize  # activation bytes per wire byte
         return 1e3 * ratio * ((enc or {}).get("encode_s_per_byte", 0.0) + (dec or {}).get("decode_s_per_byte", 0.0))
 
     def counts_for_bandwidth(self, link: Link) -> bool:

@@ -56,6 +56,7 @@ class ModelProfile:
     output_names: tuple[str, ...] = ()
     op_ms: Mapping[str, float] = field(default_factory=dict, repr=False)
     measured_on: str | None = None  # the torch device (and host) layers were timed on, e.g. "cpu@host"
+    seq_len: int | None = None  # the sequence length example inputs were built with (from_pytorch), for measure()
     measured_spread: tuple[float, ...] = field(default=(), repr=False)  # per layer: (max - min) / median over rounds
 
     # -- the seed's properties -----------------------------------------------
@@ -279,6 +280,9 @@ class ModelProfile:
         args = example_args(model, example_inputs, batch_size, seq_len) if measure else example_inputs
         prof = cls.from_graph(read_module(model, args, example_kwargs=example_kwargs, dtype=dtype,
                                           batch_size=batch_size, seq_len=seq_len, strict=strict, progress=progress))
+        import dataclasses
+
+        prof = dataclasses.replace(prof, seq_len=seq_len)
         if measure:
             prof = prof.measure(model, args, example_kwargs=example_kwargs, device=device, repeats=repeats,
                                 progress=progress)
@@ -309,13 +313,16 @@ class ModelProfile:
         if self.source != "pytorch":
             raise ProfileError(f"rotafx: measure() times a PyTorch model's layers; this profile comes from "
                                f"{self.source or 'elsewhere'!r} (ONNX: from_onnx(measure=True) times it with onnxruntime)")
-        args = example_args(model, example_inputs, self.batch_size, 128) if example_inputs is None else example_inputs
+        args = example_args(model, example_inputs, self.batch_size, self.seq_len or 128) if example_inputs is None \
+            else example_inputs
         layer_of = {op: layer.index for layer in self.layers for op in layer.ops}
         say = (lambda m: __import__("sys").stderr.write(m + "\n")) if progress else None
         times = measure_layers(model, args, layer_of, self.num_layers, example_kwargs=example_kwargs, device=device,
                                threads=threads, rounds=repeats, progress=say)
-        dev = torch.device(device) if device is not None else next((p.device for p in model.parameters()),
-                                                                  torch.device("cpu"))
+        from .devices import existing_device
+
+        dev = existing_device(device if device is not None else next((p.device for p in model.parameters()), "cpu"),
+                              "device", ProfileError)  # "cuda" -> "cuda:0", as calibrate() names it
         layers = tuple(dataclasses.replace(layer, measured_ms=t) for layer, (t, _) in zip(self.layers, times))
         return dataclasses.replace(self, layers=layers, measured_on=f"{dev}@{socket.gethostname()}",
                                    measured_spread=tuple(s for _, s in times))

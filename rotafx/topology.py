@@ -157,7 +157,7 @@ class Device:
     cache_bytes: float = 0.0
     cache_bandwidth: float = 0.0
     power_w: float = 700.0
-    calibration: Any = None
+    calibration: Any = field(default=None, hash=False)
 
     @property
     def figures(self) -> str:

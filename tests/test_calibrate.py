@@ -403,3 +403,40 @@ def test_a_codec_hop_between_calibrated_devices_costs_its_encode_and_decode() ->
     # float32 activations travel as int8: 4 activation bytes per wire byte, encoded at a and decoded at b
     assert with_codec - plain == pytest.approx(1e3 * 4 * (1e-9 + 3e-9))
     assert CostTables(prof, topo).hop_coefficients(link)["latency"][0] == pytest.approx(plain)  # no codec, no cost
+
+
+def test_measure_without_inputs_times_the_shapes_the_profile_was_built_at(monkeypatch: pytest.MonkeyPatch) -> None:
+    import rotafx.frontends.pytorch.measure as m
+    from rotafx.models import small_gpt
+
+    seen: list[tuple] = []
+    real = m.measure_layers
+
+    def spy(model: torch.nn.Module, example_inputs: tuple, *a: object, **k: object) -> object:
+        seen.append(tuple(t.shape for t in example_inputs))
+        return real(model, example_inputs, *a, **k)
+
+    monkeypatch.setattr(m, "measure_layers", spy)
+    model = small_gpt().eval()
+    prof = rotafx.ModelProfile.from_pytorch(model, batch_size=2, seq_len=8)
+    prof.measure(model, repeats=1)
+    assert seen == [(torch.Size([2, 8]),)], "the profiled (batch, sequence), not a default"
+
+
+def test_a_device_named_without_its_index_matches_its_calibration() -> None:
+    # measure(device="cpu") and calibrate("cpu") name the device the same way; so do "cuda" and "cuda:0"
+    from rotafx.devices import existing_device
+
+    _, _, prof = _gpt_profile(measure=True)
+    assert prof.measured_on.split("@")[0] == str(existing_device("cpu", "device"))
+
+
+def test_a_half_precision_model_is_priced_with_its_own_dtype_tables() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64)).to(torch.bfloat16).eval()
+    prof = rotafx.ModelProfile.from_pytorch(model, (torch.randn(4, 64, dtype=torch.bfloat16),))
+    c = _cal()
+    c.matmul["bfloat16"] = {k: (r / 100, s) for k, (r, s) in c.matmul["float32"].items()}  # 100x slower in bf16
+    est = rotafx.LatencyEstimator(_one_device(c)).estimate([0] * prof.num_layers, prof)
+    assert est.compute_ms == pytest.approx(1e3 * sum(c.layer_time_s(layer, "bfloat16") for layer in prof.layers))
+    as_fp32 = 1e3 * sum(c.layer_time_s(layer, "float32") for layer in prof.layers)
+    assert est.compute_ms > 20 * as_fp32, "the bf16 table (100x slower), not float32's"

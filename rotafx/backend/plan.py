@@ -139,6 +139,8 @@ def _size_hints(gm: fx.GraphModule) -> dict[str, int]:
 def cost_key(profile: ModelProfile) -> tuple:
     """Everything about a profile that the solver reads: two graphs with equal keys get the same placement."""
     layers = tuple((l.name, l.params, l.flops, l.weight_bytes, l.activation_bytes, l.buffer_bytes, l.peak_bytes,
-                    l.bytes_moved, tuple(sorted(l.work)), tuple(sorted(l.weight_names))) for l in profile.layers)
+                    l.bytes_moved, tuple(sorted(l.work)), tuple(sorted(l.weight_names)), l.op_costs, l.measured_ms)
+                   for l in profile.layers)
     boundaries = tuple(tuple(sorted((t.numel, t.itemsize, t.floating) for t in b)) for b in profile.boundaries)
-    return (layers, boundaries, tuple(sorted(profile.weights.items())), profile.param_names)
+    return (layers, boundaries, tuple(sorted(profile.weights.items())), profile.param_names, str(profile.dtype),
+            profile.measured_on)
