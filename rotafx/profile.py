@@ -330,8 +330,17 @@ class ModelProfile:
     @classmethod
     def from_onnx(cls, path: Any, input_shapes: Mapping[str, Any] | Sequence[Sequence[int]] | None = None,
                   **kwargs: Any) -> "ModelProfile":
-        """Profile an ONNX model (a path, bytes or ``onnx.ModelProto``): see :func:`rotafx.frontends.onnx.read_onnx`."""
-        return cls.from_graph(read_onnx(path, input_shapes=input_shapes, **kwargs))
+        """Profile an ONNX model (a path, bytes or ``onnx.ModelProto``): see :func:`rotafx.frontends.onnx.read_onnx`.
+
+        With ``measure=True`` its onnxruntime times (CPU) are the layers' measured times on this host's
+        ``cpu``, used by the cost model as :meth:`measure`'s are."""
+        prof = cls.from_graph(read_onnx(path, input_shapes=input_shapes, **kwargs))
+        if kwargs.get("measure") and prof.measured_ms is not None:
+            import dataclasses
+            import socket
+
+            prof = dataclasses.replace(prof, measured_on=f"cpu@{socket.gethostname()}")
+        return prof
 
     @classmethod
     def from_tensorflow(cls, model: Any, **kwargs: Any) -> "ModelProfile":

@@ -440,3 +440,16 @@ def test_a_half_precision_model_is_priced_with_its_own_dtype_tables() -> None:
     assert est.compute_ms == pytest.approx(1e3 * sum(c.layer_time_s(layer, "bfloat16") for layer in prof.layers))
     as_fp32 = 1e3 * sum(c.layer_time_s(layer, "float32") for layer in prof.layers)
     assert est.compute_ms > 20 * as_fp32, "the bf16 table (100x slower), not float32's"
+
+
+def test_a_model_with_non_tensor_inputs_is_measured() -> None:
+    class Scaled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor, scale: float, flag: bool) -> torch.Tensor:
+            return self.fc(x) * scale if flag else self.fc(x)
+
+    prof = rotafx.ModelProfile.from_pytorch(Scaled().eval(), (torch.randn(2, 8), 2.0, True), measure=True, repeats=1)
+    assert prof.measured_ms is not None and all(t > 0 for t in prof.measured_ms)

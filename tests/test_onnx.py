@@ -367,6 +367,19 @@ def test_measure_fills_times_per_layer(zoo: dict) -> None:
     assert p.measured_ms is not None and len(p.measured_ms) == p.num_layers
     assert all(t >= 0 for t in p.measured_ms) and sum(p.measured_ms) > 0
     assert p.op_ms and all(t >= 0 for t in p.op_ms.values())
+    # onnxruntime's times are this host's cpu's: a calibrated cpu of this host prices the layers by them
+    import socket
+
+    from rotafx.calibrate import Calibration
+
+    assert p.measured_on == f"cpu@{socket.gethostname()}"
+    cal = Calibration(device="cpu", threads=1, bandwidth_Bps=1e10, machine={"host": socket.gethostname()})
+    topo = {"devices": [{"name": "cpu", "memory": "8 GB", "flops": 1e12, "calibration": cal.to_dict()}], "links": [],
+            "chain": ["cpu"]}
+    from rotafx import LatencyEstimator
+
+    est = LatencyEstimator(topo).estimate([0] * p.num_layers, p)
+    assert est.figures == {"cpu": "measured"} and est.compute_ms == pytest.approx(sum(p.measured_ms))
 
 
 def test_model_proto_and_bytes_are_accepted(zoo: dict) -> None:

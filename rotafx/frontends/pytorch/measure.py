@@ -39,10 +39,10 @@ def measure_layers(model: torch.nn.Module, example_inputs: Any, layer_of: Mappin
     traced = trace(model, args, kwargs)
     gm = traced.graph_module
     placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
-    user = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+    user = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if a is not None]
     n_user = sum(1 for ph in placeholders if ph not in traced.weights)
     if n_user != len(user):
-        raise ProfileError(f"rotafx: cannot measure {type(model).__name__}: its program takes {n_user} input tensor(s), "
+        raise ProfileError(f"rotafx: cannot measure {type(model).__name__}: its program takes {n_user} input(s), "
                            f"the example inputs hold {len(user)}")
     feed = iter(user)
     values = [traced.values[traced.weights[ph]].to(dev) if ph in traced.weights else next(feed) for ph in placeholders]
