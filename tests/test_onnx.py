@@ -89,6 +89,9 @@ def test_onnx_profile_agrees_with_pytorch(zoo: dict, name: str) -> None:
     # the tensors that cross every cut weigh the same (residual streams and model inputs included)
     assert [op.boundary_bytes(p) for p in range(op.num_layers + 1)] == [tp.boundary_bytes(p) for p in range(tp.num_layers + 1)]
     assert op.batch_size == 2 and not op.unknown_ops
+    # the kernel shapes a calibrated device's rates are looked up at: matmuls, convolutions as GEMMs, attention
+    for lo, lt in zip(op.layers, tp.layers):
+        assert [c.kernel for c in lo.op_costs if c.kernel] == [c.kernel for c in lt.op_costs if c.kernel], lo.name
 
 
 def test_mlp_flops_are_exact(zoo: dict) -> None:

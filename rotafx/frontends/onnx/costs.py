@@ -26,7 +26,7 @@ from ...layers import OpRecord
 from .load import attrs
 from .shapes import TensorTable
 
-__all__ = ["node_cost", "fuse", "VIEW_OPS", "ZERO_COST_OPS", "POINTWISE_OPS", "PER_ELEMENT_OPS", "REDUCE_OPS", "POOL_OPS"]
+__all__ = ["node_cost", "node_kernel", "fuse", "VIEW_OPS", "ZERO_COST_OPS", "POINTWISE_OPS", "PER_ELEMENT_OPS", "REDUCE_OPS", "POOL_OPS"]
 
 # outputs alias the first input (onnxruntime reuses the buffer): no memory, nothing moved
 VIEW_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "SequenceAt"}
@@ -87,6 +87,32 @@ def _einsum_flops(eq: str, shapes: list[tuple[int, ...] | None], out_numel: int)
     contracted = [ch for ch in sizes if ch not in rhs]
     factor = math.prod(sizes[ch] for ch in contracted)
     return (2 if contracted and len(terms) > 1 else 1) * out_numel * factor * max(1, len(terms) - 1)
+
+
+def node_kernel(node: Any, c: TensorTable) -> tuple[str, int, int, int] | None:
+    """The matmul a node runs, as the PyTorch profile records it: ``("mm", M, K, N)`` (leading dimensions folded
+    into M; a convolution as its GEMM), for a calibrated device's rate at that shape; None for any other op."""
+    op, ins = node.op_type, list(node.input)
+    out = node.output[0] if node.output else ""
+    so = c.shape(out)
+    if not so:
+        return None
+    if op in ("MatMul", "FusedMatMul", "Gemm"):
+        sa = c.shape(ins[0])
+        if not sa:
+            return None
+        trans_a = bool(attrs(node).get("transA", 0))
+        k = sa[-2] if trans_a and len(sa) >= 2 else sa[-1]  # Gemm's A is 2-D: sa[-2] is sa[0]
+        n = so[-1]
+        return ("mm", c.numel(out) // max(1, n), int(k), int(n))
+    if op in ("Conv", "FusedConv"):
+        w = c.shape(ins[1])
+        if not w or len(so) < 2:
+            return None
+        groups = int(attrs(node).get("group", 1) or 1)
+        positions = c.numel(out) // max(1, so[1])
+        return ("mm", positions * groups, math.prod(w[1:]), max(1, w[0] // groups))
+    return None
 
 
 def node_cost(node: Any, c: TensorTable) -> tuple[int, int, bool] | None:
@@ -199,8 +225,9 @@ def _merge(ops: Sequence[OpRecord], members: Sequence[int], table: TensorTable, 
     weights = tuple(dict.fromkeys(w for op in group for w in op.weights))
     moved = sum(table.nbytes(t) for t in (*inputs, *weights, *last.outputs))
     times = [op.measured_ms for op in group if op.measured_ms is not None]
+    kernel = max(group, key=lambda op: op.flops).kernel  # the matmul the fused op stands for
     return replace(last, inputs=inputs, weights=weights, bytes_moved=moved, transient=(),
-                   measured_ms=sum(times) if times else None, **fields)
+                   measured_ms=sum(times) if times else None, **{"kernel": kernel, **fields})
 
 
 def _apply(ops: list[OpRecord], merged: dict[int, tuple[list[int], OpRecord]]) -> list[OpRecord]:
@@ -271,8 +298,10 @@ def _fuse_attention(ops: list[OpRecord], c: TensorTable, outputs: set[str]) -> l
             continue
         taken.update(members)
         ws = math.prod(score) * c.itemsize(sm.inputs[0])
+        out = c.shape(ops[mm2].outputs[0])
+        kernel = ("sdpa", math.prod(score[:-2]), score[-1], out[-1]) if out and len(score) >= 2 else None
         merged[mm2] = (members, _merge(ops, members, c, flops=ops[mm1].flops + ops[mm2].flops, buffer_bytes=ws,
-                                       op_type="Attention(fused)"))
+                                       op_type="Attention(fused)", kernel=kernel))
     return _apply(ops, merged)
 
 

@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 from ...layers import OpGraph, OpRecord, TensorInfo, layer_keys, report_unknown_ops
 from ..dtypes import float_itemsize, torch_dtype
-from .costs import fuse, node_cost
+from .costs import fuse, node_cost, node_kernel
 from .load import ELEM, import_onnx, load_onnx, subgraph_inputs
 from .measure import measure_ops
 from .shapes import RANDOM_OPS, TensorTable, bind_inputs, constant_numel, fill_missing_shapes, infer_types, skeleton
@@ -154,7 +154,7 @@ def read_onnx(model: Any, input_shapes: Mapping[str, Any] | Sequence[Sequence[in
             inputs=tuple(i for i in all_in if i not in const_src), outputs=outs,
             weights=tuple(dict.fromkeys(w for i in all_in if i in const_src for w in sorted(const_src[i]) if w in weights)),
             flops=int(flops), bytes_moved=0 if view else sum(table.nbytes(t) for t in (*all_in, *outs)),
-            buffer_bytes=int(ws), view=view))
+            buffer_bytes=int(ws), view=view, kernel=node_kernel(node, table)))
     report_unknown_ops(unknown, "ONNX op(s)", strict, stacklevel=4,
                        moved=(sum(ops[i].bytes_moved for i in unruled), sum(op.bytes_moved for op in ops)))
     keys = _group_keys(nodes, [any(w in params for w in op.weights) for op in ops], group_by)
