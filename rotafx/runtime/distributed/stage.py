@@ -123,10 +123,15 @@ class StageServer:
             nonce = get_key(store, "nonce") or ""
             check_links(pg, rank, self.size, self._secret, nonce, self.join_timeout, dev, name)
         except StoreGone:
+            stop_watch.set()
             raise DistributedError(f"rotafx: {name}: the driver at {where} went away while this stage joined",
                                    stage=stage, node=st.node) from None
         except DistributedError as e:
+            stop_watch.set()
             set_quietly(store, f"stage{stage}/error", json.dumps({"kind": "join", "message": str(e)}))
+            raise
+        except BaseException:
+            stop_watch.set()
             raise
         wire = Wire(plan)
         lin, lout = wire.layouts[stage], wire.layouts[stage + 1]
@@ -229,15 +234,18 @@ def _watchdog(store: Any, stage: int, name: str, where: str, stop: threading.Eve
             store.add(f"{PREFIX}stage{stage}/beat", 1)
             if store.check([PREFIX + "abort"]):
                 msg = store.get(PREFIX + "abort").decode()
+                if stop.wait(1.0):  # the main thread saw it too and reports it
+                    return
                 sys.stderr.write(f"rotafx: {name}: the driver aborted the run: {msg}\n")
                 sys.stderr.flush()
                 os._exit(3)
         except Exception:  # noqa: BLE001 - the connection to the driver is gone
-            if stop.is_set():
+            # the main thread may be saying so itself (it sets ``stop`` as it fails): one line, not two
+            if stop.wait(1.0):
                 return
             sys.stderr.write(f"rotafx: {name}: the driver at {where} is gone; exiting\n")
             sys.stderr.flush()
-            os._exit(4)
+            os._exit(3)
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
