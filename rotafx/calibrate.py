@@ -36,6 +36,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from .units import first_line
+
 __all__ = ["Calibration", "CalibrationError", "calibrate", "MATMUL_M", "MATMUL_KN"]
 
 FORMAT = "rotafx-calibration"
@@ -92,14 +94,7 @@ class Calibration:
         ends (small working sets run from cache); ``bandwidth_Bps`` when no table was measured."""
         if not self.bandwidth:
             return self.bandwidth_Bps
-        sizes = sorted(self.bandwidth)
-        x = min(max(nbytes, sizes[0]), sizes[-1])
-        j = bisect.bisect_left(sizes, x)
-        if sizes[j] == x or j == 0:
-            return self.bandwidth[sizes[j]]
-        lo, hi = sizes[j - 1], sizes[j]
-        w = (math.log(x) - math.log(lo)) / (math.log(hi) - math.log(lo))
-        return math.exp((1 - w) * math.log(self.bandwidth[lo]) + w * math.log(self.bandwidth[hi]))
+        return math.exp(sum(w * math.log(self.bandwidth[s]) for s, w in _bracket(sorted(self.bandwidth), nbytes)))
 
     def peak_flops(self, dtype: str = "float32") -> float | None:
         """The best measured matmul rate for ``dtype`` (the compute roof of ops with no kernel of their own)."""
@@ -207,7 +202,7 @@ class Calibration:
         except RecursionError:
             raise CalibrationError(f"{where} is nested too deeply to be a calibration") from None
         except Exception as e:  # noqa: BLE001 - json and yaml errors: name the file and where
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            first = first_line(e)
             raise CalibrationError(f"{where} is not valid {'YAML' if p.suffix in ('.yaml', '.yml') else 'JSON'}: "
                                    f"{first}") from None
         return cls.from_dict(data, where=where)
@@ -285,21 +280,22 @@ class Calibration:
                    source=str(data.get("source", "measured")))
 
 
+def _bracket(grid: Sequence[int], x: float) -> list[tuple[int, float]]:
+    """The grid values around ``x`` with their weights, linear in log(x); clamped at the grid's ends."""
+    x = min(max(x, grid[0]), grid[-1])
+    j = bisect.bisect_left(grid, x)
+    if grid[j] == x or j == 0:
+        return [(grid[j], 1.0)]
+    lo, hi = grid[j - 1], grid[j]
+    w = (math.log(x) - math.log(lo)) / (math.log(hi) - math.log(lo))
+    return [(lo, 1.0 - w), (hi, w)]
+
+
 def _interpolate(rows: Mapping[tuple[int, int, int], tuple[float, float]] | None, at: tuple[int, int, int]) -> float | None:
     """Trilinear interpolation in log2 of the sizes over the measured grid; missing corners are skipped."""
     if not rows:
         return None
-    axes = [sorted({k[i] for k in rows}) for i in range(3)]
-    corners: list[list[tuple[int, float]]] = []  # per axis: (grid value, weight)
-    for i, grid in enumerate(axes):
-        x = min(max(at[i], grid[0]), grid[-1])
-        j = bisect.bisect_left(grid, x)
-        if grid[j] == x or j == 0:
-            corners.append([(grid[j], 1.0)])
-            continue
-        lo, hi = grid[j - 1], grid[j]
-        w = (math.log2(x) - math.log2(lo)) / (math.log2(hi) - math.log2(lo))
-        corners.append([(lo, 1.0 - w), (hi, w)])
+    corners = [_bracket(sorted({k[i] for k in rows}), at[i]) for i in range(3)]  # per axis: (grid value, weight)
     total = weight = 0.0
     for a, wa in corners[0]:
         for b, wb in corners[1]:

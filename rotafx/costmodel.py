@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from .profile import ModelProfile
 from .topology import Link, Topology
-from .wire import check_codec, serialization_ms
+from .wire import CODECS, check_codec, serialization_ms
 
 __all__ = ["CostTables", "Route", "route", "transfer_ms", "link_energy_j", "hop_coefficients", "MEMORY_RULES"]
 
@@ -209,18 +210,12 @@ class CostTables:
     def _codec_ms_per_wire_byte(self, link: Link) -> float:
         if self.codec is None:
             return 0.0
-        from .wire import CODECS
-
-        def torch_dtype_named(name: str) -> Any:
-            import torch
-
-            return getattr(torch, name, None)
 
         devices = self.topology.devices
         src, dst = devices.get(link.src), devices.get(link.dst)
         enc = src.calibration.codecs.get(self.codec) if src is not None and src.calibration is not None else None
         dec = dst.calibration.codecs.get(self.codec) if dst is not None and dst.calibration is not None else None
-        itemsize = getattr(torch_dtype_named(_float_dtype(self.profile)), "itemsize", 4)
+        itemsize = getattr(getattr(torch, _float_dtype(self.profile), None), "itemsize", 4)
         if CODECS[self.codec].itemsize >= itemsize:  # the codec does not compress these activations: not applied
             return 0.0
         ratio = itemsize / CODECS[self.codec].itemsize  # activation bytes per wire byte

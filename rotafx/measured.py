@@ -83,6 +83,7 @@ def estimate_vs_measured(model: torch.nn.Module | str | os.PathLike[str], exampl
     (default: as they are). ``emulate_links`` holds each hop back as the topology's links
     would (:mod:`rotafx.runtime.links`): without it the links cost only a copy here.
     """
+    from .frontends.pytorch.trace import as_args
     from .plan.load import load
     from .plan.schema import read_plan
     from .plan.write import export
@@ -90,20 +91,18 @@ def estimate_vs_measured(model: torch.nn.Module | str | os.PathLike[str], exampl
     for name, v, low in (("repeats", repeats, 1), ("warmup", warmup, 0)):
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise ValueError(f"rotafx: {name} must be an integer >= {low}, got {v!r}")
+    if example_inputs is None:
+        raise ValueError("rotafx: estimate_vs_measured needs example_inputs to run the plan with")
     if isinstance(model, (str, os.PathLike)):
         plan_dir = Path(model)
         if options:
             raise ValueError(f"rotafx: options {sorted(options)} are for exporting a model; a plan directory is run as "
                              f"it is")
-        inputs = example_inputs
     else:
         plan_dir = Path(path) if path is not None else Path(tempfile.mkdtemp(prefix="rotafx-check-")) / "plan"
         export(model, example_inputs, example_kwargs=example_kwargs, path=plan_dir, **options)
-        inputs = example_inputs
     spec = read_plan(plan_dir)
-    if inputs is None:
-        raise ValueError("rotafx: estimate_vs_measured needs example_inputs to run the plan with")
-    args = inputs if isinstance(inputs, tuple) else tuple(inputs) if isinstance(inputs, list) else (inputs,)
+    args = as_args(example_inputs)
     kwargs = dict(example_kwargs or {})
     pipe = load(plan_dir, emulate_links=emulate_links)
     spent: dict[int, float] = {}

@@ -7,6 +7,9 @@ turns it into layers and boundaries (:meth:`ModelProfile.from_graph`).
 
 from __future__ import annotations
 
+import dataclasses
+import socket
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -15,6 +18,8 @@ import torch
 from .frontends.keras import read_keras
 from .frontends.onnx import read_onnx
 from .frontends.pytorch import read_module
+from .frontends.pytorch.trace import example_args
+from .devices import existing_device
 from .frontends.sizes import count, positive_int
 from .layers import LayerProfile, OpGraph, ProfileError, TensorInfo, group_layers
 from .units import MB
@@ -275,13 +280,9 @@ class ModelProfile:
         >>> p.total_params, p.layers[0].flops
         (36, 64)
         """
-        from .frontends.pytorch.trace import example_args
-
         args = example_args(model, example_inputs, batch_size, seq_len) if measure else example_inputs
         prof = cls.from_graph(read_module(model, args, example_kwargs=example_kwargs, dtype=dtype,
                                           batch_size=batch_size, seq_len=seq_len, strict=strict, progress=progress))
-        import dataclasses
-
         prof = dataclasses.replace(prof, seq_len=seq_len)
         if measure:
             prof = prof.measure(model, args, example_kwargs=example_kwargs, device=device, repeats=repeats,
@@ -302,11 +303,7 @@ class ModelProfile:
         own dtype. The estimator and the solvers use these times for a device calibrated
         on the same machine and device (see :mod:`rotafx.calibrate`).
         """
-        import dataclasses
-        import socket
-
-        from .frontends.pytorch.measure import measure_layers
-        from .frontends.pytorch.trace import example_args
+        from .frontends.pytorch.measure import measure_layers  # torch.fx's splitter, only when measuring
 
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             raise ProfileError(f"rotafx: repeats must be a positive integer (rounds of timing), got {repeats!r}")
@@ -316,11 +313,9 @@ class ModelProfile:
         args = example_args(model, example_inputs, self.batch_size, self.seq_len or 128) if example_inputs is None \
             else example_inputs
         layer_of = {op: layer.index for layer in self.layers for op in layer.ops}
-        say = (lambda m: __import__("sys").stderr.write(m + "\n")) if progress else None
+        say = (lambda m: print(m, file=sys.stderr)) if progress else None
         times = measure_layers(model, args, layer_of, self.num_layers, example_kwargs=example_kwargs, device=device,
                                threads=threads, rounds=repeats, progress=say)
-        from .devices import existing_device
-
         dev = existing_device(device if device is not None else next((p.device for p in model.parameters()), "cpu"),
                               "device", ProfileError)  # "cuda" -> "cuda:0", as calibrate() names it
         layers = tuple(dataclasses.replace(layer, measured_ms=t) for layer, (t, _) in zip(self.layers, times))
@@ -336,9 +331,6 @@ class ModelProfile:
         ``cpu``, used by the cost model as :meth:`measure`'s are."""
         prof = cls.from_graph(read_onnx(path, input_shapes=input_shapes, **kwargs))
         if kwargs.get("measure") and prof.measured_ms is not None:
-            import dataclasses
-            import socket
-
             prof = dataclasses.replace(prof, measured_on=f"cpu@{socket.gethostname()}")
         return prof
 

@@ -1,10 +1,11 @@
-"""Units and how rotafx writes numbers: MB and GB (10^6, 10^9 bytes), readable byte counts, index ranges (a leaf module)."""
+"""Units and how rotafx writes numbers and messages: MB and GB (10^6, 10^9 bytes), readable byte counts, index ranges,
+an exception's first line (a leaf module)."""
 
 from __future__ import annotations
 
 from typing import Iterable
 
-__all__ = ["MB", "GB", "fmt_bytes", "format_ranges"]
+__all__ = ["MB", "GB", "fmt_bytes", "format_ranges", "first_line"]
 
 MB = 1e6
 GB = 1e9
@@ -38,3 +39,13 @@ def format_ranges(indices: Iterable[int]) -> str:
         out.append(str(xs[i]) if i == j else f"{xs[i]}-{xs[j]}")
         i = j + 1
     return ", ".join(out)
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it says nothing.
+
+    >>> first_line(RuntimeError("gloo: connection closed\\nbacktrace ...")), first_line(KeyError())
+    ('gloo: connection closed', 'KeyError')
+    """
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ... import units
 from ...layers import ProfileError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -96,8 +97,7 @@ def _check_model(proto: Any, what: str) -> None:
 
 def first_line(e: BaseException) -> str:
     """The first line of an exception's message (at most 200 characters), or its type's name."""
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
+    return units.first_line(e)[:200]
 
 
 def attrs(node: Any) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch.utils._pytree import tree_unflatten
 
 from ...plan.schema import check_request, read_plan
-from ...units import format_ranges
+from ...units import first_line, format_ranges
 from ..links import LinkEmulator
 from .secret import resolve_secret
 from .store import AuthStore, StoreServer
@@ -105,7 +105,7 @@ class Driver:
                     self.pg = forming.result(timeout=0.1)
                     break
                 except concurrent.futures.TimeoutError:
-                    gone = [f for f in self._faults(joining=True)]
+                    gone = self._faults(joining=True)
                     if gone:
                         _, i, reason = min(gone)
                         self._abort(f"stage {i} {reason} while joining")
@@ -120,7 +120,7 @@ class Driver:
                     raise DistributedError(
                         f"rotafx: {who_} did not join the driver at {where} within {join_timeout:g} s (start it with "
                         f"`rotafx serve --plan DIR --stage i --master-addr {master_addr} --master-port {master_port}` "
-                        f"and the cluster's secret): {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                        f"and the cluster's secret): {first_line(e)}"
                         + (f"; {refused} connection(s) were refused (without the secret, or too slow to authenticate)"
                            if refused else ""),
                         stage=missing[0] if missing else None,
@@ -277,7 +277,8 @@ class Driver:
             shutdown(self.pg)
         self._waiter.shutdown(wait=False, cancel_futures=True)
         if getattr(self, "server", None) is not None:
-            time.sleep(0.1) if get_key(self.store, "abort") else None  # let the watchdogs read why
+            if get_key(self.store, "abort"):
+                time.sleep(0.1)  # let the watchdogs read why
             self.server.close()
 
     # -- waiting, with the fault monitor ------------------------------------------------------
@@ -361,9 +362,10 @@ class Driver:
 
     def _diagnose(self, err: Exception | None, request: int,
                   fault: tuple[float, int, str] | None = None) -> tuple[int | None, str]:
-        """Who is to blame: a stage's own error, else the first whose process is gone or stopped beating
-        (and that reported nothing: the neighbours of a dead stage report losing it), else the first
-        stage that has not passed on the request the driver waits for."""
+        """Who is to blame: the first event (by the driver's clock) among a stage's own recorded failure,
+        a stage whose process is gone or that stopped beating without reporting anything (the neighbours
+        of a dead stage report losing it), and what the monitor saw (``fault``); else a neighbour's
+        report; else the first stage that has not passed on the request the driver waits for."""
         n = self.plan.num_stages
         errors = self._errors()
         # the first event wins: a stage's own failure (when it recorded it) or a stage gone or silent without a word
@@ -396,6 +398,7 @@ class Driver:
             if i not in errors:
                 return i, f"stopped answering its neighbours within {self.timeout:g} s"
         return n - 1, f"passed request {rel} on but the driver did not receive it within {self.timeout:g} s"
+
 
 def _split_request(r: Any) -> tuple[tuple, dict[str, Any]]:
     """A request as ``(args, kwargs)``: a tuple or list of inputs, one input, or ``{"args": ..., "kwargs": ...}``."""

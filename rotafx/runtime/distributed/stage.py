@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from ...plan.load import load
 from ...plan.schema import PlanError, read_plan
+from ...units import first_line
 from ..links import LinkEmulator
 from .secret import SecretError, resolve_secret
 from .store import StoreGone, StoreRefused, connect
@@ -110,28 +111,29 @@ class StageServer:
                 self.pg = pg = make_group(self.backend, dist.PrefixStore("rotafx/pg/", store), rank, self.size,
                                           self.join_timeout, bind=bind)
             except Exception as e:  # noqa: BLE001 - another stage never came, or the driver gave up
-                aborted = get_key(store, "abort")
+                # the store error that stopped gloo comes back as gloo's RuntimeError: ask the store itself
+                try:
+                    aborted = store.get(PREFIX + "abort").decode() if store.check([PREFIX + "abort"]) else None
+                    gone = False
+                except StoreGone:
+                    aborted, gone = None, True
                 if aborted:
                     why = f"the driver aborted the run: {aborted}"
-                elif "store" in str(e) and "gone" in str(e):
+                elif gone:
                     why = (f"the driver at {where} ended the run while this stage was joining (did another stage "
                            f"not join? the driver's error says)")
                 else:
-                    why = (f"the process group did not form within {self.join_timeout:g} s "
-                           f"({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+                    why = f"the process group did not form within {self.join_timeout:g} s ({first_line(e)})"
                 raise DistributedError(f"rotafx: {name}: {why}", stage=stage, node=st.node) from None
             nonce = get_key(store, "nonce") or ""
             check_links(pg, rank, self.size, self._secret, nonce, self.join_timeout, dev, name)
-        except StoreGone:
-            stop_watch.set()
-            raise DistributedError(f"rotafx: {name}: the driver at {where} went away while this stage joined",
-                                   stage=stage, node=st.node) from None
-        except DistributedError as e:
-            stop_watch.set()
-            set_quietly(store, f"stage{stage}/error", json.dumps({"kind": "join", "message": str(e)}))
-            raise
-        except BaseException:
-            stop_watch.set()
+        except BaseException as e:
+            stop_watch.set()  # this thread reports it: the watchdog stays quiet
+            if isinstance(e, StoreGone):
+                raise DistributedError(f"rotafx: {name}: the driver at {where} went away while this stage joined",
+                                       stage=stage, node=st.node) from None
+            if isinstance(e, DistributedError):
+                set_quietly(store, f"stage{stage}/error", json.dumps({"kind": "join", "message": str(e)}))
             raise
         wire = Wire(plan)
         lin, lout = wire.layouts[stage], wire.layouts[stage + 1]
@@ -278,7 +280,7 @@ def _die_with_parent() -> None:
     except (OSError, AttributeError):
         return
     if str(os.getppid()) != parent:  # the launcher died before the request was made
-        os._exit(4)
+        os._exit(3)
 
 
 def serve_from_args(args: argparse.Namespace, server: type[StageServer] = StageServer, **extra: Any) -> int:

@@ -22,12 +22,13 @@ import torch
 import torch.distributed as dist
 
 from ...plan.schema import PLAN_FILE, HopSpec, PlanSpec, TensorSpec
+from ...units import first_line
 from ...wire import decode, encode
 from .secret import tag
 
-__all__ = ["DistributedError", "CommError", "Layout", "Wire", "wait", "make_group", "backend_for", "plan_digest",
-           "free_port", "post", "local_address", "check_links", "check_endpoint", "get_key", "set_quietly", "shutdown", "who", "HEADER_BYTES", "EMULATE", "DATA",
-           "STOP", "PREFIX", "BEAT_S", "MAX_TIMEOUT_S"]
+__all__ = ["DistributedError", "CommError", "Layout", "Wire", "wait", "post", "make_group", "check_links", "backend_for",
+           "check_endpoint", "plan_digest", "free_port", "local_address", "get_key", "set_quietly", "shutdown", "who",
+           "HEADER_BYTES", "EMULATE", "DATA", "STOP", "PREFIX", "BEAT_S", "MAX_TIMEOUT_S"]
 
 HEADER_BYTES = 32  # int64 kind, request id, sent-at (ns since the epoch), flags
 EMULATE = 1  # flag: apply link emulation to this request
@@ -166,7 +167,7 @@ def wait(work: Any, timeout_s: float, peer: int, what: str) -> None:
     except RuntimeError as e:
         msg = str(e)
         timed_out = "Timed out" in msg or "timeout" in msg.lower()
-        raise CommError(f"{what}: {msg.splitlines()[0] if msg else type(e).__name__}", peer, timed_out) from None
+        raise CommError(f"{what}: {first_line(e)}", peer, timed_out) from None
 
 
 def post(op: Any, tensors: list[torch.Tensor], peer: int, what: str) -> Any:
@@ -175,8 +176,7 @@ def post(op: Any, tensors: list[torch.Tensor], peer: int, what: str) -> Any:
     try:
         return op(tensors, peer, 0)
     except RuntimeError as e:
-        msg = str(e)
-        raise CommError(f"{what}: {msg.splitlines()[0] if msg else type(e).__name__}", peer, False) from None
+        raise CommError(f"{what}: {first_line(e)}", peer, False) from None
 
 
 def make_group(backend: str, store: Any, rank: int, size: int, timeout_s: float, bind: str | None = None) -> Any:
