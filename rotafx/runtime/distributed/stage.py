@@ -14,7 +14,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -102,7 +102,8 @@ class StageServer:
         stop_watch = threading.Event()
         watch.add(f"{PREFIX}stage{stage}/beat", 1)  # the first heartbeat, before the driver counts on them
         # from here an abort (a stage that never joins, a wrong plan) ends this process too
-        threading.Thread(target=_watchdog, args=(watch, stage, name, where, stop_watch), daemon=True).start()
+        progress = self.progress = {"state": "joining", "sent": "-1"}  # what the watchdog reports with each beat
+        threading.Thread(target=_watchdog, args=(watch, stage, name, where, stop_watch, progress), daemon=True).start()
         try:
             store.set(f"{PREFIX}stage{stage}/plan", plan_digest(self.plan_dir))
             store.set(f"{PREFIX}stage{stage}/status", f"joining pid {os.getpid()} on {socket.gethostname()}")
@@ -146,7 +147,7 @@ class StageServer:
             while True:
                 # idle or not, this stage cannot tell a quiet driver from a stuck neighbour: the driver's
                 # timeout finds a hang and aborts everyone (see Driver._diagnose)
-                store.set(f"{PREFIX}stage{stage}/state", "waiting for the next request")
+                progress["state"] = "waiting for the next request"
                 peer = rank - 1
                 wait(work, self.idle_timeout, peer, f"{name}: receiving from {who(plan, peer)}")
                 kind, req, sent_at, flags = Layout.header(buf)
@@ -163,7 +164,7 @@ class StageServer:
                 work = post(pg.recv, [buf], rank - 1, f"{name}: receiving from {who(plan, rank - 1)}")
                 if self.emulate_links or flags & EMULATE:
                     emulator.deliver(sent_at, lin.payload_bytes)
-                store.set(f"{PREFIX}stage{stage}/state", f"computing request {req}")
+                progress["state"] = f"computing request {req}"
                 self.before_compute(req)
                 local: dict[str, torch.Tensor] = {}
                 ins = []
@@ -182,7 +183,7 @@ class StageServer:
                 self.pending.append((post(pg.send, [msg], peer, f"{name}: sending to {who(plan, peer)}"), msg))
                 while len(self.pending) > 2:
                     wait(self.pending.popleft()[0], self.timeout, peer, f"{name}: sending to {who(plan, peer)}")
-                store.set(f"{PREFIX}stage{stage}/sent", str(req))
+                progress["sent"] = str(req)
             self.flush()
             try:
                 store.set(f"{PREFIX}stage{stage}/status", "done")
@@ -229,10 +230,18 @@ def serve(plan_dir: str | os.PathLike[str], stage: int, **options: Any) -> int:
     return StageServer(plan_dir, stage, **options).run()
 
 
-def _watchdog(store: Any, stage: int, name: str, where: str, stop: threading.Event, period_s: float = BEAT_S) -> None:
-    """Send a heartbeat every ``period_s``; exit the process when the driver aborts the run or its store is gone."""
+def _watchdog(store: Any, stage: int, name: str, where: str, stop: threading.Event, progress: Mapping[str, str],
+              period_s: float = BEAT_S) -> None:
+    """Send a heartbeat every ``period_s``, with the stage's ``progress`` (its state and the last request it sent on:
+    what the driver reads to find a hang, kept off the request path); exit the process when the driver aborts the
+    run or its store is gone."""
+    said: dict[str, str] = {}
     while not stop.wait(period_s):
         try:
+            for key, value in list(progress.items()):
+                if said.get(key) != value:
+                    store.set(f"{PREFIX}stage{stage}/{key}", value)
+                    said[key] = value
             store.add(f"{PREFIX}stage{stage}/beat", 1)
             if store.check([PREFIX + "abort"]):
                 msg = store.get(PREFIX + "abort").decode()
