@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from .profile import ModelProfile
-from .topology import Link, Topology
+from .topology import Link, Topology, TopologyError
 from .wire import CODECS, check_codec, serialization_ms
 
-__all__ = ["CostTables", "Route", "route", "transfer_ms", "link_energy_j", "hop_coefficients", "MEMORY_RULES"]
+__all__ = ["CostTables", "Route", "route", "token_return", "transfer_ms", "link_energy_j", "hop_coefficients", "MEMORY_RULES"]
 
 MEMORY_RULES = ("liveness", "sum")
 
@@ -59,6 +59,57 @@ def _measured_on(profile: ModelProfile, topology: Topology) -> Any:
         if cal is not None and cal.device == device and cal.machine.get("host", host) == host:
             return cal
     return None
+
+
+def _compute_ms(profile: ModelProfile, topology: Topology) -> tuple[np.ndarray, list[str]]:
+    """``ms[l, s]``: layer ``l`` on the device of chain stage ``s``; and per stage, where its times come from
+    (``"measured"``, ``"calibrated"`` or ``"datasheet"``)."""
+    L, K = profile.num_layers, topology.num_stages
+    cache = topology.capacity == "cache"
+    out = np.zeros((L, K))
+    figures: list[str] = []
+    dtype = _float_dtype(profile)
+    source = _measured_on(profile, topology)
+    for s, name in enumerate(topology.chain):
+        d = topology.devices[name]
+        bw = (d.cache_bandwidth or d.memory_bandwidth) if cache else d.memory_bandwidth
+        cal = d.calibration
+        same = cal is not None and source is not None and source is cal
+        for l, layer in enumerate(profile.layers):
+            if cal is None:  # the datasheet roofline
+                out[l, s] = 1e3 * sum(max(f / d.flops, b / bw) for f, b in layer.work)
+            elif layer.measured_ms is not None and same:
+                out[l, s] = layer.measured_ms
+            elif layer.measured_ms is not None and source is not None:  # measured elsewhere: scaled by both
+                here, there = cal.layer_time_s(layer, dtype), source.layer_time_s(layer, dtype)
+                out[l, s] = layer.measured_ms * (here / there if there > 0 else 1.0)
+            else:
+                out[l, s] = 1e3 * cal.layer_time_s(layer, dtype)
+        figures.append("datasheet" if cal is None else
+                       "measured" if source is not None and profile.measured_ms is not None else "calibrated")
+    return out, figures
+
+
+def token_return(topology: Topology) -> tuple[Link, ...]:
+    """The links a sampled token takes from the chain's last node back to its first (which embeds it): the
+    direct link when the topology has one, else the chain walked backwards; none when the chain is one node.
+
+    Raises:
+        TopologyError: no way back (no direct link, and some chain link has no reverse).
+    """
+    first, last = topology.chain[0], topology.chain[-1]
+    if first == last:
+        return ()
+    try:
+        return (topology.link(last, first),)
+    except TopologyError:
+        pass
+    try:
+        return tuple(topology.link(b, a) for a, b in reversed(list(zip(topology.chain, topology.chain[1:]))) if a != b)
+    except TopologyError:
+        raise TopologyError(f"rotafx: a generated token must go back from {last!r} (the end of the chain) to {first!r} "
+                            f"(which embeds it), but the topology has no link {last!r} -> {first!r} and the chain has "
+                            f"no reverse links; add a link from {last!r} to {first!r} under 'links'") from None
 
 
 def transfer_ms(nbytes: float, link: Link) -> float:
@@ -139,31 +190,35 @@ class CostTables:
         L, K = profile.num_layers, topology.num_stages
         self.L, self.K = L, K
         cache = topology.capacity == "cache"
-        self.compute_ms = np.zeros((L, K))
-        self.figures: list[str] = []  # per stage: "measured", "calibrated" or "datasheet"
-        dtype = _float_dtype(profile)
-        source = _measured_on(profile, topology)
-        for s, name in enumerate(topology.chain):
-            d = topology.devices[name]
-            bw = (d.cache_bandwidth or d.memory_bandwidth) if cache else d.memory_bandwidth
-            cal = d.calibration
-            same = cal is not None and source is not None and source is cal
-            for l, layer in enumerate(profile.layers):
-                if cal is None:  # the datasheet roofline
-                    self.compute_ms[l, s] = 1e3 * sum(max(f / d.flops, b / bw) for f, b in layer.work)
-                elif layer.measured_ms is not None and same:
-                    self.compute_ms[l, s] = layer.measured_ms
-                elif layer.measured_ms is not None and source is not None:  # measured elsewhere: scaled by both
-                    here, there = cal.layer_time_s(layer, dtype), source.layer_time_s(layer, dtype)
-                    self.compute_ms[l, s] = layer.measured_ms * (here / there if there > 0 else 1.0)
-                else:
-                    self.compute_ms[l, s] = 1e3 * cal.layer_time_s(layer, dtype)
-            self.figures.append("datasheet" if cal is None else
-                                "measured" if source is not None and profile.measured_ms is not None else "calibrated")
+        self.compute_ms, self.figures = _compute_ms(profile, topology)  # figures: per stage, where times come from
         self.power_w = np.array([topology.devices[n].power_w for n in topology.chain])
         self.stage_terms = {"latency": self.compute_ms, "energy": self.compute_ms * 1e-3 * self.power_w[None, :],
                             "bandwidth": np.zeros((L, K))}
         self.boundary_bytes = np.array([profile.boundary_bytes(p, self.codec) for p in range(L + 1)], dtype=float)
+        # token generation: the decode step's own tables, the KV cache held per layer, and each generation term
+        # as a mix of the prefill's and the decode step's (see _MIX)
+        self.generation = profile.generation if profile.decode is not None else None
+        self.decode: CostTables | None = None
+        self.kv_bytes = np.zeros(L)
+        self.constants: dict[str, float] = {}  # what a term adds whatever the placement (the token's trip back)
+        if self.generation is not None:
+            gen = self.generation
+            self.decode = CostTables(profile.decode, topology, codec=codec, memory_rule=memory_rule)
+            self.kv_bytes = np.array([l.kv_bytes_per_token for l in profile.layers], dtype=float) * gen.kv_rows \
+                * gen.context_len
+            self.returns = token_return(topology)
+            token_bytes = 8.0 * gen.batch_size  # one int64 id per sequence of the batch
+            ret_ms = sum(transfer_ms(token_bytes, l) + l.latency_ms for l in self.returns)
+            ret_j = sum(link_energy_j(token_bytes, l) for l in self.returns)
+            for term, (base, wp, wd) in self._mix().items():
+                base = "latency" if base == "period" else base  # a device's period is its busy time
+                prefill = self.stage_terms[base] if wp else 0.0
+                dec = self.decode.stage_terms[base] if wd else 0.0
+                self.stage_terms[term] = wp * prefill + wd * dec
+            n, rows = gen.new_tokens, gen.batch_size * gen.new_tokens
+            self.constants = {"tpot": ret_ms, "generation": (n - 1) * ret_ms, "energy_per_token": (n - 1) * ret_j / rows,
+                              "ttft": 0.0, "token_period": 0.0}
+            self.return_period_ms = max((transfer_ms(token_bytes, l) for l in self.returns), default=0.0)
         self.links = [topology.link(a, b) for a, b in zip(topology.chain, topology.chain[1:])]
         self.weight_bytes = np.array([l.weight_bytes for l in profile.layers], dtype=float)
         # a weight read by several layers (a tied embedding) is held once by a device that runs any of them:
@@ -177,8 +232,11 @@ class CostTables:
         self.own_weight_bytes = self.weight_bytes.copy()
         for b, ls in self.shared:
             self.own_weight_bytes[list(ls)] -= b
+        self.own_weight_bytes += self.kv_bytes  # a layer's KV cache is its stage's state, like its own weights
         self.peak_bytes = np.array([l.peak_bytes for l in profile.layers], dtype=float)
-        self.sum_bytes = np.array([l.size_bytes for l in profile.layers], dtype=float)
+        self.sum_bytes = np.array([l.size_bytes for l in profile.layers], dtype=float) + self.kv_bytes
+        if self.decode is not None:  # a decode step's live activations may peak elsewhere (rarely higher)
+            self.peak_bytes = np.maximum(self.peak_bytes, self.decode.peak_bytes)
         # devices and the stages they run (a device may run several stages of the chain)
         self.device_stages: dict[str, list[int]] = {}
         for s, name in enumerate(topology.chain):
@@ -206,6 +264,28 @@ class CostTables:
             co["latency"] = (co["latency"][0] + codec_ms, co["latency"][1])
             co["period"] = (co["period"][0] + codec_ms, co["period"][1])
         return co
+
+    def _mix(self) -> dict[str, tuple[str, float, float]]:
+        """Each generation term as ``(base term, weight of the prefill, weight of one decode step)``."""
+        gen = self.generation
+        if gen is None:
+            return {}
+        n, rows = gen.new_tokens, gen.batch_size * gen.new_tokens
+        return {"ttft": ("latency", 1.0, 0.0), "tpot": ("latency", 0.0, 1.0), "token_period": ("period", 0.0, 1.0),
+                "generation": ("latency", 1.0, n - 1.0), "energy_per_token": ("energy", 1.0 / rows, (n - 1.0) / rows)}
+
+    def hop_terms(self, link: Link) -> dict[str, tuple[np.ndarray, float]]:
+        """What one hop over ``link`` adds to each term, for every cut position ``p`` (the hop then carries the
+        tensors of boundary ``p``): ``(per-position array, constant)``; the one formula the estimator, the DP
+        and the MILP all use."""
+        co = self.hop_coefficients(link)
+        out = {term: (per_byte * self.boundary_bytes, const) for term, (per_byte, const) in co.items()}
+        if self.decode is not None:
+            dec = self.decode.hop_coefficients(link)
+            for term, (base, wp, wd) in self._mix().items():
+                out[term] = (wp * co[base][0] * self.boundary_bytes + wd * dec[base][0] * self.decode.boundary_bytes,
+                             (wp + wd) * co[base][1])
+        return out
 
     def _codec_ms_per_wire_byte(self, link: Link) -> float:
         if self.codec is None:

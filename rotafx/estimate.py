@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 from .costmodel import CostTables
@@ -13,7 +13,7 @@ from .profile import ModelProfile
 from .topology import Topology
 from .units import MB
 
-__all__ = ["Estimate", "LayerEstimate", "TransferEstimate", "LatencyEstimator", "evaluate"]
+__all__ = ["Estimate", "GenerationEstimate", "LayerEstimate", "TransferEstimate", "LatencyEstimator", "evaluate"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ class Estimate:
     stages: tuple[int, ...]
     codec: str | None = None
     figures: dict[str, str] | None = None  # node -> "measured", "calibrated" or "datasheet": where its times come from
+    generation: "GenerationEstimate | None" = None  # for a profile made by ModelProfile.for_generation
 
     # -- the seed's fields ---------------------------------------------------
     @property
@@ -115,9 +116,30 @@ class Estimate:
         return self.transfer_bytes / MB
 
     def terms(self) -> dict[str, float]:
-        """The quantities an objective weighs (:mod:`rotafx.objective`): latency ms, period ms, bandwidth bytes, energy J."""
-        return {"latency": self.total_ms, "period": self.period_ms, "bandwidth": float(self.bandwidth_bytes),
-                "energy": self.energy_j}
+        """The quantities an objective weighs (:mod:`rotafx.objective`): latency ms, period ms, bandwidth bytes, energy J;
+        for generation also ttft, tpot, token_period, generation (ms) and energy_per_token (J)."""
+        out = {"latency": self.total_ms, "period": self.period_ms, "bandwidth": float(self.bandwidth_bytes),
+               "energy": self.energy_j}
+        if self.generation is not None:
+            out.update(self.generation.terms())
+        return out
+
+    # -- generation (None without a generation profile) ------------------------
+    @property
+    def ttft_ms(self) -> float | None:
+        return None if self.generation is None else self.generation.ttft_ms
+
+    @property
+    def tpot_ms(self) -> float | None:
+        return None if self.generation is None else self.generation.tpot_ms
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return None if self.generation is None else self.generation.tokens_per_s
+
+    @property
+    def generation_ms(self) -> float | None:
+        return None if self.generation is None else self.generation.generation_ms
 
     def parts(self) -> dict[str, float]:
         """Every part of ``total_ms`` by name; they add up to it."""
@@ -142,6 +164,55 @@ class Estimate:
                 continue
             lines.append(f"  cut before layer {t.boundary}: {t.src} -> {t.dst} over {t.link_kind}, "
                          f"{t.bytes / MB:,.3f} MB in {len(t.tensors)} tensor(s), {t.transfer_ms:,.2f} ms + {t.propagation_ms:g} ms")
+        if self.generation is not None:
+            lines.append(self.generation.report())
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class GenerationEstimate:
+    """What generating tokens costs under a placement (times in ms, energy in J).
+
+    ``ttft_ms``: the prompt's forward pass over the chain (the request's ``total_ms``).
+    ``tpot_ms``: one decode step over the chain (``decode.total_ms``) plus ``return_ms``, the
+    sampled token's trip from the chain's last node back to its first. ``token_period_ms``:
+    ``max(tpot_ms / sequences, the slowest device or link of a decode step)``: with several
+    sequences in flight, decode steps pipeline; ``tokens_per_s = batch_size * 1000 / token_period_ms``.
+    ``generation_ms = ttft_ms + (new_tokens - 1) * tpot_ms``; ``energy_per_token_j``: the request's
+    energy over its ``batch_size * new_tokens`` tokens. ``kv_bytes``: the KV cache each node holds.
+    """
+
+    prompt_len: int
+    new_tokens: int
+    batch_size: int
+    sequences: int
+    ttft_ms: float
+    tpot_ms: float
+    token_period_ms: float
+    generation_ms: float
+    energy_per_token_j: float
+    return_ms: float
+    decode: Estimate
+    kv_bytes: dict[str, float]
+
+    @property
+    def tokens_per_s(self) -> float:
+        return float("inf") if self.token_period_ms <= 0 else 1e3 * self.batch_size / self.token_period_ms
+
+    def terms(self) -> dict[str, float]:
+        return {"ttft": self.ttft_ms, "tpot": self.tpot_ms, "token_period": self.token_period_ms,
+                "generation": self.generation_ms, "energy_per_token": self.energy_per_token_j}
+
+    def report(self) -> str:
+        d = self.decode
+        lines = [f"generation ({self.prompt_len} prompt + {self.new_tokens} new tokens, batch {self.batch_size}, "
+                 f"{self.sequences} in flight): TTFT {self.ttft_ms:,.2f} ms, TPOT {self.tpot_ms:,.2f} ms, "
+                 f"{self.tokens_per_s:,.2f} tokens/s, {self.generation_ms:,.1f} ms in all, "
+                 f"{self.energy_per_token_j:,.4g} J per token",
+                 f"  decode step: compute {d.compute_ms:,.3f} ms, transfer {d.transfer_ms:,.3f} ms, propagation "
+                 f"{d.propagation_ms:,.2f} ms, token back to the first node {self.return_ms:,.2f} ms"]
+        if any(self.kv_bytes.values()):
+            lines.append("  KV cache: " + ", ".join(f"{n} {b / MB:,.1f} MB" for n, b in self.kv_bytes.items() if b))
         return "\n".join(lines)
 
 
@@ -197,11 +268,33 @@ def evaluate(tables: CostTables, stages: Sequence[int]) -> Estimate:
                                           tuple(prof.boundaries[p])))
     total = sum(compute_by_kind.values()) + sum(transfer_by_kind.values()) + prop
     period = max([link_busy, *busy_ms.values()])
-    return Estimate(total_ms=total, compute_ms_by_kind=compute_by_kind, transfer_ms_by_kind=transfer_by_kind,
-                    propagation_ms=prop, by_layer=tuple(by_layer), transfers=tuple(transfers), period_ms=period,
-                    energy_j=energy, bandwidth_bytes=int(bw_bytes), memory_bytes=tables.device_memory(stages),
-                    stages=stages, codec=tables.codec,
-                    figures={topo.chain[s]: tables.figures[s] for s in dict.fromkeys(stages)})
+    est = Estimate(total_ms=total, compute_ms_by_kind=compute_by_kind, transfer_ms_by_kind=transfer_by_kind,
+                   propagation_ms=prop, by_layer=tuple(by_layer), transfers=tuple(transfers), period_ms=period,
+                   energy_j=energy, bandwidth_bytes=int(bw_bytes), memory_bytes=tables.device_memory(stages),
+                   stages=stages, codec=tables.codec,
+                   figures={topo.chain[s]: tables.figures[s] for s in dict.fromkeys(stages)})
+    if tables.decode is None:
+        return est
+    return replace(est, generation=_generation(tables, est, evaluate(tables.decode, stages)))
+
+
+def _generation(tables: CostTables, prefill: Estimate, step: Estimate) -> GenerationEstimate:
+    """The generation figures from the prefill's and one decode step's estimates (the formulas of
+    :meth:`CostTables._mix`, the terms the solvers optimise)."""
+    gen = tables.generation
+    n, rows = gen.new_tokens, gen.batch_size * gen.new_tokens
+    ret_ms, ret_j = tables.constants["tpot"], tables.constants["energy_per_token"] * rows / max(n - 1, 1)
+    tpot = step.total_ms + ret_ms
+    kv: dict[str, float] = {}
+    for l, s in enumerate(prefill.stages):
+        kv[tables.topology.chain[s]] = kv.get(tables.topology.chain[s], 0.0) + float(tables.kv_bytes[l])
+    return GenerationEstimate(
+        prompt_len=gen.prompt_len, new_tokens=n, batch_size=gen.batch_size, sequences=gen.sequences,
+        ttft_ms=prefill.total_ms, tpot_ms=tpot,
+        token_period_ms=max(tpot / gen.sequences, step.period_ms, tables.return_period_ms),
+        generation_ms=prefill.total_ms + (n - 1) * tpot,
+        energy_per_token_j=(prefill.energy_j + (n - 1) * (step.energy_j + ret_j)) / rows,
+        return_ms=ret_ms, decode=step, kv_bytes=kv)
 
 
 def _stage_index(s: Any) -> int:

@@ -93,6 +93,7 @@ class OpRecord:
     transient: tuple[str, ...] = ()
     measured_ms: float | None = None
     kernel: tuple[str, int, int, int] | None = None
+    kv_bytes_per_token: int = 0
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ class OpCost(NamedTuple):
     bytes_moved: int
     kernel: tuple[str, int, int, int] | None
     view: bool
+    op_type: str = ""  # the frontend's op name (OpRecord.op_type): which launch and rate table prices it
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,9 @@ class LayerProfile:
     ``work``: ``(flops, bytes_moved)`` of each op, for the roofline time; ``ops``: the
     names of its ops (fx nodes, ONNX nodes, Keras layer calls); ``op_costs``: every op's
     :class:`OpCost` (views included: on a calibrated device each op has a launch cost);
-    ``measured_ms``: its time on this machine, when measured.
+    ``measured_ms``: its time on this machine, when measured; ``kv_bytes_per_token``: what
+    a KV cache of its attention holds per token of one sequence (its keys and values, before
+    any grouped-query repeat; 0 for a layer with no self-attention).
     """
 
     index: int
@@ -157,6 +161,7 @@ class LayerProfile:
     outputs: tuple[TensorInfo, ...] = field(default=(), repr=False)
     measured_ms: float | None = None
     op_costs: tuple[OpCost, ...] = field(default=(), repr=False)
+    kv_bytes_per_token: int = 0
 
     @property
     def activation_size_mb(self) -> float:
@@ -367,6 +372,7 @@ def group_layers(graph: OpGraph) -> tuple[list[LayerProfile], list[tuple[TensorI
             ops=tuple(op.name for op in lops),
             outputs=outs,
             measured_ms=sum(t for t in times if t is not None) if any(t is not None for t in times) else None,
-            op_costs=tuple(OpCost(op.flops, op.bytes_moved, op.kernel, op.view) for op in lops),
+            op_costs=tuple(OpCost(op.flops, op.bytes_moved, op.kernel, op.view, op.op_type) for op in lops),
+            kv_bytes_per_token=sum(op.kv_bytes_per_token for op in lops),
         ))
     return layers, [tuple(b) for b in boundaries]

@@ -18,18 +18,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-__all__ = ["OBJECTIVES", "TERMS", "OBJECTIVE_TERM", "NATURAL_UNITS", "DEFAULT_BALANCE", "Objective", "objective"]
+__all__ = ["OBJECTIVES", "GENERATION_OBJECTIVES", "GENERATION_TERMS", "TERMS", "OBJECTIVE_TERM", "NATURAL_UNITS", "DEFAULT_BALANCE", "Objective", "objective"]
 
-OBJECTIVES = ("minimize_latency", "maximize_throughput", "minimize_bandwidth", "minimize_energy", "balance")
-TERMS = ("latency", "period", "bandwidth", "energy")
+GENERATION_OBJECTIVES = ("minimize_ttft", "minimize_tpot", "maximize_tokens_per_s", "minimize_generation_latency",
+                         "minimize_energy_per_token")
+OBJECTIVES = ("minimize_latency", "maximize_throughput", "minimize_bandwidth", "minimize_energy", "balance",
+              *GENERATION_OBJECTIVES)
+# token generation (a profile made by ModelProfile.for_generation): ttft ms, tpot ms (a decode step and the token's
+# trip back), token_period ms (max(tpot / sequences, the slowest device or link of a decode step): tokens/s is
+# batch_size / token_period), generation ms (ttft + (new_tokens - 1) * tpot), energy_per_token J
+GENERATION_TERMS = ("ttft", "tpot", "token_period", "generation", "energy_per_token")
+TERMS = ("latency", "period", "bandwidth", "energy", *GENERATION_TERMS)
 # the term each single objective minimises
 OBJECTIVE_TERM = {"minimize_latency": "latency", "maximize_throughput": "period", "minimize_bandwidth": "bandwidth",
-                  "minimize_energy": "energy"}
+                  "minimize_energy": "energy", "minimize_ttft": "ttft", "minimize_tpot": "tpot",
+                  "maximize_tokens_per_s": "token_period", "minimize_generation_latency": "generation",
+                  "minimize_energy_per_token": "energy_per_token"}
 # what a term whose optimum is 0 is divided by in ``balance``: 1 ms, 1 ms, 1 MB, 1 J
-NATURAL_UNITS = {"latency": 1.0, "period": 1.0, "bandwidth": 1e6, "energy": 1.0}
+NATURAL_UNITS = {"latency": 1.0, "period": 1.0, "bandwidth": 1e6, "energy": 1.0, "ttft": 1.0, "tpot": 1.0,
+                 "token_period": 1.0, "generation": 1.0, "energy_per_token": 1.0}
 DEFAULT_BALANCE = {"latency": 1.0, "period": 1.0, "bandwidth": 1.0, "energy": 1.0}
 _ALIASES = {"throughput": "period", "latency": "latency", "bandwidth": "bandwidth", "energy": "energy",
-            "period": "period"}
+            "period": "period", "ttft": "ttft", "tpot": "tpot", "tokens_per_s": "token_period",
+            "token_period": "token_period", "generation": "generation", "energy_per_token": "energy_per_token"}
 
 
 @dataclass(frozen=True)
@@ -83,7 +94,8 @@ def objective(name: str, weights: Mapping[str, float] | None = None) -> Objectiv
     out = {}
     for k, v in dict(DEFAULT_BALANCE if weights is None else weights).items():
         if k not in _ALIASES:
-            raise ValueError(f"unknown balance weight {k!r}; use latency, throughput, bandwidth, energy")
+            raise ValueError(f"unknown balance weight {k!r}; use latency, throughput, bandwidth, energy (and, for a "
+                             f"generation profile, ttft, tpot, tokens_per_s, generation, energy_per_token)")
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 and v != float("inf")):
             raise ValueError(f"balance weight {k!r} must be a finite number >= 0, got {v!r}; weigh the terms "
                              f"relative to each other, e.g. weights={{'latency': 10, 'energy': 1}}")

@@ -252,10 +252,18 @@ def memory_issues(tables: CostTables, stages: Sequence[int]) -> list[str]:
             how = "sum of weights + activations + workspace of each layer (rule 'sum')"
         else:
             w = need - max(tables.peak_bytes[l] for l in layers)
-            how = f"weights {fmt_bytes(w)} + peak live activations and workspace {fmt_bytes(need - w)} (rule 'liveness')"
+            kv = float(sum(tables.kv_bytes[l] for l in layers))
+            how = (f"weights {fmt_bytes(w - kv)} + " + (f"KV cache {fmt_bytes(kv)} ({_kv_workload(tables)}) + " if kv else "")
+                   + f"peak live activations and workspace {fmt_bytes(need - w)} (rule 'liveness')")
         issues.append(f"{name} holds layer(s) {format_ranges(layers)} and needs {fmt_bytes(need)}: {how}; "
                       f"its {topo.capacity} is {fmt_bytes(cap)}, exceeded by {fmt_bytes(need - cap)}")
     return issues
+
+
+def _kv_workload(tables: CostTables) -> str:
+    gen = tables.generation
+    rows = f"{gen.batch_size} x {gen.sequences} sequences" if gen.sequences > 1 else f"{gen.batch_size} sequence(s)"
+    return f"{rows} at {gen.context_len} tokens: fewer tokens, a smaller batch or more memory shrink it"
 
 
 def _few(items: Sequence[str], n: int = 4) -> str:

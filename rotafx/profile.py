@@ -21,11 +21,51 @@ from .frontends.pytorch import read_module
 from .frontends.pytorch.trace import example_args
 from .devices import existing_device
 from .frontends.sizes import count, positive_int
-from .layers import LayerProfile, OpGraph, ProfileError, TensorInfo, group_layers
+from .layers import LayerProfile, OpCost, OpGraph, ProfileError, TensorInfo, group_layers
 from .units import MB
 from .wire import wire_bytes
 
-__all__ = ["ModelProfile", "LayerProfile", "TensorInfo", "ProfileError"]
+__all__ = ["ModelProfile", "LayerProfile", "TensorInfo", "ProfileError", "Generation"]
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A token-generation workload: ``prompt_len`` tokens prefilled at once, then ``new_tokens`` generated one
+    decode step at a time, for ``batch_size`` sequences decoded together in each step, and ``sequences``
+    such batches in flight through the pipeline at once (each its own micro-batch).
+
+    The first token comes out of the prefill; each of the other ``new_tokens - 1`` is a decode step
+    against a context that grows from ``prompt_len + 1`` to ``prompt_len + new_tokens - 1``; the
+    profile prices that step at the mean context (:attr:`decode_context`: exact for costs linear in the
+    context, as attention's are). The KV cache is held for the longest context (:attr:`context_len`).
+    """
+
+    prompt_len: int
+    new_tokens: int
+    batch_size: int = 1
+    sequences: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("prompt_len", "new_tokens", "batch_size", "sequences"):
+            positive_int(getattr(self, name), name, {"prompt_len": "tokens in the prompt",
+                                                     "new_tokens": "tokens to generate",
+                                                     "batch_size": "sequences decoded together per step",
+                                                     "sequences": "micro-batches in flight"}[name])
+
+    @property
+    def context_len(self) -> int:
+        """Tokens the KV cache holds at the end: prompt plus new tokens."""
+        return self.prompt_len + self.new_tokens
+
+    @property
+    def decode_context(self) -> float:
+        """The mean context a decode step attends over: ``prompt_len + new_tokens / 2``."""
+        return self.prompt_len + self.new_tokens / 2
+
+    @property
+    def kv_rows(self) -> int:
+        """Sequences whose KV cache is held at once: ``batch_size * sequences``."""
+        return self.batch_size * self.sequences
 
 
 @dataclass(frozen=True)
@@ -63,6 +103,8 @@ class ModelProfile:
     measured_on: str | None = None  # the torch device (and host) layers were timed on, e.g. "cpu@host"
     seq_len: int | None = None  # the sequence length example inputs were built with (from_pytorch), for measure()
     measured_spread: tuple[float, ...] = field(default=(), repr=False)  # per layer: (max - min) / median over rounds
+    generation: Generation | None = None  # the workload, for a profile made by for_generation (prefill in layers)
+    decode: "ModelProfile | None" = field(default=None, repr=False)  # one decode step at the mean context, same layers
 
     # -- the seed's properties -----------------------------------------------
     @property
@@ -82,6 +124,12 @@ class ModelProfile:
     @property
     def total_flops(self) -> int:
         return sum(l.flops for l in self.layers)
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes the KV cache of every layer together holds per token of one sequence
+        (``2 * kv_heads * head_dim * itemsize`` per self-attention layer)."""
+        return sum(l.kv_bytes_per_token for l in self.layers)
 
     @property
     def peak_activation_bytes(self) -> int:
@@ -323,6 +371,59 @@ class ModelProfile:
                                    measured_spread=tuple(s for _, s in times))
 
     @classmethod
+    def for_generation(cls, model: torch.nn.Module, *, prompt_len: int, new_tokens: int, batch_size: int = 1,
+                       sequences: int = 1, dtype: torch.dtype | None = None, strict: bool = False,
+                       progress: bool = False) -> "ModelProfile":
+        """Profile a causal LM for token generation: its prefill and one decode step, on any device (``meta`` too).
+
+        The returned profile's layers are the **prefill** (``batch_size x prompt_len`` tokens at once);
+        ``.decode`` is one **decode step** (``batch_size x 1`` token) with the same layers, each
+        attention priced against the KV cache at the mean context (its keys and values read once, the
+        two matmuls of one query against ``prompt_len + new_tokens / 2`` keys); ``.generation`` the
+        workload. Every layer's ``kv_bytes_per_token`` is found from its attention ops (the keys and
+        values that reach them, before any grouped-query repeat), and the cost model holds
+        ``kv_bytes_per_token * batch_size * sequences * (prompt_len + new_tokens)`` of KV cache on the
+        device of each layer, beside its weights. The model's forward takes token ids
+        ``(batch, seq)`` (no cache: rotafx prices the cache itself).
+
+        Args:
+            model: a causal LM whose forward takes token ids.
+            prompt_len, new_tokens: tokens of the prompt and tokens to generate (each >= 1).
+            batch_size: sequences decoded together in each step.
+            sequences: such batches in flight through a pipeline at once (micro-batches).
+            dtype: price floating tensors at this dtype (as :meth:`from_pytorch`).
+
+        Returns:
+            A :class:`ModelProfile` with ``generation`` and ``decode`` set.
+
+        Raises:
+            ProfileError: a bad workload figure, a model with no self-attention (no KV cache to
+                place: profile it with :meth:`from_pytorch`), or prefill and decode traces whose layers differ.
+
+        >>> from rotafx.models import small_gpt
+        >>> p = ModelProfile.for_generation(small_gpt(), prompt_len=8, new_tokens=4)
+        >>> p.kv_bytes_per_token, p.decode.num_layers == p.num_layers   # 2 layers x (K + V) x 64 x 4 bytes
+        (1024, True)
+        """
+        gen = Generation(prompt_len, new_tokens, batch_size, sequences)
+        kw = dict(dtype=dtype, batch_size=batch_size, strict=strict, progress=progress)
+        prefill = cls.from_pytorch(model, seq_len=prompt_len, **kw)
+        if not prefill.kv_bytes_per_token:
+            raise ProfileError(f"rotafx: {type(model).__name__} has no self-attention that rotafx can see (no "
+                               f"scaled_dot_product_attention with query and key of one length), so it has no KV "
+                               f"cache to place; profile it with ModelProfile.from_pytorch for one forward pass")
+        step = cls.from_pytorch(model, seq_len=1, **kw)
+        names = [l.name for l in prefill.layers]
+        if [l.name for l in step.layers] != names:
+            raise ProfileError(f"rotafx: {type(model).__name__}'s prefill ({prefill.num_layers} layers) and decode step "
+                               f"({step.num_layers} layers) trace to different layers "
+                               f"({sorted(set(names) ^ {l.name for l in step.layers})[:6]}); a decode step "
+                               f"must run the same modules as the prompt")
+        layers = tuple(_attend_to_context(d, p.kv_bytes_per_token, gen) for d, p in zip(step.layers, prefill.layers))
+        decode = dataclasses.replace(step, layers=layers, seq_len=1)
+        return dataclasses.replace(prefill, generation=gen, decode=decode, seq_len=prompt_len)
+
+    @classmethod
     def from_onnx(cls, path: Any, input_shapes: Mapping[str, Any] | Sequence[Sequence[int]] | None = None,
                   **kwargs: Any) -> "ModelProfile":
         """Profile an ONNX model (a path, bytes or ``onnx.ModelProto``): see :func:`rotafx.frontends.onnx.read_onnx`.
@@ -338,3 +439,23 @@ class ModelProfile:
     def from_tensorflow(cls, model: Any, **kwargs: Any) -> "ModelProfile":
         """Profile a Keras model (Sequential or functional): see :func:`rotafx.frontends.keras.read_keras`."""
         return cls.from_graph(read_keras(model, **kwargs))
+
+
+def _attend_to_context(layer: LayerProfile, kv_bytes_per_token: int, gen: Generation) -> LayerProfile:
+    """A decode-step layer (traced with one token, so its attention saw one key) with each attention op priced
+    against the KV cache at the mean context: the cache's keys and values read once, the two matmuls of one
+    query per head against that many keys; memory-bound, so no matmul kernel rate applies."""
+    attn = [i for i, c in enumerate(layer.op_costs) if c.kernel is not None and c.kernel[0] == "sdpa"]
+    if not attn or not kv_bytes_per_token:
+        return layer
+    ctx = gen.decode_context
+    width = {i: layer.op_costs[i].kernel[1] * layer.op_costs[i].kernel[3] for i in attn}  # batch*heads x head dim
+    costs = list(layer.op_costs)
+    for i in attn:
+        c = costs[i]
+        share = width[i] / sum(width.values())
+        kv_read = kv_bytes_per_token * gen.batch_size * ctx * share
+        costs[i] = c._replace(flops=int(4 * width[i] * ctx), bytes_moved=int(c.bytes_moved + kv_read), kernel=None)
+    return dataclasses.replace(
+        layer, op_costs=tuple(costs), flops=sum(c.flops for c in costs), bytes_moved=sum(c.bytes_moved for c in costs),
+        work=tuple((c.flops, c.bytes_moved) for c in costs if c.flops or c.bytes_moved))

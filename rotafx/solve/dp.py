@@ -18,7 +18,20 @@ def dp_applies(tables: CostTables, obj: Objective) -> str | None:
         return "a device appears twice in the chain (its memory is shared between stages)"
     if obj.name == "balance" and obj.weights.get("period"):
         return "balance with a throughput weight mixes a sum and a maximum"
+    if obj.weights.get("token_period") and tables.generation is not None and (
+            obj.name == "balance" or tables.generation.sequences > 1):
+        return ("tokens/s with several sequences in flight is the larger of a sum (TPOT / sequences) and a maximum "
+                "(the slowest device or link)")
     return None
+
+
+def _additive(tables: CostTables, obj: Objective) -> Objective:
+    """With one sequence in flight, tokens/s is 1 / TPOT (a decode step's sum is at least each of its parts)."""
+    if not obj.weights.get("token_period"):
+        return obj
+    weights = dict(obj.weights)
+    weights["tpot"] = weights.get("tpot", 0.0) + weights.pop("token_period")
+    return Objective(obj.name, weights, obj.norms)
 
 
 def range_memory(tables: CostTables) -> np.ndarray:
@@ -44,8 +57,7 @@ def range_memory(tables: CostTables) -> np.ndarray:
 
 def _hop_arrays(tables: CostTables, link) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
     """Each objective term of one hop over ``link``, for every cut position ``p`` (the bytes of boundary ``p``)."""
-    by = tables.boundary_bytes
-    return {term: per_byte * by + const for term, (per_byte, const) in tables.hop_coefficients(link).items()}
+    return {term: coef + const for term, (coef, const) in tables.hop_terms(link).items()}
 
 
 def _range_sums(values: np.ndarray) -> np.ndarray:
@@ -64,6 +76,7 @@ def solve_dp(tables: CostTables, obj: Objective) -> tuple[list[int] | None, floa
     why = dp_applies(tables, obj)
     if why:
         raise ValueError(f"the dynamic program is not exact here: {why}; use solver='milp'")
+    obj = _additive(tables, obj)
     K = tables.K
     topo = tables.topology
     mem = range_memory(tables)
@@ -79,6 +92,8 @@ def solve_dp(tables: CostTables, obj: Objective) -> tuple[list[int] | None, floa
             res = _dp_chain(tables, obj, mem, stages, kept_segments)
         if res[2] is not None and (res[0], res[1]) < best[:2]:
             best = res
+    if best[2] is not None and not obj.bottleneck:  # what every plan adds: the token's trip back
+        best = (best[0] + obj.combine({t: tables.constants.get(t, 0.0) for t in obj.weights}), *best[1:])
     return best[2], best[0]
 
 

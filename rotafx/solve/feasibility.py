@@ -30,7 +30,9 @@ def diagnose_infeasible(tables: CostTables) -> None:
             layer = prof.layers[l]
             raise InfeasibleError(
                 f"layer {l} ({layer.name}) needs {fmt_bytes(need)} alone (weights {fmt_bytes(layer.weight_bytes)}, "
-                f"peak activations and workspace {fmt_bytes(layer.peak_bytes)}) but the largest node, {largest_dev}, "
+                + (f"KV cache {fmt_bytes(tables.kv_bytes[l])} at {tables.generation.context_len} tokens, "
+                   if tables.kv_bytes[l] else "")
+                + f"peak activations and workspace {fmt_bytes(tables.peak_bytes[l])}) but the largest node, {largest_dev}, "
                 f"holds {fmt_bytes(largest)} ({tables.topology.capacity}); it is {fmt_bytes((need - largest))} too large. "
                 f"Give nodes more memory, profile with a smaller dtype (dtype=torch.float16) or a smaller batch, "
                 f"or split the layer into smaller modules")
@@ -38,5 +40,7 @@ def diagnose_infeasible(tables: CostTables) -> None:
     total_cap = sum(caps.values())
     if total_w > total_cap:
         raise InfeasibleError(
-            f"the model's weights need {fmt_bytes(total_w)} but all nodes together hold {fmt_bytes(total_cap)} "
+            f"the model's weights" + (f" and KV cache ({fmt_bytes(float(tables.kv_bytes.sum()))} at "
+                                      f"{tables.generation.context_len} tokens)" if tables.kv_bytes.any() else "")
+            + f" need {fmt_bytes(total_w)} but all nodes together hold {fmt_bytes(total_cap)} "
             f"({', '.join(f'{d} {fmt_bytes(c)}' for d, c in caps.items())}); short by {fmt_bytes((total_w - total_cap))}")

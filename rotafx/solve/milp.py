@@ -121,18 +121,16 @@ def _total(terms: list[Any]) -> Any:
 
 
 def _route_hops(tables: CostTables, ZC, U, cons, term: str) -> list:  # type: ignore[no-untyped-def]
-    """What each possible hop of the route adds to ``term`` (the cost model's :func:`~rotafx.costmodel.hop_coefficients`
-    times the bytes of the cut it carries), each a pair ``(variable part, constant part)``; a hop that a bypass
+    """What each possible hop of the route adds to ``term`` (the cost model's :meth:`~rotafx.costmodel.CostTables.hop_terms`
+    at the cut it carries), each a pair ``(variable part, constant part)``; a hop that a bypass
     switches off is bounded with big-M and its constant multiplied by the switch."""
     import cvxpy as cp
 
     topo = tables.topology
-    by = tables.boundary_bytes
     in_bypass = {b: i for i, (f, g) in enumerate(topo.bypasses) for b in range(f - 1, g + 1)}
     out = []
     for b, link in enumerate(tables.links):
-        per_byte, const = tables.hop_coefficients(link)[term]
-        coef = per_byte * by
+        coef, const = tables.hop_terms(link)[term]
         if b in in_bypass:
             u = U[in_bypass[b]]
             h = cp.Variable(nonneg=True)
@@ -141,8 +139,7 @@ def _route_hops(tables: CostTables, ZC, U, cons, term: str) -> list:  # type: ig
         else:
             out.append((coef @ ZC[b], const))
     for i, ((f, g), link) in enumerate(zip(topo.bypasses, tables.bypass_links)):
-        per_byte, const = tables.hop_coefficients(link)[term]
-        coef = per_byte * by
+        coef, const = tables.hop_terms(link)[term]
         h = cp.Variable(nonneg=True)
         cons.append(h >= coef @ ZC[f - 1] - float(coef.max(initial=0.0)) * U[i])
         out.append((h, const * (1 - U[i])))
@@ -151,29 +148,31 @@ def _route_hops(tables: CostTables, ZC, U, cons, term: str) -> list:  # type: ig
 
 def _terms(tables: CostTables, XC, ZC, U, cons, needed: set[str]):  # type: ignore[no-untyped-def]
     """The cvxpy expression of each needed objective term: the cost model's stage terms over ``XC`` plus the
-    route's hops."""
+    route's hops plus what every plan adds (the generated token's trip back)."""
     import cvxpy as cp
 
     out = {}
-    for term in needed - {"period"}:
+    additive = needed - {"period", "token_period"}
+    if "token_period" in needed:
+        additive.add("tpot")
+    for term in additive:
         stage = [tables.stage_terms[term][:, s] @ x for s, x in enumerate(XC)]
         hops = [piece for h, c in _route_hops(tables, ZC, U, cons, term) for piece in (h, c)]
-        out[term] = _total(stage + hops)
-    if "period" in needed:  # the slowest device or link: a bound above every one of them
+        out[term] = _total(stage + hops + [tables.constants.get(term, 0.0)])
+    for term, busy in (("period", "latency"), ("token_period", "token_period")):
+        if term not in needed:
+            continue
+        # the slowest device or link: a bound above every one of them
         T = cp.Variable(nonneg=True)
         for dev, ss in tables.device_stages.items():
-            cons.append(T >= _total([tables.stage_terms["latency"][:, s] @ XC[s] for s in ss]))
-        cons.extend(T >= h for h, _ in _route_hops(tables, ZC, U, cons, "period"))
-        out["period"] = T
+            cons.append(T >= _total([tables.stage_terms[busy][:, s] @ XC[s] for s in ss]))
+        cons.extend(T >= h for h, _ in _route_hops(tables, ZC, U, cons, term))
+        if term == "token_period":  # several sequences in flight: no faster than one token per TPOT each
+            cons += [T >= tables.return_period_ms, T >= out["tpot"] / tables.generation.sequences]
+        out[term] = T
     return out
 
 
-# -- how long the model takes to build -------------------------------------------------------------------------
-
-# cvxpy's compilation of this model costs about 1 us per nonzero of its constraint matrix and objective and
-# 1.7 ms per constraint (its per-expression work; a chain of 400 stages has 2,400 constraints), measured on the
-# 2-core machine of benchmarks/RESULTS_solver.md; the figures below are about 1.5-2 times those, and a
-# compilation slower than they predict makes the next estimates slower by as much
 SECONDS_PER_NONZERO = 2e-6
 SECONDS_PER_CONSTRAINT = 2.5e-3
 BUILD_OVERHEAD_S = 0.05  # a model of any size: cvxpy's fixed costs, HiGHS's setup
@@ -221,10 +220,10 @@ def model_size(tables: CostTables, obj: Objective) -> tuple[int, int]:
     nnz, rows = nnz + nb * 2 * (2 * L + 1), rows + 2 * nb
     needed = obj.needed | ({"latency"} if obj.name == "minimize_bandwidth" else set())
     big_m = sum(g - f + 2 for f, g in topo.bypasses) + nb  # hops a bypass switches, each a row per term
-    additive = len(needed - {"period"})
+    additive = len(needed - {"period", "token_period"} | ({"tpot"} if "token_period" in needed else set()))
     nnz, rows = nnz + additive * big_m * (L + 3), rows + additive * big_m
     nnz += L * (K - 1)  # the objective itself (all its terms on the same variables)
-    if "period" in needed:
+    for _ in needed & {"period", "token_period"}:
         nnz += sum(L * on_nnz(ss) + 1 for ss in tables.device_stages.values()) + (K - 1 + nb) * (L + 3)
         rows += len(tables.device_stages) + (K - 1 + nb) + big_m
     return nnz + L * (K - 1), rows + 1  # and the cutoff row: the objective again

@@ -8,7 +8,7 @@ from typing import Any, Mapping, NamedTuple
 
 from ..costmodel import CostTables
 from ..estimate import evaluate
-from ..objective import NATURAL_UNITS, OBJECTIVE_TERM, Objective, objective
+from ..objective import GENERATION_TERMS, NATURAL_UNITS, OBJECTIVE_TERM, Objective, objective
 from ..profile import ModelProfile
 from ..topology import Topology
 from .deadline import Deadline, check_time_limit
@@ -63,7 +63,10 @@ class PartitionOptimizer:
         Objectives: ``minimize_latency`` (ms per request), ``maximize_throughput`` (the
         slowest device or link), ``minimize_bandwidth`` (bytes over ground-orbit links,
         ties broken by latency), ``minimize_energy`` (J), ``balance`` (``weights`` over
-        latency, throughput, bandwidth and energy, each divided by its own optimum).
+        latency, throughput, bandwidth and energy, each divided by its own optimum); and, for a
+        profile made by :meth:`ModelProfile.for_generation`, ``minimize_ttft``, ``minimize_tpot``,
+        ``maximize_tokens_per_s``, ``minimize_generation_latency`` and ``minimize_energy_per_token``
+        (every memory check then holds each layer's KV cache at the longest context).
 
         ``time_limit`` bounds the whole call in wall time: the MILP is built only when it can be
         built and solved in what is left, HiGHS gets only the rest, and the plan held when the
@@ -194,6 +197,11 @@ def objective_for(name: str, weights: Mapping[str, float] | None, tables: CostTa
     """Build the objective, and whether it is exact: ``balance`` first solves each weighted term alone to
     normalise it, and a norm from a plan the time limit left unproven makes the objective itself approximate."""
     obj = objective(name, weights)
+    wanted = sorted(obj.needed & set(GENERATION_TERMS))
+    if wanted and tables.generation is None:
+        raise ValueError(f"objective {name!r}" + (f" (weights {wanted})" if obj.name == "balance" else "")
+                         + f" is about token generation, but {tables.profile.name!r} was profiled for one forward pass; "
+                         f"profile it with ModelProfile.for_generation(model, prompt_len=..., new_tokens=...)")
     if obj.name != "balance":
         return obj, True
     deadline = deadline or Deadline(opt.time_limit)

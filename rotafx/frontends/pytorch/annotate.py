@@ -104,6 +104,7 @@ class NodeCost:
     is_input: bool = False
     is_view: bool = False
     kernel: tuple[str, int, int, int] | None = None  # its largest matmul-like kernel, for a calibrated rate
+    kv_bytes_per_token: int = 0  # self-attention: bytes of the keys and values one token of one sequence adds
 
 
 def tensor_bytes(t: torch.Tensor, float_itemsize: int | None = None) -> int:
@@ -282,6 +283,50 @@ def _sdpa_workspace(q: torch.Tensor, k: torch.Tensor, itemsize: int) -> int:
     return int(math.prod(q.shape[:-2]) * q.shape[-2] * k.shape[-2] * itemsize)
 
 
+# ops whose output holds no more data than their input: the keys reach attention through these from what a
+# KV cache would hold (grouped-query attention repeats each KV head with expand + reshape/clone)
+_KV_PASS_THROUGH = {"view", "_unsafe_view", "reshape", "expand", "unsqueeze", "squeeze", "transpose", "permute",
+                    "clone", "contiguous", "slice", "alias", "repeat_interleave", "repeat", "t", "detach", "_to_copy",
+                    "to", "type_as", "getitem", "__getitem__"}
+
+
+def _base_name(node: fx.Node) -> str:
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+    return name.split(".")[0]
+
+
+def _kv_source_numel(node: Any, env: Mapping[fx.Node, Any]) -> int:
+    """Elements of the smallest tensor on the chain of pass-through ops that ends at ``node``: the keys (or
+    values) as a KV cache holds them, before grouped-query attention repeats them per query head."""
+    best = None
+    while isinstance(node, fx.Node):
+        val = env.get(node)
+        if isinstance(val, torch.Tensor):
+            best = int(val.numel()) if best is None else min(best, int(val.numel()))
+        if node.op not in ("call_function", "call_method") or _base_name(node) not in _KV_PASS_THROUGH or not node.args:
+            break
+        node = node.args[0]
+    return best or 0
+
+
+def _kv_bytes_per_token(node: fx.Node, env: Mapping[fx.Node, Any], itemsize: int | None) -> int:
+    """What a KV cache holds for this attention per token of one sequence: the bytes of its keys and values as
+    they were before any repeat (``2 * kv_heads * head_dim * itemsize`` for MHA, GQA and MQA alike).
+
+    Self-attention only (query and key of one length): a cross-attention's keys come from another sequence and do
+    not grow with the generated tokens. Batch is the leading dims of a ``(batch, heads, seq, dim)`` key, else 1."""
+    get = lambda i, name: node.kwargs.get(name, node.args[i] if len(node.args) > i else None)  # noqa: E731
+    qn, kn, vn = get(0, "query"), get(1, "key"), get(2, "value")
+    q, k = env.get(qn), env.get(kn)
+    if not isinstance(q, torch.Tensor) or not isinstance(k, torch.Tensor) or k.dim() < 3 or q.shape[-2] != k.shape[-2]:
+        return 0
+    tokens = int(k.shape[-2]) * (math.prod(k.shape[:-3]) if k.dim() >= 4 else 1)
+    if tokens == 0:
+        return 0
+    size = itemsize if (itemsize is not None and k.is_floating_point()) else k.element_size()
+    return (_kv_source_numel(kn, env) + _kv_source_numel(vn, env)) * size // tokens
+
+
 def _to_meta(x: Any) -> Any:
     def conv(t: Any) -> Any:
         if isinstance(t, torch.Tensor):
@@ -378,11 +423,12 @@ def _run_node(gm: fx.GraphModule, node: fx.Node, env: dict[fx.Node, Any], weight
     if "device" in kwargs:
         kwargs = {**kwargs, "device": torch.device("meta")}
     recorded = node_value(node)
-    extra_flops, workspace = 0, 0
+    extra_flops, workspace, kv_per_token = 0, 0, 0
     if node.op == "call_function" and node.target in _SDPA_TARGETS:
         q, k, v = (kwargs.get(name, args[i] if len(args) > i else None) for i, name in enumerate(("query", "key", "value")))
         extra_flops = _sdpa_flops(q, k, v)
         workspace = _sdpa_workspace(q, k, itemsize or q.element_size())
+        kv_per_token = _kv_bytes_per_token(node, env, itemsize)
         mode._kernel("sdpa", math.prod(q.shape[:-2]), k.shape[-2], q.shape[-1], extra_flops)
         out = _execute_uncounted(gm, node, args, kwargs, recorded, mode)
         mode.allocates = True
@@ -416,6 +462,7 @@ def _run_node(gm: fx.GraphModule, node: fx.Node, env: dict[fx.Node, Any], weight
         bytes_moved=moved,
         is_view=is_view,
         kernel=mode.kernel[1] if mode.kernel is not None else None,
+        kv_bytes_per_token=kv_per_token,
     )
 
 
