@@ -145,22 +145,6 @@ def calibrated(cal: Calibration) -> dict[str, Any]:
     return {"devices": [{"name": "cpu", "memory": "16 GB", "calibration": cal.to_dict()}], "links": [], "chain": ["cpu"]}
 
 
-def bandwidths() -> dict[str, float]:
-    """Copy bandwidth (read + write bytes/s) into a preallocated buffer: 64 MB (DRAM) and 1 MB (in cache).
-
-    ``calibrate`` times ``clone()`` of 64 MB, which allocates a fresh buffer every call: on
-    this machine that measures page faults as much as memory. These two figures feed the
-    what-if rows of the report (the same cost model, another ``bandwidth_Bps``).
-    """
-    out = {}
-    for name, n in (("dram", 1 << 24), ("cache", 1 << 18)):
-        src = torch.randn(n)
-        dst = torch.empty_like(src)
-        t = Timer(stmt="d.copy_(s)", globals={"d": dst, "s": src}, num_threads=1).blocked_autorange(min_run_time=0.3)
-        out[name] = 2 * n * 4 / t.median
-    return out
-
-
 def estimate_ms(topo: dict[str, Any], profile: Any) -> tuple[float, Any]:
     """Whole-request estimate (all layers on the one device) and the Estimate."""
     e = rotafx.LatencyEstimator(topo).estimate([0] * profile.num_layers, profile)
@@ -322,22 +306,24 @@ def main(argv: list[str] | None = None) -> int:
     cal.save(tmp / "cpu.yaml")
     cal = Calibration.load(tmp / "cpu.yaml")  # the estimator reads what a user's file would hold
     say(f"calibrated in {cal_s:.0f} s -> {tmp / 'cpu.yaml'}")
-    bw = bandwidths()
+    kinds = {k: cal.kind_time_s(k, 2 * 4 * 16384) for k in ("pointwise", "tanh", "gelu", "norm", "softmax")}
     head = {"peak matmul GFLOP/s": cal.peak_flops() / 1e9,
             "matmul 1x1024x1024 GFLOP/s": cal.matmul_flops(1, 1024, 1024) / 1e9,
             "matmul 16x256x256 GFLOP/s": cal.matmul_flops(16, 256, 256) / 1e9,
             "matmul 256x1024x1024 GFLOP/s": cal.matmul_flops(256, 1024, 1024) / 1e9,
-            "attention BH 8 S 16 D 64 GFLOP/s": cal.attention_flops(8, 16, 64) / 1e9,
+            "conv 3x3 GEMM 1024x144x16 GFLOP/s": cal.conv_flops(1024, 144, 16) / 1e9,
+            "attention BH 2 S 16 D 32 GFLOP/s": cal.attention_flops(2, 16, 32) / 1e9,
             "attention BH 8 S 256 D 64 GFLOP/s": cal.attention_flops(8, 256, 64) / 1e9,
-            "copy bandwidth GB/s (calibrate: clone of 64 MB)": cal.bandwidth_Bps / 1e9,
-            "op launch us (1-element add)": cal.op_overhead_s * 1e6, "view us": cal.view_overhead_s * 1e6,
-            "[this script] copy_ of 64 MB into a preallocated buffer, GB/s": bw["dram"] / 1e9,
-            "[this script] copy_ of 1 MB into a preallocated buffer, GB/s": bw["cache"] / 1e9}
+            "copy bandwidth GB/s (64 MB copy_ into a buffer)": cal.bandwidth_Bps / 1e9,
+            **{f"{k} us per call at 128 kB moved": t * 1e6 for k, t in kinds.items()},
+            "pointwise us per call, smallest probe": min(cal.op_times["pointwise"].values()) * 1e6,
+            "linear launch us (smallest F.linear)": min(cal.op_times["matmul"].values()) * 1e6,
+            "context us per op in a forward": cal.op_context_s * 1e6,
+            "op of no kind us (launch + context)": cal.op_overhead_s * 1e6, "view us": cal.view_overhead_s * 1e6}
     for k, v in head.items():
         say(f"  {k}: {v:.2f}")
-    # what-ifs: the same cost model (op_time_s) with another bandwidth figure
-    cals = {"b": cal, "b@dram": dataclasses.replace(cal, bandwidth_Bps=bw["dram"]),
-            "b@cache": dataclasses.replace(cal, bandwidth_Bps=bw["cache"])}
+    # what-if: the cost model before the op-kind tables (every op: one launch cost + its roofline; a matmul its rate)
+    cals = {"b": cal, "b-flat": dataclasses.replace(cal, op_times={}, conv={}, op_context_s=0.0)}
     variants = ["a", *cals, "c"]
 
     cs = cases(args.quick)
@@ -383,8 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     lrows = layer_rows(cs, cal)
     elapsed = time.time() - start
     what = {"a": "(a) datasheet", "b": "(b) calibrated", "c": "(c) measured layers",
-            "b@dram": "what-if: (b) with the 64 MB copy_ bandwidth", "b@cache": "what-if: (b) with the 1 MB copy_ bandwidth"}
-    goal = {"a": "(the baseline)", "b": "within 15%", "c": "within 5%", "b@dram": "", "b@cache": ""}
+            "b-flat": "what-if: (b) with one launch cost for every op kind (no op-kind tables)"}
+    goal = {"a": "(the baseline)", "b": "within 15%", "c": "within 5%", "b-flat": ""}
 
     lines = ["# The estimator against this CPU (issue 13)", "",
              f"`.venv/bin/python benchmarks/calibration.py{' --quick' if args.quick else ''}`, "
@@ -417,19 +403,21 @@ def main(argv: list[str] | None = None) -> int:
               f"whole-request medians before and after the layer measurements differ by {statistics.median(drift):.1%} "
               f"(median over cases, worst {max(drift):.1%}); median spread "
               f"{statistics.median(c.spread for c in cs):.1%}, worst {max(c.spread for c in cs):.1%}.", "",
-              "What-if rows (not the shipped cost model's figures): the same `Calibration.op_time_s`, with only "
-              "`bandwidth_Bps` replaced by a copy into a preallocated buffer. Per case:", "",
-              "| model | shape | " + " | ".join(f"{k} err" for k in cals) + " | implied us per op |",
+              "What-if row (not the shipped cost model's figures): the same `Calibration.op_time_s` on the same "
+              "calibration with its op-kind tables, convolution table and context cost dropped, so that every op pays "
+              "`op_overhead_s` plus its roofline (a matmul or attention its rate at its shape), as before the tables. "
+              "Per case:", "",
+              "| model | shape | " + " | ".join(f"{k} err" for k in cals) + " | implied context us per op |",
               "|---|---|" + "---:|" * (len(cals) + 1)]
     implied = []
     for c in cs:
-        # the launch cost per op that would close b@cache's gap: launch + (measured - estimate) / ops
+        # the context cost per op that would close (b)'s gap: context + (measured - estimate) / ops
         n_ops = sum(len(layer.op_costs) for layer in c.profile.layers)
-        implied.append(cal.op_overhead_s * 1e6 + (c.measured_ms - c.est["b@cache"]) * 1e3 / n_ops)
+        implied.append(cal.op_context_s * 1e6 + (c.measured_ms - c.est["b"]) * 1e3 / n_ops)
         lines.append(f"| {c.model_name} | {c.shape} | " +
                      " | ".join(f"{err(c.est[k], c.measured_ms):+.1%}" for k in cals) + f" | {implied[-1]:.1f} |")
-    lines += ["", f"Implied us per op: the launch cost per op (calibrated: {cal.op_overhead_s * 1e6:.2f} us) that would "
-              f"make b@cache's estimate equal the measurement; median {statistics.median(implied):.1f} us."]
+    lines += ["", f"Implied context us per op: the context cost per op (calibrated: {cal.op_context_s * 1e6:.2f} us) "
+              f"that would make (b)'s estimate equal the measurement; median {statistics.median(implied):.1f} us."]
 
     lines += ["", "## Per layer, (b) against measured layers", "",
               "| case | layer | ops | (b) ms | measured ms | err |", "|---|---|---:|---:|---:|---:|"]
@@ -451,11 +439,11 @@ def main(argv: list[str] | None = None) -> int:
               "`Calibration.op_time_s` for it, by op kind, summed over those cases, sorted by |(b) - measured|. "
               f"Total: measured {tot_m * 1e3:.3f} ms; " +
               ", ".join(f"{k} {tot[k] * 1e3:.3f} ms ({err(tot[k], tot_m):+.0%})" for k in cals) + ".", "",
-              "| op kind | count | views | measured us/op | (b) us/op | b@cache us/op | measured ms | (b) ms | (b) - measured ms "
-              "| b@cache - measured ms |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| op kind | count | views | measured us/op | (b) us/op | b-flat us/op | measured ms | (b) ms | (b) - measured ms "
+              "| b-flat - measured ms |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for k, (n, ms, es, v) in sorted(ops.items(), key=lambda kv: -abs(kv[1][2]["b"] - kv[1][1])):
-        lines.append(f"| {k} | {n} | {v} | {ms / n * 1e6:.1f} | {es['b'] / n * 1e6:.1f} | {es['b@cache'] / n * 1e6:.1f} | "
-                     f"{ms * 1e3:.3f} | {es['b'] * 1e3:.3f} | {(es['b'] - ms) * 1e3:+.3f} | {(es['b@cache'] - ms) * 1e3:+.3f} |")
+        lines.append(f"| {k} | {n} | {v} | {ms / n * 1e6:.1f} | {es['b'] / n * 1e6:.1f} | {es['b-flat'] / n * 1e6:.1f} | "
+                     f"{ms * 1e3:.3f} | {es['b'] * 1e3:.3f} | {(es['b'] - ms) * 1e3:+.3f} | {(es['b-flat'] - ms) * 1e3:+.3f} |")
     out = Path(args.out)
     text = "\n".join(lines) + "\n\n" + kept_analysis(out)
     out.write_text(text)

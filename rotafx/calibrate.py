@@ -5,17 +5,25 @@
 * matmuls over a grid of shapes ``(M, K, N)`` per dtype: achieved FLOP/s (``2·M·K·N`` per call);
 * attention (``scaled_dot_product_attention``) over ``(batch·heads, sequence, head dim)``:
   achieved FLOP/s counted as the profile counts it (``4·BH·S²·D``, causal or not);
+* convolutions (3x3, ``conv2d``) over their GEMM shape ``(M, K, N)``: a convolution runs
+  at its own rate, not a matmul's;
 * memory bandwidth by working-set size (copies into a buffer made once, 256 kB to 64 MB:
   bytes read + written per second; an op is priced at the bandwidth of its own size);
-* the fixed cost of launching one op and one view, eager, as a model pays it: the larger of
-  a chain of small ops and a net of tiny layers (module calls included) spread over the ops
-  the profiler counts in it;
+* the time per call of each op kind (:data:`OP_KINDS`: pointwise arithmetic, each family of
+  transcendentals, norms, reductions, softmax, gathers, copies, creation, and the launch of
+  a matmul, a convolution and attention) from 16 elements to a few MB, by the bytes the
+  profile says the call moves;
+* the cost an op pays in a model's forward beyond its own call (module calls, the
+  interpreter, cold caches): a net of tiny layers timed whole, less its ops priced by
+  the tables above, per op; and the launch cost of one view;
 * each codec's encode and decode time per input byte;
 * for each other device of the host (``cpu`` and ``cuda:i``), transfer latency and bandwidth.
 
 Each figure is the median of ``torch.utils.benchmark``'s blocked runs, with its spread
-(inter-quartile range over the median). :class:`Calibration` looks figures up (matmul
-rates interpolated in log-space between measured shapes, clamped at the grid's edges) and
+(inter-quartile range over the median); the full calibration times every shape and probe
+in two passes and keeps the faster (a burst of other work slows one pass, not both). :class:`Calibration` looks figures up (rates
+interpolated in log-space between measured shapes; above the grid the edge's rate, below it
+the edge's time per call: a kernel never runs faster than its smallest measured call) and
 reads and writes JSON or YAML with the machine it came from. A calibration file is input
 from others: every field is checked (finite, positive, the right shape) when read.
 """
@@ -28,6 +36,7 @@ import json
 import math
 import os
 import platform
+import re
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -38,15 +47,74 @@ import torch
 
 from .units import first_line
 
-__all__ = ["Calibration", "CalibrationError", "calibrate", "MATMUL_M", "MATMUL_KN"]
+__all__ = ["Calibration", "CalibrationError", "calibrate", "op_kind", "OP_KINDS", "MATMUL_M", "MATMUL_KN"]
 
 FORMAT = "rotafx-calibration"
 VERSION = 1
 MATMUL_M = (1, 4, 16, 64, 256, 1024)
 MATMUL_KN = (64, 256, 1024, 4096)
-ATTENTION_BH = (8, 32)
+ATTENTION_BH = (2, 8, 32)
 ATTENTION_S = (16, 64, 256, 1024)
-ATTENTION_D = (64, 128)
+ATTENTION_D = (32, 64, 128)
+CONV_C = (3, 16, 64)  # 3x3 convolutions: input channels (K = 9 * C), output channels (N), output side (M = side^2)
+CONV_N = (16, 64)
+CONV_SIDE = (8, 32, 64)
+KIND_NUMEL = (16, 1024, 16384, 262144, 2097152)  # elements per op-kind probe (quick: 16, 16384, 262144)
+
+# Op kinds: ops that launch and stream alike. A frontend's op type (aten's ``add.Tensor``, ONNX's ``Add``) names
+# its kind through these lists (lower case, overload and leading underscores dropped); a kind has its own time per
+# call, measured by a probe of that kind. An op of no kind keeps the launch + roofline price.
+_KIND_NAMES: dict[str, tuple[str, ...]] = {
+    "pointwise": ("add", "sub", "rsub", "mul", "div", "neg", "relu", "relu6", "leaky_relu", "leakyrelu", "prelu",
+                  "hardtanh", "clamp", "clamp_min", "clamp_max", "clip", "abs", "where", "masked_fill", "eq", "ne",
+                  "lt", "le", "gt", "ge", "equal", "less", "lessorequal", "greater", "greaterorequal", "and", "or",
+                  "xor", "not", "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "logical_and", "logical_or",
+                  "logical_not", "minimum", "maximum", "pow", "square", "floor", "ceil", "round", "sign", "trunc",
+                  "remainder", "fmod", "mod", "floor_divide", "addcmul", "addcdiv", "lerp", "hardsigmoid", "hardswish",
+                  "threshold", "diff", "isnan", "isinf", "nan_to_num", "dropout"),
+    "tanh": ("tanh",),
+    "gelu": ("gelu", "fastgelu", "biasgelu", "gelu_new"),
+    "silu": ("silu", "sigmoid", "swish", "mish", "softplus", "elu", "selu", "celu", "log_sigmoid", "logsigmoid"),
+    "exp": ("exp", "exp2", "expm1"),
+    "sin": ("sin", "cos", "tan", "erf", "erfc", "erfinv", "log", "log1p", "log2", "log10", "atan", "asin", "acos",
+            "sinh", "cosh", "atan2", "asinh", "acosh", "atanh"),
+    "rsqrt": ("rsqrt", "sqrt", "reciprocal"),
+    "norm": ("layer_norm", "native_layer_norm", "batch_norm", "native_batch_norm",
+             "native_batch_norm_legit_no_training", "native_batch_norm_legit", "group_norm", "native_group_norm",
+             "rms_norm", "instance_norm", "layernormalization", "batchnormalization", "groupnormalization",
+             "instancenormalization", "simplifiedlayernormalization", "skiplayernormalization", "rmsnormalization",
+             "skipsimplifiedlayernormalization"),
+    "reduction": ("sum", "mean", "amax", "amin", "max", "min", "argmax", "argmin", "prod", "var", "std", "var_mean",
+                  "std_mean", "cumsum", "cumprod", "logsumexp", "norm", "linalg_vector_norm", "all", "any",
+                  "count_nonzero", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+                  "adaptive_max_pool2d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "max_pool1d", "max_pool2d",
+                  "max_pool3d", "max_pool2d_with_indices", "reducemean", "reducesum", "reducemax", "reducemin",
+                  "reduceprod", "reducel1", "reducel2", "reducesumsquare", "reducelogsumexp",
+                  "globalaveragepool", "averagepool", "maxpool", "globalmaxpool", "topk", "sort"),
+    "softmax": ("softmax", "log_softmax", "softmin", "logsoftmax", "safe_softmax"),
+    "gather": ("embedding", "index", "index_select", "gather", "take", "embedding_bag", "gatherelements",
+               "gathernd"),
+    "copy": ("cat", "concat", "stack", "clone", "contiguous", "copy", "to_copy", "to", "reshape", "flatten",
+             "repeat", "repeat_interleave", "tile", "expand", "pad", "constant_pad_nd", "reflection_pad2d",
+             "replication_pad2d", "roll", "flip", "tril", "triu", "trilu", "scatter", "scatter_add", "index_put",
+             "index_copy", "slice_scatter", "select_scatter", "masked_scatter", "cast", "castlike", "transpose",
+             "permute", "split", "slice", "squeeze", "unsqueeze", "identity", "scatternd", "scatterelements",
+             "unfold", "col2im", "im2col", "pixel_shuffle", "channel_shuffle", "type_as", "view", "unbind"),
+    "creation": ("arange", "zeros", "ones", "full", "empty", "new_ones", "new_zeros", "new_full", "new_empty",
+                 "zeros_like", "ones_like", "full_like", "empty_like", "rand", "randn", "randint", "rand_like",
+                 "randn_like", "scalar_tensor", "lift_fresh_copy", "linspace", "eye", "tensor", "constantofshape",
+                 "range", "constant", "eyelike", "randomnormal", "randomuniform", "fill", "zero"),
+    "matmul": ("linear", "mm", "addmm", "bmm", "baddbmm", "matmul", "einsum", "addbmm", "addmv", "mv", "dot",
+               "gemm", "fusedmatmul", "matmulinteger", "qlinearmatmul", "grouped_mm"),
+    "conv": ("conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+             "conv", "convtranspose", "convinteger", "qlinearconv"),
+    "attention": ("scaled_dot_product_attention", "scaled_dot_product_flash_attention_for_cpu",
+                  "scaled_dot_product_efficient_attention", "scaled_dot_product_flash_attention",
+                  "scaled_dot_product_cudnn_attention", "attention", "multiheadattention", "groupqueryattention"),
+}
+OP_KINDS = tuple(_KIND_NAMES)
+_KIND_OF = {name: kind for kind, names in _KIND_NAMES.items() for name in names}
+_KERNEL_KINDS = ("matmul", "conv", "attention")  # their work comes from a rate table; their probe is the launch
 
 
 class CalibrationError(ValueError):
@@ -57,23 +125,49 @@ def _rate_key(m: int, k: int, n: int) -> tuple[float, float, float]:
     return math.log2(m), math.log2(k), math.log2(n)
 
 
+def op_kind(op_type: str) -> str | None:
+    """The kind (one of :data:`OP_KINDS`) of an op named by its frontend, or None when it has none.
+
+    A fused op (ONNX's ``Relu(Conv)(fused)``, ``MatMul+Add(fused)``) is of the kind of the
+    matmul, convolution or attention it contains, else of its first op.
+
+    >>> op_kind("layer_norm.default"), op_kind("LayerNormalization"), op_kind("Relu(Conv)(fused)"), op_kind("foo")
+    ('norm', 'norm', 'conv', None)
+    """
+    words = [w.strip("_") for w in re.findall(r"[A-Za-z0-9_]+", op_type.split("::")[-1].split(".")[0].lower())]
+    kinds = [_KIND_OF.get(w) for w in words if w and w != "fused"]
+    return next((k for k in kinds if k in _KERNEL_KINDS), next((k for k in kinds if k is not None), None))
+
+
 @dataclass
 class Calibration:
     """What one device achieves, measured. Rates in FLOP/s, bandwidths in bytes/s, times in seconds.
 
-    ``matmul[dtype]`` and ``attention[dtype]`` map a shape to ``(rate, spread)``;
+    ``matmul[dtype]``, ``conv[dtype]`` and ``attention[dtype]`` map a shape to ``(rate, spread)``;
+    ``op_times[kind]`` maps the bytes a call of that kind moves to its seconds per call,
+    measured alone; ``op_context_s`` is what each op adds inside a model's forward;
     ``transfers["cpu->cuda:0"]`` is ``{"latency_s", "bandwidth_Bps"}``; ``codecs[name]`` is
-    ``{"encode_s_per_byte", "decode_s_per_byte"}``.
+    ``{"encode_s_per_byte", "decode_s_per_byte"}``. A calibration written before ``conv``,
+    ``op_times`` and ``op_context_s`` existed has them empty and prices every op as
+    ``op_overhead_s`` plus its roofline, as it did.
+
+    >>> c = Calibration("cpu", 1, bandwidth_Bps=1e10, op_times={"tanh": {8: 2e-6, 8 << 20: 4e-3}}, op_context_s=1e-6)
+    >>> from rotafx.layers import OpCost
+    >>> round(c.op_time_s(OpCost(0, 8 << 20, None, False, "tanh.default")) * 1e3, 6)  # 1 us + the call at 8 MiB
+    4.001
     """
 
     device: str
     threads: int
     matmul: dict[str, dict[tuple[int, int, int], tuple[float, float]]] = field(default_factory=dict)
     attention: dict[str, dict[tuple[int, int, int], tuple[float, float]]] = field(default_factory=dict)
+    conv: dict[str, dict[tuple[int, int, int], tuple[float, float]]] = field(default_factory=dict)
     bandwidth_Bps: float = 0.0
     bandwidth: dict[int, float] = field(default_factory=dict)  # bytes copied -> bytes/s (read + written)
     op_overhead_s: float = 0.0
     view_overhead_s: float = 0.0
+    op_times: dict[str, dict[int, float]] = field(default_factory=dict)  # kind -> bytes moved -> seconds per call
+    op_context_s: float = 0.0
     codecs: dict[str, dict[str, float]] = field(default_factory=dict)
     transfers: dict[str, dict[str, float]] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)
@@ -101,25 +195,71 @@ class Calibration:
         rows = self.matmul.get(dtype)
         return max(r for r, _ in rows.values()) if rows else None
 
-    def op_time_s(self, op: Any, dtype: str = "float32") -> float:
-        """One op's time: its launch cost, plus its work.
+    def conv_flops(self, m: int, k: int, n: int, dtype: str = "float32") -> float | None:
+        """Achieved FLOP/s of a convolution whose GEMM is ``(m, k) @ (k, n)``; None when not measured."""
+        return _interpolate(self.conv.get(dtype), (m, k, n))
 
-        ``op`` is a :class:`~rotafx.layers.OpCost`. A view costs the view's launch only. An op
-        whose kernel (a matmul or attention) has a calibrated rate costs ``flops / rate``
-        (that rate was measured with its operands' traffic in it); any other op
-        ``max(flops / best matmul rate, bytes_moved / bandwidth at that many bytes)``. The
-        dtype's tables, else float32's.
+    def kind_time_s(self, kind: str, nbytes: float) -> float | None:
+        """Seconds per call of an op of ``kind`` moving ``nbytes``, measured alone: log-log between the measured
+        sizes; below the smallest, the smallest call's time; above the largest, the largest's bytes per second.
+        None when the kind was not measured."""
+        rows = self.op_times.get(kind)
+        if not rows:
+            return None
+        sizes = sorted(rows)
+        if nbytes > sizes[-1]:
+            return rows[sizes[-1]] * nbytes / sizes[-1]
+        return math.exp(sum(w * math.log(rows[s]) for s, w in _bracket(sizes, nbytes)))
+
+    def kernel_time_s(self, op: Any, dtype: str = "float32") -> float | None:
+        """Seconds per call of the matmul, convolution or attention kernel ``op`` runs (``op.kernel``), from the
+        rate measured at its shape; None when it has no kernel or no table for it.
+
+        Above the measured grid the edge's rate holds; below it, on any axis, the call costs what a
+        call at the grid's edge costs (``flops`` scaled up to the edge, at the edge's rate): a kernel
+        never runs faster than its smallest measured call.
+        """
+        if op.kernel is None:
+            return None
+        kind, *shape = op.kernel
+        if kind == "sdpa":
+            tables = self.attention
+        elif self.conv and op_kind(getattr(op, "op_type", "")) == "conv":
+            tables = self.conv
+        else:
+            tables = self.matmul
+        rows = tables.get(self._table(tables, dtype))
+        if not rows:
+            return None
+        edge = [min(k[i] for k in rows) for i in range(3)]
+        at = [max(x, e) for x, e in zip(shape, edge)]
+        rate = _interpolate(rows, (at[0], at[1], at[2]))
+        return op.flops * math.prod(a / max(x, 1) for a, x in zip(at, shape)) / rate if rate else None
+
+    def op_time_s(self, op: Any, dtype: str = "float32") -> float:
+        """One op's time in a model's forward.
+
+        ``op`` is a :class:`~rotafx.layers.OpCost`. A view costs the view's launch only. With
+        op-kind tables (:data:`OP_KINDS`, from ``op.op_type``), an op costs ``op_context_s``
+        plus its call measured alone: a matmul, convolution or attention its kernel's time at
+        its shape (:meth:`kernel_time_s`), at least its kind's launch; any other kind the time
+        per call of its kind at the bytes it moves (:meth:`kind_time_s`). Without them (an op of
+        no kind, or a calibration from before the tables): ``op_overhead_s`` plus the kernel's
+        time, or ``max(flops / best matmul rate, bytes_moved / bandwidth at that many bytes)``.
+        The dtype's tables, else float32's.
         """
         if op.view:
             return self.view_overhead_s
-        table = self._table(self.matmul, dtype)
-        if op.kernel is not None:
-            kind, a, b, c = op.kernel
-            rate = self.matmul_flops(a, b, c, table) if kind == "mm" else \
-                self.attention_flops(a, b, c, self._table(self.attention, dtype))
-            if rate:
-                return self.op_overhead_s + op.flops / rate
-        peak = self.peak_flops(table)
+        kind = op_kind(getattr(op, "op_type", ""))
+        alone = self.kind_time_s(kind, op.bytes_moved) if kind is not None else None
+        work = self.kernel_time_s(op, dtype)
+        if work is not None:
+            if alone is None:
+                return self.op_overhead_s + work
+            return self.op_context_s + max(work, self.kind_time_s(kind, 0) or 0.0)
+        if alone is not None and kind not in _KERNEL_KINDS:
+            return self.op_context_s + alone
+        peak = self.peak_flops(self._table(self.matmul, dtype))
         compute = op.flops / peak if peak else 0.0
         memory = op.bytes_moved / self.bandwidth_at(op.bytes_moved) if op.bytes_moved else 0.0
         return self.op_overhead_s + max(compute, memory)
@@ -154,7 +294,9 @@ class Calibration:
                 "bandwidth": [[n, bps] for n, bps in sorted(self.bandwidth.items())],
                 "op_overhead_s": self.op_overhead_s,
                 "view_overhead_s": self.view_overhead_s,
-                "matmul": table(self.matmul), "attention": table(self.attention),
+                "op_context_s": self.op_context_s,
+                "op_times": {k: [[n, t] for n, t in sorted(rows.items())] for k, rows in self.op_times.items()},
+                "matmul": table(self.matmul), "attention": table(self.attention), "conv": table(self.conv),
                 "codecs": {k: dict(v) for k, v in self.codecs.items()},
                 "transfers": {k: dict(v) for k, v in self.transfers.items()}}
 
@@ -270,7 +412,25 @@ class Calibration:
                 raise CalibrationError(f"{where}: bandwidth[{i}] must be [bytes (a positive integer), bytes per second], "
                                        f"got {row!r}")
             bandwidth[row[0]] = num(f"bandwidth[{i}] rate", row[1])
+        kinds = data.get("op_times", {})  # optional: files from before the op-kind tables have none
+        if not isinstance(kinds, Mapping):
+            raise CalibrationError(f"{where}: op_times must map an op kind to [bytes, seconds] rows, "
+                                   f"got {type(kinds).__name__}")
+        op_times: dict[str, dict[int, float]] = {}
+        for kind, rows in kinds.items():
+            if not isinstance(rows, list) or not rows:
+                raise CalibrationError(f"{where}: op_times[{kind!r}] must be a non-empty list of [bytes, seconds] rows, "
+                                       f"got {rows!r}")
+            op_times[str(kind)] = {}
+            for i, row in enumerate(rows):
+                if not isinstance(row, list) or len(row) != 2 or isinstance(row[0], bool) or \
+                        not isinstance(row[0], int) or row[0] < 1:
+                    raise CalibrationError(f"{where}: op_times[{kind!r}][{i}] must be [bytes (a positive integer), "
+                                           f"seconds per call], got {row!r}")
+                op_times[str(kind)][row[0]] = num(f"op_times[{kind!r}][{i}] seconds", row[1])
         return cls(bandwidth=bandwidth, device=device, threads=threads, matmul=table("matmul"), attention=table("attention"),
+                   conv=table("conv"), op_times=op_times,
+                   op_context_s=num("op_context_s", data.get("op_context_s", 0.0), False),
                    bandwidth_Bps=num("bandwidth_Bps", data.get("bandwidth_Bps")),
                    op_overhead_s=num("op_overhead_s", data.get("op_overhead_s"), False),
                    view_overhead_s=num("view_overhead_s", data.get("view_overhead_s"), False),
@@ -321,6 +481,19 @@ def _timer(fn: Callable[[], Any], threads: int, min_run_time: float) -> tuple[fl
     return float(m.median), float(m.iqr / m.median) if m.median > 0 else 0.0
 
 
+def _best_of(jobs: Mapping[Any, Callable[[], Callable[[], Any]]], threads: int, run: float,
+             passes: int) -> dict[Any, tuple[float, float]]:
+    """Each job (a maker of the call to time) timed in ``passes`` passes over all of them: its fastest pass's median
+    seconds per call and that pass's spread (a burst of other work on the machine slows one pass, not every one)."""
+    best: dict[Any, tuple[float, float]] = {}
+    for _ in range(passes):
+        for key, make in jobs.items():
+            t = _timer(make(), threads, run)
+            if key not in best or t[0] < best[key][0]:
+                best[key] = t
+    return best
+
+
 def _machine(device: torch.device, threads: int) -> dict[str, Any]:
     info: dict[str, Any] = {"host": socket.gethostname(), "platform": platform.platform(), "python": sys.version.split()[0],
                             "torch": str(torch.__version__), "threads": threads, "cpu_count": os.cpu_count(),
@@ -342,13 +515,24 @@ def calibrate(device: str | torch.device = "cpu", *, dtypes: Sequence[str] | Non
               progress: Callable[[str], None] | None = None) -> Calibration:
     """Measure ``device``; a :class:`Calibration` (save it with ``.save("cpu.yaml")``).
 
-    ``dtypes``: the matmul and attention dtypes to measure (default float32 on CPU; float16,
-    bfloat16 and float32 on CUDA). ``threads``: torch intra-op threads while timing (default
+    ``dtypes``: the matmul, convolution and attention dtypes to measure (default float32 on
+    CPU; float16, bfloat16 and float32 on CUDA; op kinds are timed in float32). ``threads``: torch intra-op threads while timing (default
     the current setting: calibrate with the threads you deploy with). ``quick``: fewer
-    shapes and shorter runs (a few seconds; for tests and a first look). ``flop_budget``:
+    shapes, one pass and shorter runs (about 6 s on a 2-core CPU, against about 25 s; for
+    tests and a first look). ``flop_budget``:
     shapes whose one call exceeds this many FLOPs are skipped (default 2e9 on CPU, 1e13 on
     CUDA; lookups beyond use the nearest measured shape). ``progress`` receives one line per
     step (the CLI prints them to stderr).
+
+    Returns:
+        The :class:`Calibration` of ``device``, with the machine it came from.
+
+    Raises:
+        CalibrationError: ``device`` is not a device of this machine, ``threads`` is not a
+            positive integer, or ``dtypes`` names something that is not a torch dtype.
+
+    >>> cal = calibrate("cpu", quick=True, threads=1)  # doctest: +SKIP
+    >>> cal.op_time_s(OpCost(0, 1 << 20, None, False, "tanh.default"))  # doctest: +SKIP
     """
     from .devices import existing_device
 
@@ -363,43 +547,71 @@ def calibrate(device: str | torch.device = "cpu", *, dtypes: Sequence[str] | Non
         raise CalibrationError(f"rotafx: dtypes {bad!r} are not torch dtypes; use names such as 'float32', 'float16'")
     budget = flop_budget if flop_budget is not None else (1e13 if dev.type == "cuda" else 2e9)
     run = 0.02 if quick else 0.1
+    grid_run = 0.02  # per shape and pass of the rate grids and op kinds (about 250 in all)
     say = progress or (lambda _msg: None)
     cal = Calibration(device=str(dev), threads=threads, machine=_machine(dev, threads))
+    passes = 1 if quick else 2
     ms = MATMUL_M[::2] if quick else MATMUL_M
     kns = MATMUL_KN[1::2] if quick else MATMUL_KN
+    F = torch.nn.functional
     with torch.no_grad():
         for dt in dtypes:
             dtype = getattr(torch, dt)
-            shapes = [(m, k, n) for m in ms for k in kns for n in kns if 2 * m * k * n <= budget]
-            cal.matmul[dt] = {}
-            for i, (m, k, n) in enumerate(shapes):
-                a, b = torch.randn(m, k, device=dev).to(dtype), torch.randn(k, n, device=dev).to(dtype)
-                t, spread = _timer(lambda: torch.mm(a, b), threads, run)
-                cal.matmul[dt][(m, k, n)] = (2 * m * k * n / t, spread)
-                say(f"calibrate {dev}: matmul {dt} {i + 1}/{len(shapes)} ({m}x{k}x{n}: {2 * m * k * n / t / 1e9:.1f} "
-                    f"GFLOP/s)")
-            cal.attention[dt] = {}
-            sizes = [(bh, s, d) for bh in ATTENTION_BH[:1 if quick else None] for s in ATTENTION_S[:3 if quick else None]
-                     for d in ATTENTION_D[:1 if quick else None] if 4 * bh * s * s * d <= budget]
-            for i, (bh, s, d) in enumerate(sizes):
+
+            def full(*shape: int) -> torch.Tensor:
+                return torch.full(shape, 0.5, device=dev, dtype=dtype)
+
+            def mm(m: int, k: int, n: int) -> Callable[[], Any]:
+                a, b = full(m, k), full(k, n)
+                return lambda: torch.mm(a, b)
+
+            def sdpa(bh: int, s: int, d: int) -> Callable[[], Any]:
                 q = torch.randn(1, bh, s, d, device=dev).to(dtype)
-                flops = 4 * bh * s * s * d
-                t, spread = _timer(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True),
-                                   threads, run)
-                cal.attention[dt][(bh, s, d)] = (flops / t, spread)
-                say(f"calibrate {dev}: attention {dt} {i + 1}/{len(sizes)} (BH {bh}, S {s}, D {d}: "
-                    f"{flops / t / 1e9:.1f} GFLOP/s)")
+                return lambda: F.scaled_dot_product_attention(q, q, q, is_causal=True)
+
+            def conv(c: int, n: int, side: int) -> Callable[[], Any]:
+                x, w = full(1, c, side, side), full(n, c, 3, 3)
+                return lambda: F.conv2d(x, w, padding=1)
+
+            grids = {  # table -> {shape as looked up: (FLOPs of one call, the call's maker)}
+                "matmul": {(m, k, n): (2 * m * k * n, lambda m=m, k=k, n=n: mm(m, k, n))
+                           for m in ms for k in kns for n in kns},
+                "attention": {(bh, s, d): (4 * bh * s * s * d, lambda bh=bh, s=s, d=d: sdpa(bh, s, d))
+                              for bh in ATTENTION_BH[::2 if quick else 1] for s in ATTENTION_S[:3 if quick else None]
+                              for d in ATTENTION_D[:2 if quick else None]},
+                "conv": {(side * side, 9 * c, n): (2 * side * side * 9 * c * n, lambda c=c, n=n, side=side: conv(c, n, side))
+                         for c in CONV_C for n in CONV_N for side in CONV_SIDE[:2 if quick else None]},
+            }
+            for name, grid in grids.items():
+                jobs = {shape: make for shape, (flops, make) in grid.items() if flops <= budget}
+                times = _best_of(jobs, threads, grid_run, passes)
+                getattr(cal, name)[dt] = {shape: (grid[shape][0] / t, spread) for shape, (t, spread) in times.items()}
+                rates = [r for r, _ in getattr(cal, name)[dt].values()]
+                say(f"calibrate {dev}: {name} {dt}: {len(rates)} shapes, {min(rates) / 1e9:.1f}-{max(rates) / 1e9:.1f} "
+                    f"GFLOP/s")
         # copies into a buffer made once (a fresh allocation would time page faults), by working-set size
-        for log2 in ((16, 20, 22, 24) if quick else (16, 18, 20, 22, 24)):  # 256 kB .. 64 MB of float32
-            src = torch.randn(1 << log2, device=dev)
+
+        def copy(numel: int) -> Callable[[], Any]:
+            src = torch.randn(numel, device=dev)
             dst = torch.empty_like(src)
-            t, _ = _timer(lambda: dst.copy_(src), threads, run)
-            nbytes = 2 * src.numel() * src.element_size()
+            return lambda: dst.copy_(src)
+
+        copies = {8 << log2: (lambda n=1 << log2: copy(n)) for log2 in ((16, 20, 22, 24) if quick else (16, 18, 20, 22, 24))}
+        for nbytes, (t, _) in _best_of(copies, threads, run / passes, passes).items():  # 256 kB .. 64 MB of float32
             cal.bandwidth[nbytes] = nbytes / t
         cal.bandwidth_Bps = cal.bandwidth[max(cal.bandwidth)]
         say(f"calibrate {dev}: copy bandwidth {min(cal.bandwidth.values()) / 1e9:.1f}-"
             f"{max(cal.bandwidth.values()) / 1e9:.1f} GB/s ({len(cal.bandwidth)} sizes)")
-        # the launch cost of an op as models pay it: a chain of different small ops (and of views)
+        # each op kind's time per call, alone, from a few elements to a few MB, by the bytes the profile counts
+        sizes = KIND_NUMEL[0:1] + KIND_NUMEL[2:4] if quick else KIND_NUMEL
+        probes = {(kind, numel): (lambda kind=kind, numel=numel: _kind_probe(kind, numel, dev)[0])
+                  for kind in OP_KINDS for numel in (sizes[:1] if kind in _KERNEL_KINDS else sizes)}
+        for (kind, numel), (t, _) in _best_of(probes, threads, grid_run, passes).items():
+            # the bytes the profile counts for that call: the same probe built on meta tensors
+            cal.op_times.setdefault(kind, {})[_kind_probe(kind, numel, torch.device("meta"))[1]] = t
+        for kind, rows in cal.op_times.items():
+            say(f"calibrate {dev}: {kind}: " + ", ".join(f"{t * 1e6:.1f} us at {_fmt_bytes(n)}" for n, t in sorted(rows.items())))
+        # the launch cost of an op of no kind (a chain of different small ops) and of a view
         a, b, idx = torch.randn(4, 8, device=dev), torch.randn(4, 8, device=dev), torch.tensor([0, 2], device=dev)
 
         def ops() -> Any:
@@ -422,22 +634,23 @@ def calibrate(device: str | torch.device = "cpu", *, dtypes: Sequence[str] | Non
             x = x.expand(4, 8)
             return x.narrow(0, 0, 2)
 
-        t_ops, _ = _timer(ops, threads, run)
-        t_views, _ = _timer(views, threads, run)
-        cal.op_overhead_s, cal.view_overhead_s = t_ops / 10, t_views / 6
-        # and as a model's forward pays it, module calls included: a small net of tiny layers (no arithmetic to
-        # speak of), its time spread over the ops the profiler counts in it
         net = _launch_probe().to(dev).eval()
         x = torch.randn(4, 16, device=dev)
-        t_net, _ = _timer(lambda: net(x), threads, run)
+        best = _best_of({"ops": lambda: ops, "views": lambda: views, "net": lambda: lambda: net(x)}, threads,
+                        run / passes, passes)
+        (t_ops, _), (t_views, _), (t_net, _) = best["ops"], best["views"], best["net"]
+        cal.view_overhead_s = t_views / 6
+        # what an op adds in a model's forward, module calls included: a small net of tiny layers (no arithmetic to
+        # speak of) timed whole, less its ops priced as measured alone, per op
         from .profile import ModelProfile
 
         prof = ModelProfile.from_pytorch(net, (x.to("cpu"),) if dev.type != "cpu" else (x,))
         costs = [c for layer in prof.layers for c in layer.op_costs]
-        n_views = sum(1 for c in costs if c.view)
-        n_ops = max(1, len(costs) - n_views)
-        cal.op_overhead_s = max(cal.op_overhead_s, (t_net - n_views * cal.view_overhead_s) / n_ops)
-        say(f"calibrate {dev}: {cal.op_overhead_s * 1e6:.1f} us per op, {cal.view_overhead_s * 1e6:.1f} us per view")
+        n_ops = max(1, sum(1 for c in costs if not c.view))
+        cal.op_context_s = max(0.0, (t_net - sum(cal.op_time_s(c) for c in costs)) / n_ops)
+        cal.op_overhead_s = cal.op_context_s + t_ops / 10
+        say(f"calibrate {dev}: {cal.op_context_s * 1e6:.1f} us per op in a forward, {cal.op_overhead_s * 1e6:.1f} us "
+            f"per op of no kind, {cal.view_overhead_s * 1e6:.1f} us per view")
         from .wire import CODECS, decode, encode
 
         x = torch.randn(1 << (18 if quick else 20), device=dev)
@@ -471,6 +684,55 @@ def _launch_probe() -> torch.nn.Module:
 
     torch.manual_seed(0)
     return torch.nn.Sequential(*(Block() for _ in range(8)))
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n} B" if n < 1 << 10 else f"{n >> 10} kB" if n < 1 << 20 else f"{n >> 20} MB"
+
+
+def _kind_probe(kind: str, numel: int, dev: torch.device) -> tuple[Callable[[], Any], int]:
+    """A call of op kind ``kind`` on about ``numel`` float32 elements, and the bytes the profile counts it moving
+    (its inputs, weights included, and its output; a gather the rows it returns, twice, and its indices)."""
+    F = torch.nn.functional
+    x = torch.rand(numel, device=dev) + 0.5
+    y = torch.rand(numel, device=dev)
+    cols = min(numel, 256)
+    rows = max(1, numel // cols)
+    m = x[:rows * cols].view(rows, cols)
+    el = 4  # float32 bytes
+    if kind == "pointwise":
+        return (lambda: torch.add(x, y)), 3 * el * numel
+    unary = {"tanh": torch.tanh, "gelu": F.gelu, "silu": F.silu, "exp": torch.exp, "sin": torch.sin,
+             "rsqrt": torch.rsqrt}
+    if kind in unary:
+        f = unary[kind]
+        return (lambda: f(x)), 2 * el * numel
+    if kind == "norm":
+        w, b = torch.ones(cols, device=dev), torch.zeros(cols, device=dev)
+        return (lambda: F.layer_norm(m, (cols,), w, b)), el * (2 * rows * cols + 2 * cols)
+    if kind == "reduction":
+        return (lambda: m.sum(-1)), el * (rows * cols + rows)
+    if kind == "softmax":
+        return (lambda: torch.softmax(m, -1)), 2 * el * rows * cols
+    if kind == "gather":
+        table = torch.randn(1024, cols, device=dev)
+        idx = torch.randint(0, 1024, (rows,), device=dev)
+        return (lambda: F.embedding(idx, table)), 2 * el * rows * cols + 8 * rows
+    if kind == "copy":
+        return (lambda: torch.cat([x, y])), 4 * el * numel
+    if kind == "creation":
+        return (lambda: torch.arange(numel, dtype=torch.float32, device=dev)), el * numel
+    if kind == "matmul":
+        w, b = torch.randn(16, 16, device=dev), torch.randn(16, device=dev)
+        a = torch.randn(1, 16, device=dev)
+        return (lambda: F.linear(a, w, b)), el * (16 + 256 + 16 + 16)
+    if kind == "conv":
+        a, w = torch.randn(1, 3, 4, 4, device=dev), torch.randn(4, 3, 3, 3, device=dev)
+        return (lambda: F.conv2d(a, w, padding=1)), el * (48 + 108 + 64)
+    if kind == "attention":
+        q = torch.randn(1, 1, 4, 8, device=dev)
+        return (lambda: F.scaled_dot_product_attention(q, q, q, is_causal=True)), el * 4 * 32
+    raise CalibrationError(f"rotafx: no probe for op kind {kind!r}; kinds are {list(OP_KINDS)}")
 
 
 def _other_devices(dev: torch.device) -> Iterable[torch.device]:

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import rotafx
-from rotafx.calibrate import Calibration, CalibrationError, calibrate
+from rotafx.calibrate import OP_KINDS, Calibration, CalibrationError, calibrate, op_kind
+from rotafx.layers import OpCost
 
 
 def _cal(**kw: object) -> Calibration:
@@ -69,6 +70,12 @@ def test_a_calibration_file_round_trips(tmp_path: Path) -> None:
     (lambda d: d["matmul"]["float32"].append([1, 2, 3, float("inf"), 0]), "rate must be a finite number > 0, got inf"),
     (lambda d: d.update(matmul=[1]), "matmul must map a dtype to rows"),
     (lambda d: d.update(codecs={"int8": {"encode_s_per_byte": 1}}), r"codecs\['int8'\] needs"),
+    (lambda d: d.update(op_times=[1]), "op_times must map an op kind to"),
+    (lambda d: d.update(op_times={"tanh": []}), r"op_times\['tanh'\] must be a non-empty list"),
+    (lambda d: d.update(op_times={"tanh": [[0, 1e-6]]}), r"op_times\['tanh'\]\[0\] must be \[bytes \(a positive integer\)"),
+    (lambda d: d.update(op_times={"tanh": [[16, -1]]}), r"op_times\['tanh'\]\[0\] seconds must be a finite number > 0"),
+    (lambda d: d.update(op_context_s=float("inf")), "op_context_s must be a finite number >= 0, got inf"),
+    (lambda d: d["conv"].update(float32=[[1, 2, 3, 0, 0]]), r"conv\['float32'\]\[0\] rate must be a finite number > 0"),
 ])
 def test_a_bad_calibration_is_named(tmp_path: Path, edit: object, match: str) -> None:
     d = _cal().to_dict()
@@ -222,9 +229,16 @@ def _scaled(c: Calibration, slower: float) -> Calibration:
         for rows in d[table].values():
             for row in rows:
                 row[3] /= slower
+    for rows in d.get("conv", {}).values():
+        for row in rows:
+            row[3] /= slower
+    for rows in d.get("op_times", {}).values():
+        for row in rows:
+            row[1] *= slower
     d["bandwidth_Bps"] /= slower
     d["op_overhead_s"] *= slower
     d["view_overhead_s"] *= slower
+    d["op_context_s"] = d.get("op_context_s", 0.0) * slower
     return Calibration.from_dict(d)
 
 
@@ -453,3 +467,131 @@ def test_a_model_with_non_tensor_inputs_is_measured() -> None:
 
     prof = rotafx.ModelProfile.from_pytorch(Scaled().eval(), (torch.randn(2, 8), 2.0, True), measure=True, repeats=1)
     assert prof.measured_ms is not None and all(t > 0 for t in prof.measured_ms)
+
+
+# -- op kinds: each kind's own time per call, the context cost, convolutions, shapes below the grid ----------------
+
+
+def _kinds(**kw: object) -> Calibration:
+    """``_cal()`` with op-kind tables: a pointwise call 2 us at 16 B and 1 ms at 16 MB, tanh 4 us and 10 ms, a linear's
+    launch 5 us, a convolution's 8 us; 3 us of context per op; a convolution table 4x slower than the matmul one."""
+    c = _cal(op_times={"pointwise": {16: 2e-6, 16 << 20: 1e-3}, "tanh": {16: 4e-6, 16 << 20: 1e-2},
+                       "matmul": {1024: 5e-6}, "conv": {880: 8e-6}}, op_context_s=3e-6, **kw)
+    c.conv["float32"] = {k: (r / 4, sp) for k, (r, sp) in c.matmul["float32"].items()}
+    return c
+
+
+def test_an_op_is_priced_by_its_own_kind_measured_alone_plus_the_context_by_hand() -> None:
+    c = _kinds()
+    add, tanh = OpCost(0, 16 << 20, None, False, "add.Tensor"), OpCost(0, 16 << 20, None, False, "tanh.default")
+    assert c.op_time_s(add) == pytest.approx(3e-6 + 1e-3)  # a measured size: its time, plus the context
+    assert c.op_time_s(tanh) == pytest.approx(3e-6 + 1e-2)  # the same bytes, its own (10x slower) kind
+    # halfway in log between 16 B and 16 MB: the geometric mean of the two times
+    mid = 16 << 10
+    assert c.op_time_s(OpCost(0, mid, None, False, "Add")) == pytest.approx(3e-6 + math.sqrt(2e-6 * 1e-3))
+    # below the smallest probe: never faster than its smallest call; above the largest: at the largest's bytes/s
+    assert c.op_time_s(OpCost(0, 4, None, False, "mul.Tensor")) == pytest.approx(3e-6 + 2e-6)
+    assert c.op_time_s(OpCost(0, 64 << 20, None, False, "relu.default")) == pytest.approx(3e-6 + 4e-3)
+    # a kind the calibration did not measure (norm), and an op of no kind: launch + roofline as before
+    for op_type in ("layer_norm.default", "frobnicate"):
+        op = OpCost(1000, 12_000, None, False, op_type)
+        assert c.op_time_s(op) == pytest.approx(2e-6 + 12_000 / 1e10)
+    assert c.op_time_s(OpCost(0, 0, None, True, "view.default")) == pytest.approx(1e-6)  # a view: its launch only
+
+
+def test_a_kernel_costs_its_rate_at_its_shape_at_least_its_launch_by_hand() -> None:
+    c = _kinds()
+    mm = OpCost(2 * 16 * 256 * 256, 300_000, ("mm", 16, 256, 256), False, "linear.default")
+    assert c.op_time_s(mm) == pytest.approx(3e-6 + 2 * 16 * 256 * 256 / 16e9)  # 131 us of work, over the launch
+    tiny = OpCost(2 * 1 * 256 * 256, 300_000, ("mm", 1, 256, 256), False, "linear.default")
+    assert c.op_time_s(tiny) == pytest.approx(3e-6 + 2 * 256 * 256 / 1e9)  # 131 us
+    tinier = OpCost(2 * 1 * 256 * 8, 0, ("mm", 1, 256, 8), False, "linear.default")  # priced at N = 256: 131 us
+    assert c.op_time_s(tinier) == pytest.approx(3e-6 + 2 * 256 * 256 / 1e9)
+    c.matmul["float32"][(1, 256, 256)] = (1e12, 0.0)  # now 0.13 us of work: the linear's 5 us launch holds
+    assert c.op_time_s(tiny) == pytest.approx(3e-6 + 5e-6)
+    # the same GEMM as a convolution: the convolution table (4x slower), not the matmul one
+    conv = OpCost(2 * 16 * 256 * 256, 300_000, ("mm", 16, 256, 256), False, "conv2d.default")
+    assert c.op_time_s(conv) == pytest.approx(3e-6 + 4 * 2 * 16 * 256 * 256 / 16e9)
+    # ONNX's fused Relu(Conv) is a convolution too
+    assert c.op_time_s(conv._replace(op_type="Relu(Conv)(fused)")) == pytest.approx(c.op_time_s(conv))
+
+
+def test_below_the_grid_a_kernel_costs_what_its_smallest_measured_call_costs_by_hand() -> None:
+    c = _cal()  # the grid: M in {1, 16}, K in {256, 1024}, N = 256; rate 1 GFLOP/s at (1, 256, 256)
+    small = OpCost(2 * 1 * 64 * 32, 0, ("mm", 1, 64, 32), False, "mm.default")
+    # K = 64 and N = 32 are below the grid: priced as the (1, 256, 256) call, 2*256*256 FLOPs at 1 GFLOP/s
+    assert c.op_time_s(small) == pytest.approx(2e-6 + 2 * 256 * 256 / 1e9)
+    # above the grid the edge's rate holds: M = 64 at M = 16's 16 GFLOP/s
+    big = OpCost(2 * 64 * 256 * 256, 0, ("mm", 64, 256, 256), False, "mm.default")
+    assert c.op_time_s(big) == pytest.approx(2e-6 + 2 * 64 * 256 * 256 / 16e9)
+    # attention below its grid (BH 4 against 8, D 32 against 64): the (8, 16, 64) call's time
+    c.attention["float32"] = {(8, 16, 64): (1e10, 0.0), (8, 64, 64): (2e10, 0.0)}
+    att = OpCost(4 * 4 * 16 * 16 * 32, 0, ("sdpa", 4, 16, 32), False, "scaled_dot_product_attention.default")
+    assert c.op_time_s(att) == pytest.approx(2e-6 + 4 * 8 * 16 * 16 * 64 / 1e10)
+
+
+@pytest.mark.parametrize("op_type, kind", [
+    ("linear.default", "matmul"), ("addmm.default", "matmul"), ("Gemm", "matmul"), ("MatMul+Add(fused)", "matmul"),
+    ("conv2d.default", "conv"), ("Conv", "conv"), ("scaled_dot_product_attention.default", "attention"),
+    ("Attention(fused)", "attention"), ("add.Tensor", "pointwise"), ("__and__.Tensor", "pointwise"),
+    ("LessOrEqual", "pointwise"), ("tanh.default", "tanh"), ("Tanh", "tanh"), ("gelu.default", "gelu"),
+    ("silu.default", "silu"), ("Sigmoid", "silu"), ("erf.default", "sin"), ("rsqrt.default", "rsqrt"),
+    ("layer_norm.default", "norm"), ("_native_batch_norm_legit_no_training.default", "norm"),
+    ("LayerNormalization", "norm"), ("mean.dim", "reduction"), ("ReduceMean", "reduction"),
+    ("adaptive_avg_pool2d.default", "reduction"), ("_softmax.default", "softmax"), ("Softmax", "softmax"),
+    ("embedding.default", "gather"), ("Gather", "gather"), ("index.Tensor", "gather"), ("cat.default", "copy"),
+    ("Concat", "copy"), ("_to_copy.default", "copy"), ("arange.default", "creation"), ("ConstantOfShape", "creation"),
+    ("getitem", None), ("", None), ("com.microsoft::Unknown", None),
+])
+def test_an_op_type_names_its_kind(op_type: str, kind: str | None) -> None:
+    assert op_kind(op_type) == kind
+
+
+def test_every_op_of_the_zoo_and_of_transformers_has_a_kind_or_is_a_view() -> None:
+    from rotafx.models import convnet, small_gpt
+
+    torch.manual_seed(0)
+    profiles = [rotafx.ModelProfile.from_pytorch(small_gpt().eval(), (torch.randint(0, 256, (1, 8)),)),
+                rotafx.ModelProfile.from_pytorch(convnet(), (torch.randn(1, 3, 32, 32),))]
+    ops = [o for p in profiles for layer in p.layers for o in layer.op_costs]
+    assert ops and all(o.op_type for o in ops), "the profile carries each op's type"
+    assert [o.op_type for o in ops if not o.view and op_kind(o.op_type) is None] == []
+
+
+def test_a_calibration_from_before_the_op_kind_tables_loads_and_prices_as_it_did(tmp_path: Path) -> None:
+    d = _cal().to_dict()
+    for new in ("op_times", "op_context_s", "conv"):
+        del d[new]
+    f = tmp_path / "old.json"
+    f.write_text(json.dumps(d))
+    old = Calibration.load(f)
+    assert old.op_times == {} and old.conv == {} and old.op_context_s == 0.0
+    # launch + roofline, whatever the op's type
+    assert old.op_time_s(OpCost(0, 12_000, None, False, "tanh.default")) == pytest.approx(2e-6 + 12_000 / 1e10)
+    assert old.op_time_s(OpCost(2 * 16 * 256 * 256, 0, ("mm", 16, 256, 256), False, "linear.default")) == \
+        pytest.approx(2e-6 + 2 * 16 * 256 * 256 / 16e9)
+    back = Calibration.from_dict(_kinds().to_dict())
+    assert back.to_dict() == _kinds().to_dict() and back.op_times["tanh"] == {16: 4e-6, 16 << 20: 1e-2}
+
+
+def test_the_op_kind_tables_match_ops_timed_here_within_a_factor_of_two() -> None:
+    """Against measurement: each kind's price (less the context) for a call timed here, at a size between the
+    probes, within 2x (this shared 2-core machine's timings of one call swing by up to 2x between runs)."""
+    from torch.utils.benchmark import Timer
+
+    torch.set_num_threads(1)
+    c = calibrate("cpu", quick=True, threads=1)
+    assert set(c.op_times) == set(OP_KINDS) and c.conv["float32"] and c.op_context_s >= 0
+    F = torch.nn.functional
+    x, w, b = torch.randn(64, 512), torch.ones(512), torch.zeros(512)
+    calls = {"tanh.default": (lambda: torch.tanh(x), 2 * x.nbytes), "add.Tensor": (lambda: x + x, 3 * x.nbytes),
+             "layer_norm.default": (lambda: F.layer_norm(x, (512,), w, b), 2 * x.nbytes + 2 * w.nbytes),
+             "_softmax.default": (lambda: torch.softmax(x, -1), 2 * x.nbytes)}
+    got = {}
+    for op_type, (fn, nbytes) in calls.items():
+        fn()
+        measured = min(Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=0.05).median for _ in range(3))
+        got[op_type] = priced = c.op_time_s(OpCost(0, nbytes, None, False, op_type)) - c.op_context_s
+        assert 0.5 < priced / measured < 2.0, f"{op_type}: priced {priced * 1e6:.1f} us, measured {measured * 1e6:.1f} us"
+    # and the kinds differ as the machine does: 32k tanh cost several adds of the same size (not 1 FLOP at peak)
+    assert got["tanh.default"] > 3 * got["add.Tensor"]
