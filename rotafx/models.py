@@ -22,7 +22,52 @@ __all__ = [
     "convnet",
     "EXAMPLES",
     "example_inputs",
+    "KVCache",
+    "CachedDecoder",
+    "CachedLayer",
 ]
+
+
+# ---------------------------------------------------------------------------
+# static KV cache (generation)
+
+
+class KVCache(nn.Module):
+    """One attention layer's static key/value cache: buffers ``k_cache``/``v_cache`` of shape
+    ``(batch, kv_heads, max_len, head_dim)``, written in place (``index_copy_``) at the positions of new tokens.
+
+    >>> c = KVCache(1, 2, 8, 4)
+    >>> k, v = c.update(torch.ones(1, 2, 3, 4), torch.ones(1, 2, 3, 4), torch.arange(3))
+    >>> k.shape, float(k[0, 0, :, 0].sum())
+    (torch.Size([1, 2, 8, 4]), 3.0)
+    """
+
+    def __init__(self, batch_size: int, kv_heads: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        shape = (batch_size, kv_heads, max_len, head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, cache_position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write ``k``/``v`` (``(batch, kv_heads, new, head_dim)``) at ``cache_position`` (``new`` positions);
+        return the whole caches."""
+        self.k_cache.index_copy_(2, cache_position, k)
+        self.v_cache.index_copy_(2, cache_position, v)
+        return self.k_cache, self.v_cache
+
+    def mask(self, cache_position: torch.Tensor) -> torch.Tensor:
+        """``(new, max_len)`` booleans: the query at ``cache_position[i]`` sees the cached positions ``<=`` it."""
+        return torch.arange(self.k_cache.shape[2], device=cache_position.device)[None, :] <= cache_position[:, None]
+
+
+def _check_cache_len(model: nn.Module, batch_size: int, max_len: int) -> None:
+    for name, v in (("batch_size", batch_size), ("max_len", max_len)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"rotafx: static_cache_decoder's {name} must be a positive integer, got {v!r}")
+    if max_len > model.max_positions:  # type: ignore[operator]
+        raise ValueError(f"rotafx: {type(model).__name__} has {model.max_positions} positions; a cache of "
+                         f"max_len={max_len} tokens does not fit them")
 
 
 # ---------------------------------------------------------------------------
@@ -106,13 +151,16 @@ class LlamaAttention(nn.Module):
         inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, cache_position: torch.Tensor | None = None) -> torch.Tensor:
+        """``cache``: attend to the cached keys and values too, the new ones written at ``cache_position``."""
         b, s, _ = x.shape
         q = self.q_proj(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
         # rotary position embedding: rotate each (i, i + d/2) pair by position * inv_freq[i]
-        pos = torch.arange(s, device=x.device, dtype=torch.float32)  # fp32 even in a half model: exact positions
+        # (fp32 even in a half model: exact positions)
+        pos = (torch.arange(s, device=x.device, dtype=torch.float32) if cache_position is None
+               else cache_position.to(torch.float32))
         freqs = torch.outer(pos, self.inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos(), emb.sin()
@@ -120,12 +168,16 @@ class LlamaAttention(nn.Module):
             cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
+        mask = None
+        if cache is not None:
+            k, v = cache.update(k, v, cache_position)  # type: ignore[arg-type]
+            mask = cache.mask(cache_position)  # type: ignore[arg-type]
         # grouped-query attention: each KV head serves heads // kv_heads query heads
-        rep = self.heads // self.kv_heads
+        rep, t = self.heads // self.kv_heads, k.shape[2]
         if rep > 1:
-            k = k[:, :, None].expand(b, self.kv_heads, rep, s, self.head_dim).reshape(b, self.heads, s, self.head_dim)
-            v = v[:, :, None].expand(b, self.kv_heads, rep, s, self.head_dim).reshape(b, self.heads, s, self.head_dim)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            k = k[:, :, None].expand(b, self.kv_heads, rep, t, self.head_dim).reshape(b, self.heads, t, self.head_dim)
+            v = v[:, :, None].expand(b, self.kv_heads, rep, t, self.head_dim).reshape(b, self.heads, t, self.head_dim)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=mask is None, attn_mask=mask)
         return self.o_proj(out.transpose(1, 2).reshape(b, s, self.heads * self.head_dim))
 
 
@@ -152,8 +204,8 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden, cfg.norm_eps)
         self.mlp = LlamaMLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x))
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, cache_position: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cache, cache_position)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -174,6 +226,63 @@ class Llama(nn.Module):
         x = self.embed_tokens(input_ids)
         for layer in self.layers:
             x = layer(x)
+        return self.lm_head(self.norm(x))
+
+    @property
+    def max_positions(self) -> int:
+        """The longest sequence it takes (``config.max_seq``), prompt and generated tokens together."""
+        return self.config.max_seq
+
+    def static_cache_decoder(self, batch_size: int, max_len: int) -> "CachedDecoder":
+        """A decoder of this model with a static KV cache for ``batch_size`` sequences of ``max_len`` tokens:
+        ``forward(input_ids, cache_position)`` -> logits, the protocol :func:`rotafx.generate` uses.
+
+        It shares this model's weights; each ``layers.i`` holds its cache (``layers.i.cache.k_cache``,
+        ``v_cache``), written in place at ``cache_position``.
+
+        >>> m = llama(LlamaConfig(vocab=128, hidden=64, layers=2, heads=4, kv_heads=2, mlp=128, max_seq=32))
+        >>> ids = torch.randint(0, 128, (1, 6))
+        >>> dec = m.static_cache_decoder(1, 16)
+        >>> _ = dec(ids[:, :5], torch.arange(5))
+        >>> torch.allclose(dec(ids[:, 5:], torch.tensor([5]))[:, -1], m(ids)[:, -1], atol=1e-5)
+        True
+        """
+        _check_cache_len(self, batch_size, max_len)
+        w = self.embed_tokens.weight
+        caches = [KVCache(batch_size, self.config.kv_heads, max_len, self.config.head_dim, w.dtype, w.device)
+                  for _ in self.layers]
+        return CachedDecoder(self.embed_tokens, self.layers, caches, self.norm, self.lm_head)
+
+
+class CachedLayer(nn.Module):
+    """A decoder block (``block``) and its :class:`KVCache` (``cache``)."""
+
+    def __init__(self, block: nn.Module, cache: KVCache) -> None:
+        super().__init__()
+        self.block = block
+        self.cache = cache
+
+    def forward(self, x: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
+        return self.block(x, self.cache, cache_position)
+
+
+class CachedDecoder(nn.Module):
+    """``forward(input_ids, cache_position)`` -> logits through a model's own blocks, each with a static cache:
+    what ``static_cache_decoder`` of :class:`Llama` and :class:`SmallGPT` return (their weights, not copies)."""
+
+    def __init__(self, embed: nn.Module, blocks: nn.ModuleList, caches: list[KVCache], norm: nn.Module,
+                 lm_head: nn.Module) -> None:
+        super().__init__()
+        self.embed = embed
+        self.layers = nn.ModuleList(CachedLayer(b, c) for b, c in zip(blocks, caches))
+        self.norm = norm
+        self.lm_head = lm_head
+
+    def forward(self, input_ids: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
+        x = (self.embed(input_ids, cache_position) if isinstance(self.embed, _GPTEmbedding)
+             else self.embed(input_ids))
+        for layer in self.layers:
+            x = layer(x, cache_position)
         return self.lm_head(self.norm(x))
 
 
@@ -215,8 +324,8 @@ class _GPTEmbedding(nn.Module):
         self.tokens = nn.Embedding(vocab, d)
         self.positions = nn.Embedding(seq, d)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        pos = torch.arange(ids.shape[-1], device=ids.device)
+    def forward(self, ids: torch.Tensor, cache_position: torch.Tensor | None = None) -> torch.Tensor:
+        pos = torch.arange(ids.shape[-1], device=ids.device) if cache_position is None else cache_position
         return self.tokens(ids) + self.positions(pos)
 
 
@@ -233,11 +342,16 @@ class _GPTBlock(nn.Module):
         self.fc = nn.Linear(d, 4 * d)
         self.fc_out = nn.Linear(4 * d, d)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, cache_position: torch.Tensor | None = None) -> torch.Tensor:
+        """``cache``: attend to the cached keys and values too, the new ones written at ``cache_position``."""
         b, s, d = x.shape
         q, k, v = self.qkv(self.ln_1(x)).split(d, dim=-1)
         q, k, v = (t.view(b, s, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if cache is None:
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            k, v = cache.update(k, v, cache_position)  # type: ignore[arg-type]
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask(cache_position))  # type: ignore[arg-type]
         x = x + self.proj(a.transpose(1, 2).reshape(b, s, d))
         return x + self.fc_out(F.gelu(self.fc(self.ln_2(x))))
 
@@ -259,6 +373,31 @@ class SmallGPT(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return self.lm_head(self.norm(x))
+
+    @property
+    def max_positions(self) -> int:
+        """The longest sequence it takes (its position embeddings), prompt and generated tokens together."""
+        return self.embed.positions.num_embeddings
+
+    def static_cache_decoder(self, batch_size: int, max_len: int) -> CachedDecoder:
+        """A decoder of this model with a static KV cache for ``batch_size`` sequences of ``max_len`` tokens:
+        ``forward(input_ids, cache_position)`` -> logits, the protocol :func:`rotafx.generate` uses.
+
+        It shares this model's weights; each ``layers.i`` holds its cache (``layers.i.cache.k_cache``,
+        ``v_cache``), written in place at ``cache_position``.
+
+        >>> m = small_gpt()
+        >>> ids = torch.randint(0, 256, (2, 6))
+        >>> dec = m.static_cache_decoder(2, 16)
+        >>> _ = dec(ids[:, :5], torch.arange(5))
+        >>> torch.allclose(dec(ids[:, 5:], torch.tensor([5]))[:, -1], m(ids)[:, -1], atol=1e-5)
+        True
+        """
+        _check_cache_len(self, batch_size, max_len)
+        w, d = self.embed.tokens.weight, self.embed.tokens.embedding_dim
+        caches = [KVCache(batch_size, blk.heads, max_len, d // blk.heads, w.dtype, w.device)  # type: ignore[arg-type]
+                  for blk in self.layers]
+        return CachedDecoder(self.embed, self.layers, caches, self.norm, self.lm_head)
 
 
 def small_gpt(vocab: int = 256, d: int = 64, heads: int = 4, layers: int = 2, seq: int = 32, tied: bool = False) -> SmallGPT:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import functools
 import types
 import warnings
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
 
-from ..frontends.pytorch import trace
+from ..frontends.pytorch import as_args, trace
 from ..layers import ProfileError
 from ..runtime.local import PipelineModule
 from .devices import BackendError
@@ -17,7 +18,18 @@ from .dynamo import RotaStellarBackend
 from .options import Config
 from .plan import Plan, plan_graph
 
-__all__ = ["partition", "partitioned"]
+__all__ = ["partition", "partitioned", "PartitionSource"]
+
+
+@dataclass(frozen=True)
+class PartitionSource:
+    """What :func:`partition` was given, kept on the module it returns (``pipeline.source``) so that
+    :func:`rotafx.generate` can plan the model's decoder with the same options and the same cut."""
+
+    model: torch.nn.Module
+    options: Mapping[str, Any]
+    example_inputs: tuple
+    example_kwargs: Mapping[str, Any]
 
 
 def partition(model: torch.nn.Module, example_inputs: Any, *, example_kwargs: Mapping[str, Any] | None = None,
@@ -51,6 +63,9 @@ def partition(model: torch.nn.Module, example_inputs: Any, *, example_kwargs: Ma
     plan = plan_graph(traced.graph_module, traced.weights, traced.params, traced.values, cfg,
                       name=type(model).__name__, in_spec=traced.in_spec, out_spec=traced.out_spec)
     _warn_on_running_statistics(model, plan)
+    # kept out of the module tree (state_dict() lists the stages' weights once)
+    plan.module.__dict__["source"] = PartitionSource(model, dict(options), as_args(example_inputs),
+                                                     dict(example_kwargs or {}))
     return plan.module
 
 

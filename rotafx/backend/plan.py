@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.fx as fx
 
 from ..frontends.pytorch import annotate, node_value, read_graph
+from ..costmodel import CostTables
+from ..estimate import evaluate
+from ..objective import objective
 from ..profile import ModelProfile
 from ..rewrite import Rewritten, home_device, rewrite, stage_map
 from ..runtime.local import PipelineModule
 from ..solve import InfeasibleError, Partition, PartitionOptimizer
+from ..units import fmt_bytes, format_ranges
 from .cache import PLANS, SOLVED
 from .devices import BackendError, resolve_devices
 from .options import Config
 
-__all__ = ["Plan", "plan_graph", "cost_key", "last_plan", "plans"]
+__all__ = ["Plan", "plan_graph", "fixed_partition", "cost_key", "last_plan", "plans"]
 
 log = logging.getLogger("rotafx")
 
@@ -92,14 +97,26 @@ def plans() -> list[Plan]:
 
 
 def plan_graph(gm: fx.GraphModule, weights: Mapping[str, str], params: frozenset[str], values: Mapping[str, torch.Tensor],
-               cfg: Config, *, name: str, graph_index: int = 0, in_spec: Any = None, out_spec: Any = None) -> Plan:
+               cfg: Config, *, name: str, graph_index: int = 0, in_spec: Any = None, out_spec: Any = None,
+               assignment: Callable[[ModelProfile], Sequence[int]] | None = None,
+               state: frozenset[str] = frozenset()) -> Plan:
     """annotate -> profile -> solve -> rewrite -> runtime, for one graph.
 
     ``weights`` maps weight placeholders to weight names, ``params`` names the parameters
     among them and ``values`` gives the tensor behind each weight name.
+
+    ``assignment`` (internal: the programs :func:`rotafx.generate` builds) places the layers
+    itself instead of the solver: it is given the graph's profile and returns the chain stage
+    of every layer; each device's memory is still checked (:func:`fixed_partition`), and the
+    plan is not added to :func:`plans`. ``state`` names the weights that are a KV cache, for
+    that check's message.
     """
     annotate(gm, weights)
     profile = ModelProfile.from_graph(read_graph(gm, weights, params, name=name))
+    if assignment is not None:
+        part = fixed_partition(profile, cfg, assignment(profile), {n: values[n] for n in state if n in values})
+        return _run(gm, weights, values, cfg, profile, part, graph_index=graph_index, reused=False, in_spec=in_spec,
+                    out_spec=out_spec, record=False)
     solver = cfg.solver or ("dp" if len(cfg.topology.chain) == 1 else "milp")
     key = (cost_key(profile), repr(cfg.topology), cfg.objective, repr(cfg.objective_weights), cfg.codec, solver,
            cfg.time_limit, cfg.memory_rule)
@@ -114,6 +131,14 @@ def plan_graph(gm: fx.GraphModule, weights: Mapping[str, str], params: frozenset
         except InfeasibleError as e:
             raise BackendError(f"rotafx: the topology cannot hold {name}: {e}") from e
         SOLVED.put(key, part)
+    return _run(gm, weights, values, cfg, profile, part, graph_index=graph_index, reused=reused, in_spec=in_spec,
+                out_spec=out_spec, record=True)
+
+
+def _run(gm: fx.GraphModule, weights: Mapping[str, str], values: Mapping[str, torch.Tensor], cfg: Config,
+         profile: ModelProfile, part: Partition, *, graph_index: int, reused: bool, in_spec: Any, out_spec: Any,
+         record: bool) -> Plan:
+    """rewrite -> runtime for a placed graph."""
     devices = resolve_devices(cfg.topology, cfg.devices, home_device(gm.graph.nodes, values))
     rw = rewrite(gm, stage_map([l.ops for l in profile.layers], part.stages), devices, weights, values,
                  codec=cfg.codec, chain=cfg.topology.chain)
@@ -121,9 +146,59 @@ def plan_graph(gm: fx.GraphModule, weights: Mapping[str, str], params: frozenset
     plan = Plan(partition=part, devices=devices, module=module, codec=cfg.codec, inner=cfg.inner, graph_index=graph_index,
                 reused=reused, size_hints=_size_hints(gm))
     module.plan = plan
-    PLANS.add(plan)
+    if record:
+        PLANS.add(plan)
     log.info("%s", plan)
     return plan
+
+
+def fixed_partition(profile: ModelProfile, cfg: Config, stages: Sequence[int],
+                    cache: Mapping[str, torch.Tensor] | None = None) -> Partition:
+    """The :class:`~rotafx.solve.Partition` that puts layer ``l`` on chain stage ``stages[l]``, no solver asked.
+
+    Args:
+        profile: the graph's profile.
+        cfg: the options (topology, objective, codec, memory rule).
+        stages: the chain stage of every layer, non-decreasing.
+        cache: the KV cache tensors among the weights, by name (counted in the memory of the
+            layers that hold them; named apart in the error).
+
+    Returns:
+        A partition with ``status``, ``solver`` and ``method`` ``"fixed"``, estimated by the cost model.
+
+    Raises:
+        BackendError: ``stages`` is not one chain stage per layer, in order; or a device's memory
+            cannot hold its layers (weights, KV cache and live activations), naming the node, the
+            bytes and what to change.
+    """
+    stages = tuple(int(s) for s in stages)
+    topo, L = cfg.topology, len(profile.layers)
+    if len(stages) != L or any(not 0 <= s < len(topo.chain) for s in stages) or any(
+            b < a for a, b in zip(stages, stages[1:])):
+        raise BackendError(f"rotafx: a fixed placement gives {len(stages)} chain stages for {L} layers of "
+                           f"{profile.name} ({list(stages)[:12]}); give one stage in 0..{len(topo.chain) - 1} per "
+                           f"layer, non-decreasing along the chain")
+    tables = CostTables(profile, topo, codec=cfg.codec, memory_rule=cfg.memory_rule)
+    cache = dict(cache or {})
+    issues = []
+    for node, need in tables.device_memory(stages).items():
+        cap = tables.capacity[node]
+        if need <= cap:
+            continue
+        layers = [l for l, s in enumerate(stages) if topo.chain[s] == node]
+        names = {n for l in layers for n in profile.layers[l].weight_names}
+        kv = sum(t.numel() * t.element_size() for n, t in cache.items() if n in names)
+        issues.append(f"{node} holds layer(s) {format_ranges(layers)} and needs {fmt_bytes(need)}, of which the KV "
+                      f"cache is {fmt_bytes(kv)}; its {topo.capacity} is {fmt_bytes(cap)}, exceeded by "
+                      f"{fmt_bytes(need - cap)}")
+    if issues:
+        raise BackendError(f"rotafx: {profile.name} placed as the pipeline is does not fit: " + "; ".join(issues) +
+                           ". Generate fewer tokens, use a smaller batch, or give the node(s) more memory")
+    obj = objective(cfg.objective, cfg.objective_weights)
+    est = evaluate(tables, stages)
+    return Partition(profile=profile, topology=topo, objective=obj, stages=stages, estimate=est,
+                     objective_value=obj.value(est), status="fixed", gap=math.nan, solver="fixed", solve_seconds=0.0,
+                     codec=cfg.codec, memory_rule=cfg.memory_rule, method="fixed")
 
 
 def _size_hints(gm: fx.GraphModule) -> dict[str, int]:

@@ -1,0 +1,535 @@
+"""Token generation in process: prefill and decode programs of a static-cache decoder, placed by the pipeline's cut.
+
+A causal LM generates through a *decoder* of itself with a static KV cache held as module
+buffers: ``decoder(input_ids, cache_position) -> logits``, the cache of layer ``i`` read and
+written in place only by layer ``i``'s ops. :func:`generate` traces that decoder twice (a
+prefill program over a chunk of the prompt, a decode program over one token), places each
+layer on the node the pipeline put it on (no solve), and makes both programs hold the
+pipeline's own weight tensors and one cache: the cache stays on its stage, like the weights,
+and a decode step ships one hidden state per hop.
+
+The decoder of a model (:func:`decoder_of`):
+
+* a model with a ``static_cache_decoder(batch_size, max_len)`` method (the protocol; rotafx's
+  ``SmallGPT`` and ``Llama`` have one): the module it returns, with
+  ``forward(input_ids, cache_position) -> logits`` and its cache as buffers written with
+  ``index_copy_``; an optional ``max_positions`` attribute bounds prompt + new tokens;
+* a transformers causal LM: its own layers over a ``transformers.StaticCache``.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from ..backend.devices import BackendError
+from ..backend.options import Config
+from ..backend.partition import PartitionSource
+from ..backend.plan import plan_graph
+from ..frontends.pytorch import trace
+from ..layers import ProfileError
+from ..profile import ModelProfile
+from .loaded import LoadedPipeline
+from .local import PipelineModule, _set
+
+__all__ = ["generate", "GenerationTimings", "GenerationError", "next_tokens", "decoder_of", "context_length",
+           "CONTEXT_STEP"]
+
+CONTEXT_STEP = 64  # the max context of the programs is prompt + new tokens rounded up to a multiple of this
+
+
+class GenerationError(ValueError):
+    """Generation cannot run as asked; the message starts with ``rotafx:``, names the value and the fix."""
+
+
+@dataclass(frozen=True)
+class GenerationTimings:
+    """Measured times of one :func:`generate` call (wall clock, milliseconds).
+
+    ``ttft_ms``: prefill and the first token; ``decode_ms``: each later decode step and its
+    token; ``tpot_ms``: their median (``nan`` with one new token); ``tokens_per_s``: the new
+    tokens of every sequence over the whole call.
+    """
+
+    ttft_ms: float
+    decode_ms: tuple[float, ...]
+    tpot_ms: float
+    tokens_per_s: float
+    batch_size: int
+    new_tokens: int
+
+
+# ---------------------------------------------------------------------------
+# choosing the next token
+
+
+def next_tokens(logits: torch.Tensor, *, do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The next token of each sequence from its logits ``[B, vocab]``: greedy, or sampled as transformers does.
+
+    Sampling divides by ``temperature``, keeps the ``top_k`` largest logits, then the smallest set of
+    the most likely tokens whose probability reaches ``top_p`` (at least one), and draws from what is left.
+
+    Args:
+        logits: ``[B, vocab]`` scores of the next token.
+        do_sample: draw instead of taking the argmax.
+        temperature, top_k, top_p: the sampling filters (``None``: off).
+        generator: the random generator of the draw (on the logits' device).
+
+    Returns:
+        ``[B]`` token ids (long), on the logits' device.
+
+    >>> next_tokens(torch.tensor([[0.0, 2.0, 1.0]]))
+    tensor([1])
+    >>> next_tokens(torch.tensor([[0.0, 2.0, 1.0]]), do_sample=True, top_k=1)
+    tensor([1])
+    """
+    if not do_sample:
+        return logits.argmax(-1)
+    scores = filtered_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    return torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+def filtered_logits(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
+                    top_p: float | None = None) -> torch.Tensor:
+    """``logits / temperature`` with every token outside ``top_k`` and ``top_p`` set to ``-inf`` (float32).
+
+    >>> filtered_logits(torch.tensor([[3.0, 2.0, 1.0, 0.0]]), top_k=2)
+    tensor([[3., 2., -inf, -inf]])
+    """
+    scores = logits.float() / temperature
+    if top_k is not None and top_k < scores.shape[-1]:
+        kth = scores.topk(top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, -math.inf)
+    if top_p is not None and top_p < 1.0:
+        ordered, order = scores.sort(-1, descending=True)
+        probs = ordered.softmax(-1)
+        before = probs.cumsum(-1) - probs  # the probability of the more likely tokens
+        drop = before >= top_p
+        drop[..., 0] = False
+        scores = scores.masked_fill(drop.scatter(-1, order, drop), -math.inf)
+    return scores
+
+
+def _check_sampling(do_sample: bool, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if not do_sample:
+        if temperature != 1.0 or top_k is not None or top_p is not None:
+            raise GenerationError(f"rotafx: temperature={temperature}, top_k={top_k}, top_p={top_p} shape sampling, "
+                                  f"but do_sample=False takes the most likely token; pass do_sample=True")
+        return
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise GenerationError(f"rotafx: temperature must be a number > 0, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise GenerationError(f"rotafx: top_k must be a positive integer or None, got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise GenerationError(f"rotafx: top_p must be in (0, 1] or None, got {top_p!r}")
+
+
+# ---------------------------------------------------------------------------
+# the decoder of a model
+
+
+def _is_transformers(model: torch.nn.Module) -> bool:
+    return type(model).__module__.startswith("transformers.") and hasattr(model, "can_generate")
+
+
+def max_positions(model: torch.nn.Module) -> int | None:
+    """The longest sequence the model takes (``max_positions``, or a transformers config's
+    ``max_position_embeddings`` / ``n_positions``), or ``None`` when it says none."""
+    n = getattr(model, "max_positions", None)
+    if isinstance(n, int):
+        return n
+    cfg = getattr(model, "config", None)
+    if _is_transformers(model) and cfg is not None:
+        cfg = cfg.get_text_config()
+        for key in ("max_position_embeddings", "n_positions"):
+            if isinstance(getattr(cfg, key, None), int):
+                return getattr(cfg, key)
+    return None
+
+
+def decoder_of(model: torch.nn.Module, batch_size: int, max_len: int) -> torch.nn.Module:
+    """A static-cache decoder of ``model`` for ``batch_size`` sequences of at most ``max_len`` tokens.
+
+    Args:
+        model: a model with ``static_cache_decoder(batch_size, max_len)``, or a transformers causal LM.
+        batch_size: sequences in the cache.
+        max_len: tokens per sequence in the cache.
+
+    Returns:
+        A module in eval mode with ``forward(input_ids, cache_position) -> logits`` whose cache tensors are buffers.
+
+    Raises:
+        GenerationError: the model has no decoder (what to implement is said), or is not a causal LM.
+
+    >>> from rotafx.models import small_gpt
+    >>> dec = decoder_of(small_gpt(), 1, 16)
+    >>> dec(torch.zeros(1, 4, dtype=torch.long), torch.arange(4)).shape
+    torch.Size([1, 4, 256])
+    """
+    if callable(getattr(model, "static_cache_decoder", None)):
+        return model.static_cache_decoder(batch_size, max_len).eval()
+    if _is_transformers(model):
+        if not model.can_generate():
+            raise GenerationError(f"rotafx: {type(model).__name__} is not a causal language model (transformers says it "
+                                  f"cannot generate); load it with AutoModelForCausalLM to generate tokens")
+        return _TransformersDecoder(model, batch_size, max_len).eval()
+    raise GenerationError(
+        f"rotafx: {type(model).__name__} has no decoder with a KV cache for rotafx.generate: give it a method "
+        f"static_cache_decoder(batch_size, max_len) returning a module whose forward(input_ids, cache_position) returns "
+        f"logits and keeps each layer's cache in buffers written in place (index_copy_), as rotafx.models.SmallGPT "
+        f"does; or compile it, torch.compile(model.forward, backend='rotastellar'), and call model.generate")
+
+
+class _TransformersDecoder(torch.nn.Module):
+    """A transformers causal LM over a ``StaticCache``: ``forward(input_ids, cache_position) -> logits``.
+
+    Like transformers' ``TorchExportableModuleWithStaticCache``, but the cache's position counters
+    are not state: each layer's counter is a copy of ``cache_position[0]`` made in the call, so no
+    tensor is written on one stage and read on another; only the key and value caches (buffers
+    ``key_cache_i``/``value_cache_i``) persist, each read and written by its own layer.
+    """
+
+    def __init__(self, model: torch.nn.Module, batch_size: int, max_len: int) -> None:
+        super().__init__()
+        from transformers import StaticCache  # an optional dependency: only a transformers model brings it
+        from transformers.integrations.executorch import get_head_shapes
+
+        self.model = model
+        cfg = model.config.get_text_config()
+        self.cache = StaticCache(config=cfg, max_cache_len=max_len)
+        heads, head_dim = get_head_shapes(cfg)
+        self.cache.early_initialization(batch_size, heads, head_dim, model.dtype, model.device)
+        for i, layer in enumerate(self.cache.layers):
+            if not hasattr(layer, "keys") or not hasattr(layer, "cumulative_length"):
+                raise GenerationError(f"rotafx: {type(model).__name__}'s cache layer {i} is a {type(layer).__name__}, "
+                                      f"not a static layer; rotafx.generate supports full-attention caches only")
+            self.register_buffer(f"key_cache_{i}", layer.keys, persistent=False)
+            self.register_buffer(f"value_cache_{i}", layer.values, persistent=False)
+
+    def forward(self, input_ids: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
+        layers = self.cache.layers
+        saved = [layer.cumulative_length for layer in layers]
+        try:
+            for layer in layers:
+                layer.cumulative_length = cache_position[0].clone()
+            return self.model(input_ids=input_ids, cache=self.cache, use_cache=True).logits
+        finally:
+            for layer, s in zip(layers, saved):
+                layer.cumulative_length = s
+
+
+# ---------------------------------------------------------------------------
+# the programs
+
+
+def context_length(total: int, limit: int | None) -> int:
+    """The max context the programs are built for: ``total`` tokens rounded up to a multiple of
+    :data:`CONTEXT_STEP` (64), at most ``limit`` (the model's positions), so that calls of similar
+    lengths reuse them.
+
+    >>> context_length(20, None), context_length(65, None), context_length(60, 62)
+    (64, 128, 62)
+    """
+    n = -(-total // CONTEXT_STEP) * CONTEXT_STEP
+    return min(n, limit) if limit is not None else n
+
+
+@dataclass(frozen=True)
+class _Programs:
+    """The two programs of one (batch, max context), sharing their weights and the cache."""
+
+    prefill: PipelineModule
+    decode: PipelineModule
+    chunk: int  # prompt tokens per prefill call
+    max_len: int
+    state: tuple[torch.Tensor, ...]  # the cache tensors, each once
+
+
+def _mutated(gm: torch.fx.GraphModule, weights: dict[str, str]) -> frozenset[str]:
+    """The weights the graph writes in place (the cache)."""
+    out = set()
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload) and n.target._schema.is_mutable:
+            for a, arg in zip(n.target._schema.arguments, n.args):
+                if a.alias_info is not None and a.alias_info.is_write and isinstance(arg, torch.fx.Node) \
+                        and arg.name in weights:
+                    out.add(weights[arg.name])
+    return frozenset(out)
+
+
+def _stage_of_layers(pipeline: PipelineModule) -> tuple[dict[str, int], dict[int, set[int]]]:
+    """The chain stage of each of the pipeline's layers by name, and the stages holding each source tensor (by id)."""
+    part = pipeline.plan.partition
+    by_name = {l.name: int(s) for l, s in zip(part.profile.layers, part.stages)}
+    index = {id(st.module): st.index for st in pipeline.stages}
+    holders: dict[int, set[int]] = {}
+    for slot in pipeline.rewritten.weights:
+        holders.setdefault(id(slot.source), set()).update(index[id(m)] for m, _, _ in slot.copies if id(m) in index)
+    return by_name, holders
+
+
+def _assignment(pipeline: PipelineModule, values: dict[str, torch.Tensor]) -> Any:
+    """The stage of every layer of a decoder's profile: the pipeline's layer of the same name (the decoder may
+    add a prefix, ``model.``), else the stage that holds its weights, else the stage of the layer before it."""
+    by_name, holders = _stage_of_layers(pipeline)
+
+    def assign(profile: ModelProfile) -> list[int]:
+        found: list[int | None] = []
+        for layer in profile.layers:
+            named = [s for n, s in by_name.items() if layer.name == n or layer.name.endswith("." + n)]
+            held = sorted({s for w in layer.weight_names if w in values for s in holders.get(id(values[w]), ())})
+            found.append(named[0] if len(named) == 1 else held[-1] if held else None)
+        first = next((s for s in found if s is not None), 0)
+        stages, last = [], first
+        for s in found:
+            last = max(last, s) if s is not None else last
+            stages.append(last)
+        return stages
+
+    return assign
+
+
+def _held(module: PipelineModule) -> dict[tuple[str, torch.device], torch.Tensor]:
+    """(weight name, device) -> the tensor a stage of ``module`` holds."""
+    return {(slot.name, dev): getattr(mod, attr) for slot in module.rewritten.weights for mod, attr, dev in slot.copies}
+
+
+def _share(module: PipelineModule, held: dict[tuple[str, torch.device], torch.Tensor]) -> None:
+    """Make every stage of ``module`` hold the tensor ``held`` gives for its weight and device (not its own copy)."""
+    for slot in module.rewritten.weights:
+        for mod, attr, dev in slot.copies:
+            t = held.get((slot.name, dev))
+            if t is not None and getattr(mod, attr) is not t:
+                _set(mod, attr, t)
+
+
+def _build(pipeline: PipelineModule, source: PartitionSource, batch: int, max_len: int, chunk: int) -> _Programs:
+    """Trace the decoder for a chunk of the prompt and for one token, and place both as the pipeline is placed."""
+    model = source.model
+    decoder = decoder_of(model, batch, max_len)
+    device = next((t.device for t in model.parameters()), torch.device("cpu"))
+    cfg = Config.make({"inner": "eager", **source.options})
+    by_source = {id(slot.source): {dev: getattr(mod, attr) for mod, attr, dev in slot.copies}
+                 for slot in pipeline.rewritten.weights}
+    programs: list[PipelineModule] = []
+    held: dict[tuple[str, torch.device], torch.Tensor] = {}
+    for n in (chunk, 1):
+        kwargs = {"input_ids": torch.zeros(batch, n, dtype=torch.long, device=device),
+                  "cache_position": torch.arange(n, device=device)}
+        try:
+            traced = trace(decoder, (), kwargs)
+        except ProfileError as e:
+            raise GenerationError(f"rotafx: the static-cache decoder of {type(model).__name__} does not trace: "
+                                  f"{str(e).removeprefix('rotafx: ')}") from e.__cause__
+        state = _mutated(traced.graph_module, traced.weights)
+        if not programs:  # the prefill: the pipeline's tensors, where it holds them
+            held = {(q, d): t for q, v in traced.values.items() for d, t in by_source.get(id(v), {}).items()}
+        # a weight held on one device only is placed without a copy; _share fixes the others
+        values = dict(traced.values)
+        for (q, _), t in held.items():
+            values[q] = t
+        plan = plan_graph(traced.graph_module, traced.weights, traced.params, values, cfg,
+                          name=f"{type(model).__name__} {'decode' if n == 1 and programs else 'prefill'}",
+                          in_spec=traced.in_spec, out_spec=traced.out_spec,
+                          assignment=_assignment(pipeline, traced.values), state=state)
+        _share(plan.module, held)
+        programs.append(plan.module)
+        held = _held(plan.module)  # the decode program holds the prefill's tensors
+    cache = {id(t): t for (q, _), t in _held(programs[0]).items() if q in state}
+    return _Programs(prefill=programs[0], decode=programs[1], chunk=chunk, max_len=max_len, state=tuple(cache.values()))
+
+
+def programs_for(pipeline: PipelineModule, batch: int, max_len: int) -> _Programs:
+    """The prefill and decode programs of ``pipeline`` for ``batch`` sequences of ``max_len`` tokens, built at the
+    first call and kept on the pipeline."""
+    source: PartitionSource = pipeline.__dict__["source"]
+    cached = pipeline.__dict__.setdefault("_generation_programs", {})
+    if (batch, max_len) not in cached:
+        chunk = _example_length(source)
+        cached[(batch, max_len)] = _build(pipeline, source, batch, max_len, min(chunk, max_len))
+    return cached[(batch, max_len)]
+
+
+def _example_length(source: PartitionSource) -> int:
+    """Tokens per sequence of the example ``partition`` was given (the prefill's chunk)."""
+    for a in (*source.example_inputs, *source.example_kwargs.values()):
+        if isinstance(a, torch.Tensor) and a.dim() >= 2 and not a.is_floating_point():
+            return int(a.shape[1])
+    return CONTEXT_STEP
+
+
+# ---------------------------------------------------------------------------
+# generate
+
+
+def _source(pipeline: Any) -> PartitionSource:
+    if isinstance(pipeline, LoadedPipeline):
+        raise GenerationError("rotafx: generation from a plan directory (rotafx.load) is not yet supported; "
+                              "partition the model in this process (rotafx.partition(model, (input_ids,), "
+                              "topology=...)) and call rotafx.generate on that")
+    if not isinstance(pipeline, PipelineModule):
+        raise GenerationError(f"rotafx: generate takes the module rotafx.partition returns, got "
+                              f"{type(pipeline).__name__}")
+    source = pipeline.__dict__.get("source")
+    if not isinstance(source, PartitionSource):
+        raise GenerationError("rotafx: this PipelineModule was not made by rotafx.partition (a torch.compile graph "
+                              "has no model to generate from); call model.generate on a model whose forward is "
+                              "compiled with backend='rotastellar', or partition it with rotafx.partition")
+    return source
+
+
+def _token_ids(source: PartitionSource, eos_token_id: Any, pad_token_id: Any) -> tuple[list[int], int | None]:
+    """The EOS ids and the pad id; ``None`` takes a transformers model's ``generation_config``, as its generate does."""
+    gen = getattr(source.model, "generation_config", None) if _is_transformers(source.model) else None
+    if eos_token_id is None and gen is not None:
+        eos_token_id = gen.eos_token_id
+    if pad_token_id is None and gen is not None:
+        pad_token_id = gen.pad_token_id
+    eos = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    if any(isinstance(e, bool) or not isinstance(e, int) for e in eos):
+        raise GenerationError(f"rotafx: eos_token_id must be an int, a list of ints or None, got {eos_token_id!r}")
+    if pad_token_id is None and eos:
+        pad_token_id = eos[0]
+    return eos, pad_token_id
+
+
+def generate(pipeline: PipelineModule, input_ids: torch.Tensor, max_new_tokens: int = 20, *,
+             attention_mask: torch.Tensor | None = None, do_sample: bool = False, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, eos_token_id: int | Sequence[int] | None = None,
+             pad_token_id: int | None = None, generator: torch.Generator | None = None,
+             timings: bool = False) -> torch.Tensor | tuple[torch.Tensor, GenerationTimings]:
+    """Generate tokens with a model split by :func:`rotafx.partition`, its KV cache on the stages of its layers.
+
+    The first call for a batch size and a max context (prompt + new tokens, rounded up to a multiple
+    of 64, at most the model's positions: :func:`context_length`) builds a prefill and a decode
+    program of the model's static-cache decoder (:func:`decoder_of`), each layer on the node the
+    pipeline put it on, sharing the pipeline's weights and one cache; later calls reuse them. The
+    prompt goes through the prefill in chunks of the length of ``partition``'s example (the last
+    chunk padded; padded positions are overwritten before they are read), then one decode step per token.
+
+    Args:
+        pipeline: what ``rotafx.partition(model, (input_ids,), topology=...)`` returned for a causal LM.
+        input_ids: ``[B, P]`` prompt token ids (long), every row a real prompt of ``P`` tokens.
+        max_new_tokens: tokens to add to each sequence.
+        attention_mask: ``[B, P]``; must be all ones (padded prompts are not supported).
+        do_sample: sample instead of taking the most likely token (:func:`next_tokens`).
+        temperature, top_k, top_p: sampling filters (with ``do_sample``).
+        eos_token_id: a sequence stops at it (an int or a list); ``None``: a transformers model's
+            ``generation_config.eos_token_id``, none for other models.
+        pad_token_id: what a finished sequence gets (default: its EOS id, or the model's pad id).
+        generator: the random generator of the draws (on the device of the logits).
+        timings: also return a :class:`GenerationTimings`.
+
+    Returns:
+        ``[B, P + n]`` token ids, the prompt first, as transformers' ``generate`` gives them
+        (``n <= max_new_tokens``: fewer when every sequence has stopped); with ``timings``,
+        ``(ids, GenerationTimings)``.
+
+    Raises:
+        GenerationError: a pipeline without a model to generate from (a ``rotafx.load`` one, a
+            compiled graph), a model without a decoder or not causal, bad token ids or options,
+            a padded attention mask, or prompt + new tokens over the model's positions.
+        BackendError: the cache does not fit a node's memory (naming the node, the bytes and the fix).
+
+    >>> import torch, rotafx
+    >>> from rotafx.models import small_gpt
+    >>> _ = torch.manual_seed(0)
+    >>> m = small_gpt().eval()
+    >>> ids = torch.randint(0, 256, (1, 8))
+    >>> pm = rotafx.partition(m, (ids,))
+    >>> out = rotafx.generate(pm, ids, max_new_tokens=4)
+    >>> out.shape, torch.equal(out[:, :8], ids)
+    (torch.Size([1, 12]), True)
+    """
+    source = _source(pipeline)
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
+        what = (f"a {input_ids.dtype} tensor of shape {tuple(input_ids.shape)}" if isinstance(input_ids, torch.Tensor)
+                else type(input_ids).__name__)
+        raise GenerationError(f"rotafx: input_ids must be a [batch, prompt] tensor of long token ids, got {what}; "
+                              f"e.g. ids[None] for one prompt")
+    B, P = (int(x) for x in input_ids.shape)
+    if B < 1 or P < 1:
+        raise GenerationError(f"rotafx: input_ids of shape {(B, P)} has no prompt; give at least one token per sequence")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise GenerationError(f"rotafx: max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if attention_mask is not None and not bool((attention_mask != 0).all()):
+        raise GenerationError(f"rotafx: the attention_mask pads {int((attention_mask == 0).sum())} prompt position(s); "
+                              f"rotafx.generate does not support padded prompts yet: generate prompts of one length "
+                              f"together (or each alone) without padding")
+    _check_sampling(do_sample, temperature, top_k, top_p)
+    eos, pad = _token_ids(source, eos_token_id, pad_token_id)
+    limit = max_positions(source.model)
+    total = P + max_new_tokens
+    if limit is not None and total > limit:
+        raise GenerationError(f"rotafx: the prompt ({P} tokens) and max_new_tokens ({max_new_tokens}) make {total} "
+                              f"tokens, over the {limit} positions of {type(source.model).__name__}; ask for at most "
+                              f"{max(limit - P, 0)} new tokens or shorten the prompt")
+    max_len = context_length(total, limit)
+    try:
+        progs = programs_for(pipeline, B, max_len)
+    except BackendError as e:
+        raise BackendError(f"{e} (the KV cache holds {B} sequence(s) x {max_len} tokens: prompt {P} + "
+                           f"{max_new_tokens} new, rounded up to a multiple of {CONTEXT_STEP})") from e
+    devices = {t.device for t in progs.state}
+    sync = (lambda: [torch.cuda.synchronize(d) for d in devices if d.type == "cuda"]) if timings else (lambda: None)
+    pick = lambda lg: next_tokens(lg, do_sample=do_sample, temperature=temperature, top_k=top_k,  # noqa: E731
+                                  top_p=top_p, generator=generator)
+    out = [input_ids]
+    with torch.no_grad():
+        for t in progs.state:  # a fresh cache: no position a previous call wrote is read
+            t.zero_()
+        t0 = time.perf_counter()
+        logits = _prefill(progs, input_ids)
+        eos_t = torch.tensor(eos, device=logits.device) if eos else None
+        unfinished = torch.ones(B, dtype=torch.bool, device=logits.device)
+        steps: list[float] = []
+        ttft = 0.0
+        last = t0
+        for i in range(max_new_tokens):
+            tok = pick(logits)
+            if eos_t is not None:
+                tok = torch.where(unfinished, tok, torch.as_tensor(pad, device=tok.device))
+                unfinished &= ~torch.isin(tok, eos_t)
+            out.append(tok[:, None].to(input_ids.device))
+            sync()
+            now = time.perf_counter()
+            if i == 0:
+                ttft = now - t0
+            else:
+                steps.append(now - last)
+            last = now
+            if i == max_new_tokens - 1 or (eos_t is not None and not bool(unfinished.any())):
+                break
+            logits = progs.decode(input_ids=tok[:, None], cache_position=torch.tensor([P + i], device=tok.device))[:, -1]
+    ids = torch.cat(out, 1)
+    if not timings:
+        return ids
+    n = ids.shape[1] - P
+    return ids, GenerationTimings(ttft_ms=1e3 * ttft, decode_ms=tuple(1e3 * s for s in steps),
+                                  tpot_ms=1e3 * statistics.median(steps) if steps else math.nan,
+                                  tokens_per_s=B * n / max(last - t0, 1e-12), batch_size=B, new_tokens=n)
+
+
+def _prefill(progs: _Programs, input_ids: torch.Tensor) -> torch.Tensor:
+    """Run the prompt through the prefill program, a chunk at a time; the logits of its last token ``[B, vocab]``."""
+    B, P = input_ids.shape
+    C = progs.chunk
+    logits = None
+    for start in range(0, P, C):
+        ids = input_ids[:, start:start + C]
+        n = ids.shape[1]
+        if n < C:
+            if start + C > progs.max_len:  # no room to pad: run the last C tokens again (the same keys and values)
+                start, ids, n = P - C, input_ids[:, P - C:], C
+            else:
+                ids = torch.cat([ids, ids[:, -1:].expand(B, C - n)], 1)
+        pos = torch.arange(start, start + C, device=input_ids.device)
+        logits = progs.prefill(input_ids=ids, cache_position=pos)[:, n - 1]
+    assert logits is not None
+    return logits
