@@ -14,6 +14,7 @@ from .plan.load import load
 from .plan.schema import PlanError
 from .plan.write import export
 from .profile import ModelProfile
+from .runtime.generate import GenerationError, GenerationTimings, generate
 from .runtime.local import PipelineModule
 from .solve import InfeasibleError, Partition, PartitionOptimizer
 from .topology import Device, Link, Topology, TopologyError, preset
@@ -33,6 +34,8 @@ __all__ = [
     # the torch.compile backend and the rewritten module
     "backend", "partition", "partitioned", "last_plan", "plans", "Plan", "BackendError", "RotaStellarBackend",
     "PipelineModule",
+    # generating tokens
+    "generate", "GenerationTimings", "GenerationError",
     # plans
     "export", "load", "PlanError",
 ]
