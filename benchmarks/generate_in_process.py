@@ -1,5 +1,7 @@
 """Run: .venv/bin/python benchmarks/generate_in_process.py. TTFT / TPOT of rotafx.generate on small_gpt(d=128, layers=4, seq=256) over 3 CPU nodes vs a no-cache recompute loop."""
 import statistics, sys, time, warnings
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.test_backend: the three-node topology
 warnings.simplefilter("ignore")
 import torch
 torch.set_num_threads(1)
@@ -25,7 +27,7 @@ def recompute():
     return ids, 1e3 * steps[0], 1e3 * statistics.median(steps[1:]), N / (time.perf_counter() - t0)
 rotafx.generate(pm, prompt, max_new_tokens=N)  # builds the programs
 R = {"rotafx ttft": [], "rotafx tpot": [], "rotafx tok/s": [], "recompute ttft": [], "recompute tpot": [], "recompute tok/s": []}
-for _ in range(7):
+for _ in range(int(sys.argv[1]) if len(sys.argv) > 1 else 7):
     ids, t = rotafx.generate(pm, prompt, max_new_tokens=N, timings=True)
     R["rotafx ttft"].append(t.ttft_ms); R["rotafx tpot"].append(t.tpot_ms); R["rotafx tok/s"].append(t.tokens_per_s)
     ref, a, b, c = recompute()
