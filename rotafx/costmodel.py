@@ -201,6 +201,8 @@ class CostTables:
         self.decode: CostTables | None = None
         self.kv_bytes = np.zeros(L)
         self.constants: dict[str, float] = {}  # what a term adds whatever the placement (the token's trip back)
+        self.returns: tuple[Link, ...] = ()
+        self.return_ms = self.return_j = self.return_period_ms = 0.0
         if self.generation is not None:
             gen = self.generation
             self.decode = CostTables(profile.decode, topology, codec=codec, memory_rule=memory_rule)
@@ -208,17 +210,19 @@ class CostTables:
                 * gen.context_len
             self.returns = token_return(topology)
             token_bytes = 8.0 * gen.batch_size  # one int64 id per sequence of the batch
-            ret_ms = sum(transfer_ms(token_bytes, l) + l.latency_ms for l in self.returns)
-            ret_j = sum(link_energy_j(token_bytes, l) for l in self.returns)
+            # the sampled token's trip back to the first node, after every decode step: ms, J, and its slowest link
+            self.return_ms = sum(transfer_ms(token_bytes, l) + l.latency_ms for l in self.returns)
+            self.return_j = sum(link_energy_j(token_bytes, l) for l in self.returns)
+            self.return_period_ms = max((transfer_ms(token_bytes, l) for l in self.returns), default=0.0)
             for term, (base, wp, wd) in self._mix().items():
                 base = "latency" if base == "period" else base  # a device's period is its busy time
                 prefill = self.stage_terms[base] if wp else 0.0
                 dec = self.decode.stage_terms[base] if wd else 0.0
                 self.stage_terms[term] = wp * prefill + wd * dec
             n, rows = gen.new_tokens, gen.batch_size * gen.new_tokens
-            self.constants = {"tpot": ret_ms, "generation": (n - 1) * ret_ms, "energy_per_token": (n - 1) * ret_j / rows,
+            self.constants = {"tpot": self.return_ms, "generation": (n - 1) * self.return_ms,
+                              "energy_per_token": (n - 1) * self.return_j / rows,
                               "ttft": 0.0, "token_period": 0.0}
-            self.return_period_ms = max((transfer_ms(token_bytes, l) for l in self.returns), default=0.0)
         self.links = [topology.link(a, b) for a, b in zip(topology.chain, topology.chain[1:])]
         self.weight_bytes = np.array([l.weight_bytes for l in profile.layers], dtype=float)
         # a weight read by several layers (a tied embedding) is held once by a device that runs any of them:

@@ -283,8 +283,7 @@ def _generation(tables: CostTables, prefill: Estimate, step: Estimate) -> Genera
     :meth:`CostTables._mix`, the terms the solvers optimise)."""
     gen = tables.generation
     n, rows = gen.new_tokens, gen.batch_size * gen.new_tokens
-    ret_ms, ret_j = tables.constants["tpot"], tables.constants["energy_per_token"] * rows / max(n - 1, 1)
-    tpot = step.total_ms + ret_ms
+    tpot = step.total_ms + tables.return_ms
     kv: dict[str, float] = {}
     for l, s in enumerate(prefill.stages):
         kv[tables.topology.chain[s]] = kv.get(tables.topology.chain[s], 0.0) + float(tables.kv_bytes[l])
@@ -293,8 +292,8 @@ def _generation(tables: CostTables, prefill: Estimate, step: Estimate) -> Genera
         ttft_ms=prefill.total_ms, tpot_ms=tpot,
         token_period_ms=max(tpot / gen.sequences, step.period_ms, tables.return_period_ms),
         generation_ms=prefill.total_ms + (n - 1) * tpot,
-        energy_per_token_j=(prefill.energy_j + (n - 1) * (step.energy_j + ret_j)) / rows,
-        return_ms=ret_ms, decode=step, kv_bytes=kv)
+        energy_per_token_j=(prefill.energy_j + (n - 1) * (step.energy_j + tables.return_j)) / rows,
+        return_ms=tables.return_ms, decode=step, kv_bytes=kv)
 
 
 def _stage_index(s: Any) -> int:
