@@ -332,6 +332,8 @@ def test_constants_in_and_out_round_trip(tmp_path: Path) -> None:
 
 
 def test_a_transformers_model_exports_and_loads(tmp_path: Path) -> None:
+    """A causal LM is traced without the cache it returns by default (its config's use_cache); asking for the
+    cache explicitly is refused with the way out."""
     transformers = pytest.importorskip("transformers")
     cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
@@ -340,16 +342,14 @@ def test_a_transformers_model_exports_and_loads(tmp_path: Path) -> None:
     ids = torch.randint(0, 128, (2, 12))
     with pytest.raises(rotafx.BackendError, match=r"returns a transformers.cache_utils.DynamicCache, .* pass "
                                         r"example_kwargs=\{'use_cache': False\}"):
-        rotafx.export(model, (ids,), path=tmp_path / "cached")
-    kw = {"use_cache": False}
-    model.config.use_cache = False
+        rotafx.export(model, (ids,), example_kwargs={"use_cache": True}, path=tmp_path / "cached")
     topo = three_stage_topology(model, (ids,))
-    model.config.use_cache = True
-    spec = rotafx.export(model, (ids,), example_kwargs=kw, path=tmp_path / "p", topology=topo)
+    assert model.config.use_cache is True, "tracing leaves the config as it was"
+    spec = rotafx.export(model, (ids,), path=tmp_path / "p", topology=topo)
     assert len(spec.stages) >= 2
-    out = rotafx.load(tmp_path / "p")(ids, **kw)
-    assert type(out).__name__ == "CausalLMOutputWithPast"
-    torch.testing.assert_close(out.logits, model(ids, **kw).logits, rtol=0, atol=0)
+    out = rotafx.load(tmp_path / "p")(ids)
+    assert type(out).__name__ == "CausalLMOutputWithPast" and out.past_key_values is None
+    torch.testing.assert_close(out.logits, model(ids).logits, rtol=0, atol=0)
 
 
 def test_an_output_type_this_process_has_not_registered_is_named(tmp_path: Path) -> None:

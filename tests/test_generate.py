@@ -123,7 +123,7 @@ def _family(name: str) -> nn.Module:
 @pytest.mark.parametrize("name", ["llama", "mistral", "qwen2", "gpt2"])
 def test_transformers_family_equals_its_greedy_generate(name: str, batch: int) -> None:
     m = _family(name)
-    pm = _split(m, _ids(batch, 8, 128, seed=0), batch=batch, example_kwargs={"use_cache": False})
+    pm = _split(m, _ids(batch, 8, 128, seed=0), batch=batch)
     prompt = _ids(batch, 12, 128)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -141,7 +141,7 @@ def test_eos_stops_and_pads_as_transformers_does() -> None:
         # a pad id not in the prompts (transformers would read it there as padding)
         pad = next(t for t in range(127, 0, -1) if t not in prompt and t != eos)
         want = m.generate(prompt, max_new_tokens=10, do_sample=False, eos_token_id=eos, pad_token_id=pad)
-    pm = _split(m, _ids(2, 8, 128, seed=0), batch=2, example_kwargs={"use_cache": False})
+    pm = _split(m, _ids(2, 8, 128, seed=0), batch=2)
     got = rotafx.generate(pm, prompt, max_new_tokens=10, eos_token_id=eos, pad_token_id=pad)
     assert got.shape[1] > 15 and (got[0, 15:] == pad).all(), "the sequence that produced eos is padded"
     assert torch.equal(got, want)

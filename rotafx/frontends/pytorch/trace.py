@@ -74,7 +74,8 @@ def trace(model: torch.nn.Module, example_inputs: Any, example_kwargs: Mapping[s
                            f"{type(example_kwargs).__name__}")
     try:
         # fx records a Python stack trace per node; on a 5,000-node model that is a third of the time
-        with torch.no_grad(), _no_fx_stack_traces(), _quiet(_NOISY_LOGGERS), _stderr_without_partial_graph():
+        with torch.no_grad(), _no_fx_stack_traces(), _quiet(_NOISY_LOGGERS), _stderr_without_partial_graph(), \
+                _without_kv_cache(model, example_kwargs):
             ep = torch.export.export(model, args, dict(example_kwargs or {}), strict=False)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -138,6 +139,26 @@ def require_module(model: Any, what: str) -> None:
     else:
         hint = f"a {type(model).__name__}"
     raise ProfileError(f"rotafx: {what} expects a torch.nn.Module instance, got {hint}")
+
+
+@contextlib.contextmanager
+def _without_kv_cache(model: torch.nn.Module, example_kwargs: Mapping[str, Any] | None) -> Iterator[None]:
+    """Trace a model that would return its key/value cache (a transformers causal LM, ``config.use_cache``) without
+    it, unless the caller passed ``use_cache``: the traced program is one forward pass, and a generation keeps its
+    cache on the stages instead (:func:`rotafx.generate`). The configs are as they were afterwards."""
+    cfg = getattr(model, "config", None)
+    configs = [] if cfg is None or "use_cache" in (example_kwargs or {}) else [cfg]
+    text = getattr(cfg, "get_text_config", None)
+    if configs and callable(text) and text() is not cfg:
+        configs.append(text())
+    changed = [c for c in configs if getattr(c, "use_cache", None) is True]
+    for c in changed:
+        c.use_cache = False
+    try:
+        yield
+    finally:
+        for c in changed:
+            c.use_cache = True
 
 
 @contextlib.contextmanager
