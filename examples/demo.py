@@ -1,5 +1,6 @@
-"""`make demo`: profile a LLaMA-70B-shaped model on the meta device, place it ground -> orbit -> ground by
-hand on the seed's topology, and compare with keeping it on the ground and with the optimizer's plan.
+"""`make demo`: profile a LLaMA-70B-shaped model on the meta device for token generation (a 128-token prompt,
+128 new tokens), place it ground -> orbit -> ground by hand on the seed's topology, and compare with keeping
+it on the ground and with the optimizer's plans: time per request (the prefill), TTFT, TPOT and tokens/s.
 
 Every figure printed comes from rotafx's cost model (see the README, "Cost model").
 """
@@ -9,7 +10,9 @@ from __future__ import annotations
 import torch
 
 from rotafx import LatencyEstimator, LayerPlacement, ModelProfile, PartitionOptimizer, preset
-from rotafx.models import example_inputs, llama70b
+from rotafx.models import llama70b
+
+PROMPT, NEW = 128, 128  # tokens of the prompt, tokens generated
 
 
 def main() -> None:
@@ -18,7 +21,8 @@ def main() -> None:
     print(topology.describe())
 
     model = llama70b()  # on the meta device: no weights are allocated
-    profile = ModelProfile.from_pytorch(model, example_inputs("llama70b"), dtype=torch.float16, progress=True)
+    # the prefill of a 128-token prompt (the layers) and one decode step against the KV cache (profile.decode)
+    profile = ModelProfile.for_generation(model, prompt_len=PROMPT, new_tokens=NEW, dtype=torch.float16, progress=True)
     print()
     print(profile.summary(max_rows=8))
 
@@ -54,12 +58,22 @@ def main() -> None:
     else:
         print("all ground does not fit:", *v.issues, sep="\n  ")
 
-    part = PartitionOptimizer(time_limit=30).optimize(model=profile, topology=topology, objective="minimize_latency")
+    optimizer = PartitionOptimizer(time_limit=30)
+    part = optimizer.optimize(model=profile, topology=topology, objective="minimize_latency")
     print()
     print(f"optimizer (minimize_latency): {part.status}, cut points {part.cut_points}, "
           f"{part.estimated_latency_ms:,.1f} ms, {part.transfer_size_mb:.2f} MB transferred")
     print(part.table())
 
+    # generation: every token crosses the chain and comes back to the first node
+    tpot = optimizer.optimize(model=profile, topology=topology, objective="minimize_tpot")
+    print(f"\ngenerating {NEW} tokens after a {PROMPT}-token prompt (batch 1):")
+    print(f"  {'plan':<34} {'TTFT ms':>9} {'TPOT ms':>9} {'tokens/s':>9} {'J/token':>9}")
+    for name, est in ((f"optimizer, minimize_tpot ({tpot.status})", tpot.estimate),
+                      ("hand ground -> orbit -> ground", estimate)):
+        g = est.generation
+        print(f"  {name:<34} {g.ttft_ms:>9,.1f} {g.tpot_ms:>9,.1f} {g.tokens_per_s:>9,.2f} {g.energy_per_token_j:>9,.2f}")
+    print(f"  the orbital plan's {estimate.generation.report().splitlines()[1].strip()}")
 
 if __name__ == "__main__":
     main()

@@ -37,3 +37,22 @@ partition = optimizer.optimize(
 
 print(f"{profile.total_params:,} parameters, {profile.num_layers} layers")
 print(partition.report())
+
+# --- rotafx's addition to the seed's sample: the same model generating tokens -------------------------------
+# A 128-token prompt and 128 new tokens at batch 1: the prefill (TTFT) and one decode step per token (TPOT),
+# each token coming back to the first ground node; the KV cache counts in every node's memory.
+from rotafx import LatencyEstimator, LayerPlacement
+
+generation = ModelProfile.for_generation(llama_70b, prompt_len=128, new_tokens=128, dtype=torch.float16)
+fastest = optimizer.optimize(model=generation, topology=topology, objective="minimize_tpot")
+last = generation.num_layers
+orbital = (LayerPlacement().assign_ground(range(0, 10))        # embed_tokens, layers 0-8
+           .assign_orbital(range(10, 74))                       # layers 9-72 in orbit, as the seed's result says
+           .assign_ground(range(74, last)))
+in_orbit = LatencyEstimator(topology).estimate(orbital, generation)
+print(f"\ngenerating 128 tokens after a 128-token prompt ({generation.kv_bytes_per_token / 1e3:.0f} kB of KV cache "
+      f"per token):")
+for name, est in (("optimizer, minimize_tpot", fastest.estimate), ("layers 9-72 in orbit", in_orbit)):
+    g = est.generation
+    print(f"  {name:<26} TTFT {g.ttft_ms:8,.1f} ms  TPOT {g.tpot_ms:7,.1f} ms  {g.tokens_per_s:6.2f} tokens/s  "
+          f"{g.energy_per_token_j:6.2f} J/token")

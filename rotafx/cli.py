@@ -113,6 +113,15 @@ def _where_raised(e: BaseException) -> str:
 
 def _profile(args: argparse.Namespace) -> ModelProfile:
     model, inputs = load_model(args.model, args.batch_size, args.seq_len)
+    if args.prompt_len is not None or args.new_tokens is not None:
+        # token generation: the prefill of the prompt and one decode step against the KV cache
+        return ModelProfile.for_generation(model, prompt_len=args.prompt_len or args.seq_len or 128,
+                                           new_tokens=args.new_tokens or 128, batch_size=args.batch_size,
+                                           sequences=args.sequences, dtype=torch_dtype(args.dtype),
+                                           progress=not args.quiet)
+    if args.sequences != 1:
+        raise UsageError(f"rotafx: --sequences {args.sequences} counts sequences generating at once; it needs "
+                         f"--prompt-len and/or --new-tokens (a generation workload)")
     return ModelProfile.from_pytorch(model, inputs, dtype=torch_dtype(args.dtype),
                                      batch_size=None if inputs is not None else args.batch_size,
                                      seq_len=args.seq_len or 128, progress=not args.quiet)
@@ -124,6 +133,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=_positive_int, default=None,
                    help="tokens per sequence for token models (default: the example's own, 128 otherwise)")
     p.add_argument("--dtype", choices=DTYPES, help="price floating tensors at this dtype (e.g. fp16)")
+    p.add_argument("--prompt-len", type=_positive_int, default=None,
+                   help="generate tokens: the prompt's length (prefill); default --seq-len, or 128 with --new-tokens")
+    p.add_argument("--new-tokens", type=_positive_int, default=None,
+                   help="generate tokens: how many (one decode step each); default 128 with --prompt-len")
+    p.add_argument("--sequences", type=_positive_int, default=1,
+                   help="with --prompt-len/--new-tokens: batches of --batch-size sequences in flight at once (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
 
 

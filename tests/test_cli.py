@@ -97,3 +97,22 @@ def test_python_dash_m_rotafx_is_the_command() -> None:
     bad = subprocess.run([sys.executable, "-m", "rotafx", "optimize", "--placement"], capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+
+
+def test_optimize_for_generation_prints_the_brute_force_tpot(capsys):
+    """--prompt-len/--new-tokens profile both phases; the plan's TPOT is the best of every placement enumerated."""
+    args = ["optimize", "small-gpt", "--quiet", "--prompt-len", "32", "--new-tokens", "8", "--batch-size", "2",
+            "--objective", "minimize_tpot"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "generation (32 prompt + 8 new tokens, batch 2" in out
+    tpot = float(re.search(r"TPOT ([\d,.]+) ms", out).group(1).replace(",", ""))
+    profile = ModelProfile.for_generation(models.EXAMPLES["small-gpt"](), prompt_len=32, new_tokens=8, batch_size=2)
+    best, (value, _) = solve_brute_force(CostTables(profile, preset("seed")), objective("minimize_tpot"))
+    assert best is not None
+    assert tpot == pytest.approx(value, rel=5e-3), "the printed TPOT is the best placement's"
+
+
+def test_sequences_without_a_generation_workload_is_a_usage_error(capsys):
+    assert main(["profile", "small-gpt", "--quiet", "--sequences", "4"]) == 2
+    assert "--sequences 4" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """The examples run, and what they print is what a hand computation gives."""
 
+import re
 import runpy
 from pathlib import Path
 
@@ -37,4 +38,22 @@ def test_seed_llama70b_example(capsys):
     part = ns["partition"]
     assert part.status == "optimal"
     assert ns["profile"].total_params == 68_976_648_192
-    assert f"cut points: {part.cut_points}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"cut points: {part.cut_points}" in out
+    # the generation lines: a decode step at batch 1 is memory-bound, so its compute is every node's weights and
+    # KV cache read at that node's memory bandwidth, and TPOT adds the hops' latencies and the token's return
+    from rotafx import Topology
+
+    topo = Topology.coerce(ns["topology"])
+    generation = ns["generation"]
+    for name, est, stages in (("optimizer, minimize_tpot", ns["fastest"].estimate, ns["fastest"].stages),
+                              ("layers 9-72 in orbit", ns["in_orbit"], ns["orbital"].resolve(generation, topo)[0])):
+        g = est.generation
+        assert re.search(rf"{re.escape(name)} +TTFT +{g.ttft_ms:,.1f} ms +TPOT +{g.tpot_ms:,.1f} ms", out)
+        read_s = sum((layer.weight_bytes + layer.kv_bytes_per_token * (128 + 128 // 2))
+                     / topo.devices[topo.chain[s]].memory_bandwidth for layer, s in zip(generation.layers, stages))
+        hops = g.decode.propagation_ms + g.return_ms + g.decode.transfer_ms
+        assert g.tpot_ms == pytest.approx(1e3 * read_s + hops, rel=0.005), name
+        assert g.return_ms == pytest.approx(1.0, abs=0.01), "the token comes back over the 1 ms ground link"
+    assert ns["fastest"].estimate.generation.tpot_ms < ns["in_orbit"].generation.tpot_ms
+    assert ns["in_orbit"].generation.decode.propagation_ms == pytest.approx(2 * 25.0), "up and down once per token"
