@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import numpy as np
 from typing import Any, Iterable, Mapping, Sequence
 
 from .costmodel import CostTables
@@ -239,21 +241,29 @@ class LayerPlacement:
         return "LayerPlacement(" + ", ".join(f"{v}: {format_ranges(x for x in ks if x >= 0)}" for v, ks in groups.items()) + ")"
 
 
-def memory_issues(tables: CostTables, stages: Sequence[int]) -> list[str]:
-    """One sentence per device whose memory (or cache) the placement exceeds."""
+def memory_issues(tables: CostTables, stages: Sequence[int], cache_bytes: Sequence[float] | None = None) -> list[str]:
+    """One sentence per device whose memory (or cache) the placement exceeds.
+
+    ``cache_bytes[l]``: bytes of layer ``l``'s weights that are a KV cache held as buffers (a static-cache
+    decoder's), named as KV cache with the generation profile's own (``tables.kv_bytes``).
+    """
     issues = []
     topo = tables.topology
+    held = np.asarray(tables.kv_bytes, dtype=float) + (np.asarray(cache_bytes, dtype=float) if cache_bytes is not None
+                                                         else 0.0)
     for name, need in tables.device_memory(stages).items():
         cap = tables.capacity[name]
         if need <= cap:
             continue
         layers = [l for l, s in enumerate(stages) if topo.chain[s] == name]
+        kv = float(sum(held[l] for l in layers))
         if tables.memory_rule == "sum":
-            how = "sum of weights + activations + workspace of each layer (rule 'sum')"
+            how = "sum of weights + activations + workspace of each layer (rule 'sum')" + (
+                f", of which the KV cache is {fmt_bytes(kv)}" if kv else "")
         else:
             w = need - max(tables.peak_bytes[l] for l in layers)
-            kv = float(sum(tables.kv_bytes[l] for l in layers))
-            how = (f"weights {fmt_bytes(w - kv)} + " + (f"KV cache {fmt_bytes(kv)} ({_kv_workload(tables)}) + " if kv else "")
+            workload = f" ({_kv_workload(tables)})" if tables.generation is not None else ""
+            how = (f"weights {fmt_bytes(w - kv)} + " + (f"KV cache {fmt_bytes(kv)}{workload} + " if kv else "")
                    + f"peak live activations and workspace {fmt_bytes(need - w)} (rule 'liveness')")
         issues.append(f"{name} holds layer(s) {format_ranges(layers)} and needs {fmt_bytes(need)}: {how}; "
                       f"its {topo.capacity} is {fmt_bytes(cap)}, exceeded by {fmt_bytes(need - cap)}")

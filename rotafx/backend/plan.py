@@ -19,7 +19,7 @@ from ..profile import ModelProfile
 from ..rewrite import Rewritten, home_device, rewrite, stage_map
 from ..runtime.local import PipelineModule
 from ..solve import InfeasibleError, Partition, PartitionOptimizer
-from ..units import fmt_bytes, format_ranges
+from ..placement import memory_issues
 from .cache import PLANS, SOLVED
 from .devices import BackendError, resolve_devices
 from .options import Config
@@ -180,17 +180,13 @@ def fixed_partition(profile: ModelProfile, cfg: Config, stages: Sequence[int],
                            f"layer, non-decreasing along the chain")
     tables = CostTables(profile, topo, codec=cfg.codec, memory_rule=cfg.memory_rule)
     cache = dict(cache or {})
-    issues = []
-    for node, need in tables.device_memory(stages).items():
-        cap = tables.capacity[node]
-        if need <= cap:
-            continue
-        layers = [l for l, s in enumerate(stages) if topo.chain[s] == node]
-        names = {n for l in layers for n in profile.layers[l].weight_names}
-        kv = sum(t.numel() * t.element_size() for n, t in cache.items() if n in names)
-        issues.append(f"{node} holds layer(s) {format_ranges(layers)} and needs {fmt_bytes(need)}, of which the KV "
-                      f"cache is {fmt_bytes(kv)}; its {topo.capacity} is {fmt_bytes(cap)}, exceeded by "
-                      f"{fmt_bytes(need - cap)}")
+    counted: set[str] = set()
+    cache_bytes = []
+    for layer in profile.layers:  # each cache tensor once, in the first layer that names it
+        mine = [n for n in layer.weight_names if n in cache and n not in counted]
+        counted.update(mine)
+        cache_bytes.append(float(sum(cache[n].numel() * cache[n].element_size() for n in mine)))
+    issues = memory_issues(tables, stages, cache_bytes)
     if issues:
         raise BackendError(f"rotafx: {profile.name} placed as the pipeline is does not fit: " + "; ".join(issues) +
                            ". Generate fewer tokens, use a smaller batch, or give the node(s) more memory")
