@@ -12,11 +12,14 @@ import torch
 
 from ..frontends.pytorch import as_args, trace
 from ..layers import ProfileError
+from ..objective import GENERATION_OBJECTIVES
+from ..profile import Generation, ModelProfile
+from ..solve import Partition
 from ..runtime.local import PipelineModule
 from .devices import BackendError
 from .dynamo import RotaStellarBackend
 from .options import Config
-from .plan import Plan, plan_graph
+from .plan import Plan, plan_graph, solve
 
 __all__ = ["partition", "partitioned", "PartitionSource"]
 
@@ -33,7 +36,7 @@ class PartitionSource:
 
 
 def partition(model: torch.nn.Module, example_inputs: Any, *, example_kwargs: Mapping[str, Any] | None = None,
-              **options: Any) -> PipelineModule:
+              generation: Generation | Mapping[str, int] | None = None, **options: Any) -> PipelineModule:
     """Trace ``model`` with ``torch.export``, plan it and return the rewritten module (no torch.compile).
 
     The module holds the weights, each on the device of the stage that uses it, and is
@@ -41,6 +44,14 @@ def partition(model: torch.nn.Module, example_inputs: Any, *, example_kwargs: Ma
     ``.parameters()``), ``.plan`` the :class:`~rotafx.backend.plan.Plan`. Options as in
     :data:`~rotafx.backend.options.OPTIONS`, except
     that ``inner`` defaults to ``eager`` here: the stages run as the exported ATen graph.
+
+    ``generation`` plans a causal LM for generating tokens (:func:`rotafx.generate`): a
+    :class:`~rotafx.profile.Generation` or a dict with ``new_tokens`` and optionally
+    ``prompt_len`` and ``batch_size`` (default: the example's token ids) and ``sequences``. The
+    layers are then placed by the optimizer on :meth:`ModelProfile.for_generation` (each node
+    keeps room for the KV cache of its layers at the longest context, and the generation
+    objectives ``minimize_tpot``, ``maximize_tokens_per_s``, ... apply), and that partition, with
+    its TTFT/TPOT estimate, is ``.generation_plan``. A generation objective needs ``generation``.
 
     >>> import torch, rotafx
     >>> m = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
@@ -60,13 +71,79 @@ def partition(model: torch.nn.Module, example_inputs: Any, *, example_kwargs: Ma
     if traced.mutated:
         raise BackendError(f"rotafx: {type(model).__name__} writes to {list(traced.mutated)} in forward() "
                            f"(batch norm in training mode?); call model.eval() before partitioning")
+    planned = assignment = None
+    if generation is not None or cfg.objective in GENERATION_OBJECTIVES:
+        planned = _plan_generation(model, cfg, _workload(generation, cfg.objective, as_args(example_inputs),
+                                                          example_kwargs or {}))
+        assignment = _by_name(planned)
     plan = plan_graph(traced.graph_module, traced.weights, traced.params, traced.values, cfg,
-                      name=type(model).__name__, in_spec=traced.in_spec, out_spec=traced.out_spec)
+                      name=type(model).__name__, in_spec=traced.in_spec, out_spec=traced.out_spec,
+                      assignment=assignment)
+    if planned is not None:
+        plan.module.__dict__["generation_plan"] = planned
     _warn_on_running_statistics(model, plan)
     # kept out of the module tree (state_dict() lists the stages' weights once)
     plan.module.__dict__["source"] = PartitionSource(model, dict(options), as_args(example_inputs),
                                                      dict(example_kwargs or {}))
     return plan.module
+
+
+def _workload(generation: Any, objective: str, args: tuple, kwargs: Mapping[str, Any]) -> Generation:
+    """The generation workload ``partition`` was asked to plan for, its defaults from the example's token ids."""
+    if isinstance(generation, Generation):
+        return generation
+    if generation is None:
+        raise BackendError(f"rotafx: objective {objective!r} prices token generation; say what to generate: "
+                           f"generation={{'new_tokens': 128}} (prompt_len and batch_size default to the example's)")
+    if not isinstance(generation, Mapping):
+        raise BackendError(f"rotafx: generation must be a rotafx.profile.Generation or a dict with new_tokens (and "
+                           f"prompt_len, batch_size, sequences), got {type(generation).__name__}")
+    keys = ("prompt_len", "new_tokens", "batch_size", "sequences")
+    unknown = sorted(set(generation) - set(keys))
+    if unknown or "new_tokens" not in generation:
+        raise BackendError(f"rotafx: generation={dict(generation)!r}: " + (
+            f"unknown key(s) {unknown}; " if unknown else "new_tokens is missing; ") + f"its keys are {', '.join(keys)}")
+    ids = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor) and a.dim() >= 2
+                and not a.is_floating_point()), None)
+    given = dict(generation)
+    if ids is not None:
+        given.setdefault("batch_size", int(ids.shape[0]))
+        given.setdefault("prompt_len", int(ids.shape[1]))
+    if "prompt_len" not in given:
+        raise BackendError("rotafx: generation needs prompt_len: the example has no [batch, tokens] tensor of ids")
+    try:
+        return Generation(**given)
+    except ProfileError as e:
+        raise BackendError(f"rotafx: generation={dict(generation)!r}: {str(e).removeprefix('rotafx: ')}") from None
+
+
+def _plan_generation(model: torch.nn.Module, cfg: Config, gen: Generation) -> Partition:
+    """The optimizer's partition of the model's prefill and decode step, its KV cache in every node's memory."""
+    try:
+        profile = ModelProfile.for_generation(model, prompt_len=gen.prompt_len, new_tokens=gen.new_tokens,
+                                              batch_size=gen.batch_size, sequences=gen.sequences)
+    except ProfileError as e:
+        raise BackendError(str(e)) from e.__cause__
+    solver = cfg.solver or ("dp" if len(cfg.topology.chain) == 1 else "milp")
+    return solve(profile, cfg, solver, f"{type(model).__name__} generating {gen.new_tokens} tokens")
+
+
+def _by_name(planned: Partition) -> Callable[[ModelProfile], list[int]]:
+    """Place each layer of a graph's profile on the stage ``planned`` gave the layer of the same name; a layer
+    it does not name goes with the layer before it."""
+    stage_of = {l.name: int(s) for l, s in zip(planned.profile.layers, planned.stages)}
+
+    def assign(profile: ModelProfile) -> list[int]:
+        if not any(l.name in stage_of for l in profile.layers):
+            raise BackendError(f"rotafx: the generation profile's layers ({', '.join(list(stage_of)[:4])}, ...) are "
+                               f"not the partitioned graph's ({', '.join(l.name for l in profile.layers[:4])}, ...)")
+        out, last = [], int(planned.stages[0])
+        for layer in profile.layers:
+            last = max(last, stage_of.get(layer.name, last))
+            out.append(last)
+        return out
+
+    return assign
 
 
 def _warn_on_running_statistics(model: torch.nn.Module, plan: Plan) -> None:

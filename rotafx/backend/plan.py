@@ -14,7 +14,7 @@ import torch.fx as fx
 from ..frontends.pytorch import annotate, node_value, read_graph
 from ..costmodel import CostTables
 from ..estimate import evaluate
-from ..objective import objective
+from ..objective import GENERATION_OBJECTIVES, objective
 from ..profile import ModelProfile
 from ..rewrite import Rewritten, home_device, rewrite, stage_map
 from ..runtime.local import PipelineModule
@@ -125,14 +125,19 @@ def plan_graph(gm: fx.GraphModule, weights: Mapping[str, str], params: frozenset
     if part is not None:
         log.info("rotafx: %s has the costs of a graph planned before; reusing its placement", name)
     else:
-        opt = PartitionOptimizer(solver=solver, time_limit=cfg.time_limit, codec=cfg.codec, memory_rule=cfg.memory_rule)
-        try:
-            part = opt.optimize(profile, cfg.topology, cfg.objective, weights=cfg.objective_weights)
-        except InfeasibleError as e:
-            raise BackendError(f"rotafx: the topology cannot hold {name}: {e}") from e
+        part = solve(profile, cfg, solver, name)
         SOLVED.put(key, part)
     return _run(gm, weights, values, cfg, profile, part, graph_index=graph_index, reused=reused, in_spec=in_spec,
                 out_spec=out_spec, record=True)
+
+
+def solve(profile: ModelProfile, cfg: Config, solver: str, name: str) -> Partition:
+    """The optimizer's partition of ``profile`` under the options; an infeasible topology is a :class:`BackendError`."""
+    opt = PartitionOptimizer(solver=solver, time_limit=cfg.time_limit, codec=cfg.codec, memory_rule=cfg.memory_rule)
+    try:
+        return opt.optimize(profile, cfg.topology, cfg.objective, weights=cfg.objective_weights)
+    except InfeasibleError as e:
+        raise BackendError(f"rotafx: the topology cannot hold {name}: {e}") from e
 
 
 def _run(gm: fx.GraphModule, weights: Mapping[str, str], values: Mapping[str, torch.Tensor], cfg: Config,
@@ -192,8 +197,11 @@ def fixed_partition(profile: ModelProfile, cfg: Config, stages: Sequence[int],
                            ". Generate fewer tokens, use a smaller batch, or give the node(s) more memory")
     obj = objective(cfg.objective, cfg.objective_weights)
     est = evaluate(tables, stages)
+    # a generation objective has no value on one forward pass (a program of rotafx.generate, a pipeline placed by its
+    # generation plan): nan, as a fixed placement's gap
+    value = obj.value(est) if profile.generation is not None or obj.name not in GENERATION_OBJECTIVES else math.nan
     return Partition(profile=profile, topology=topo, objective=obj, stages=stages, estimate=est,
-                     objective_value=obj.value(est), status="fixed", gap=math.nan, solver="fixed", solve_seconds=0.0,
+                     objective_value=value, status="fixed", gap=math.nan, solver="fixed", solve_seconds=0.0,
                      codec=cfg.codec, memory_rule=cfg.memory_rule, method="fixed")
 
 
