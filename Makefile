@@ -15,12 +15,17 @@ $(VENV)/.base: pyproject.toml
 	$(PIP) install -q -e .
 	touch $@
 
-# what the tests need on top: pytest, hypothesis, transformers, onnx(runtime), tensorflow-cpu
+# what the tests need on top: pytest, hypothesis, transformers, onnx(runtime), tensorflow-cpu, matplotlib
 $(VENV)/.test: $(VENV)/.base
-	$(PIP) install -q -e ".[dev,onnx,tensorflow]"
+	$(PIP) install -q -e ".[dev,onnx,tensorflow,plot]"
 	touch $@
 
-demo: $(VENV)/.base
+# the demo draws its plan: matplotlib (the plot extra) on top of the package
+$(VENV)/.plot: $(VENV)/.base
+	$(PIP) install -q -e ".[plot]"
+	touch $@
+
+demo: $(VENV)/.plot
 	$(PY) examples/demo.py
 
 test: $(VENV)/.test
