@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import types
 import warnings
 from dataclasses import dataclass
@@ -10,7 +11,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ..frontends.pytorch import as_args, trace
+from ..frontends.pytorch import as_args
+from ..frontends.pytorch import trace as trace_model
 from ..layers import ProfileError
 from ..objective import GENERATION_OBJECTIVES
 from ..profile import Generation, ModelProfile
@@ -36,7 +38,8 @@ class PartitionSource:
 
 
 def partition(model: torch.nn.Module, example_inputs: Any, *, example_kwargs: Mapping[str, Any] | None = None,
-              generation: Generation | Mapping[str, int] | None = None, **options: Any) -> PipelineModule:
+              generation: Generation | Mapping[str, int] | None = None, trace: str | os.PathLike[str] | None = None,
+              **options: Any) -> PipelineModule:
     """Trace ``model`` with ``torch.export``, plan it and return the rewritten module (no torch.compile).
 
     The module holds the weights, each on the device of the stage that uses it, and is
@@ -53,6 +56,8 @@ def partition(model: torch.nn.Module, example_inputs: Any, *, example_kwargs: Ma
     objectives ``minimize_tpot``, ``maximize_tokens_per_s``, ... apply), and that partition, with
     its TTFT/TPOT estimate, is ``.generation_plan``. A generation objective needs ``generation``.
 
+    ``trace="run.json"`` records every call as Chrome trace events (:meth:`PipelineModule.trace`).
+
     >>> import torch, rotafx
     >>> m = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
     >>> x = torch.randn(4, 8)
@@ -65,7 +70,7 @@ def partition(model: torch.nn.Module, example_inputs: Any, *, example_kwargs: Ma
         raise BackendError(f"rotafx: partition takes a torch.nn.Module, got {type(model).__name__}; wrap a function in "
                            f"a module, or compile it with torch.compile(fn, backend='rotastellar')")
     try:
-        traced = trace(model, example_inputs, example_kwargs)
+        traced = trace_model(model, example_inputs, example_kwargs)
     except ProfileError as e:
         raise BackendError(str(e)) from e.__cause__
     if traced.mutated:
@@ -81,6 +86,8 @@ def partition(model: torch.nn.Module, example_inputs: Any, *, example_kwargs: Ma
                       assignment=assignment)
     if planned is not None:
         plan.module.__dict__["generation_plan"] = planned
+    if trace is not None:
+        plan.module.trace(trace)
     _warn_on_running_statistics(model, plan)
     # kept out of the module tree (state_dict() lists the stages' weights once)
     plan.module.__dict__["source"] = PartitionSource(model, dict(options), as_args(example_inputs),
