@@ -15,9 +15,9 @@ $(VENV)/.base: pyproject.toml
 	$(PIP) install -q -e .
 	touch $@
 
-# what the tests need on top: pytest, hypothesis, transformers, onnx(runtime), tensorflow-cpu, matplotlib
+# what the tests need on top: pytest, hypothesis, transformers, onnx(runtime), tensorflow-cpu, matplotlib, sgp4
 $(VENV)/.test: $(VENV)/.base
-	$(PIP) install -q -e ".[dev,onnx,tensorflow,plot]"
+	$(PIP) install -q -e ".[dev,onnx,tensorflow,plot,orbits]"
 	touch $@
 
 # the demo draws its plan: matplotlib (the plot extra) on top of the package
