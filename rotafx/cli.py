@@ -281,6 +281,49 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Plan the horizon of a schedule (resident layers, a route per interval) and simulate its requests."""
+    from .orbits import Schedule
+    from .orbits.horizon import plan_horizon
+    from .orbits.simulate import simulate
+
+    topo = Topology.coerce(args.topology)
+    sched = Schedule.from_dict(_read_data_file(args.schedule, "schedule"))
+    unknown = sorted({n for link in sched.windows for n in link} - set(topo.devices))
+    if unknown:
+        raise UsageError(f"rotafx: the schedule names {', '.join(unknown)}, which the topology's devices "
+                         f"({', '.join(topo.devices)}) do not have; name links and devices as the topology does")
+    prof = _profile(args)
+    plan = plan_horizon(prof, topo, sched, objective=args.objective, aggregate=args.aggregate,
+                        codec=args.codec, memory_rule=args.memory_rule, time_limit=args.time_limit)
+    print(plan.report())
+    print(simulate(plan, rate_per_s=args.rate, seed=args.seed, max_wait_s=args.max_wait, schedule=sched).report())
+    return 0
+
+
+def _read_data_file(path: str, what: str) -> Any:
+    """A JSON or YAML file's data, or a one-line UsageError that names the file."""
+    f = Path(path)
+    try:
+        text = f.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"rotafx: {what} file {path!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"rotafx: cannot read {what} file {path!r}: {e}") from None
+    if f.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise UsageError(f"rotafx: {what} file {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"rotafx: {what} file {path!r} is not valid JSON: {e.msg} at line {e.lineno}, column "
+                         f"{e.colno}") from None
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Measure a device, with one progress line per step on stderr, and write the calibration file."""
     from .calibrate import Calibration, CalibrationError, calibrate
@@ -373,6 +416,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--quick", action="store_true", help="fewer shapes, shorter runs (a few seconds)")
     p.set_defaults(func=cmd_calibrate)
+    p = sub.add_parser("simulate", help="plan over a schedule's horizon (orbits, windows, power) and simulate requests")
+    _add_model_args(p)
+    _add_topology_args(p)
+    p.add_argument("--schedule", required=True,
+                   help="JSON/YAML: link windows and power, or satellites and stations (see the README)")
+    p.add_argument("--objective", default="minimize_latency", choices=OBJECTIVES)
+    p.add_argument("--aggregate", default="mean", choices=("mean", "worst"),
+                   help="the objective averaged over the served time, or its worst interval")
+    p.add_argument("--rate", type=float, default=0.1, help="requests per second, Poisson (default 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the arrival trace (default 0)")
+    p.add_argument("--max-wait", type=float, default=600.0, help="seconds a request waits for a route (default 600)")
+    p.add_argument("--time-limit", type=float, default=60.0, help="wall-clock seconds for the horizon's solve")
+    p.set_defaults(func=cmd_simulate)
     p = sub.add_parser("topology", help="describe a topology preset or file")
     p.add_argument("topology", help="preset name or file")
     p.set_defaults(func=cmd_topology)

@@ -148,3 +148,16 @@ def test_a_schedule_from_orbits_has_both_directions_of_each_pass_and_reads_back_
 def test_a_bad_schedule_file_names_the_entry(doc, match) -> None:
     with pytest.raises(OrbitError, match=match):
         Schedule.from_dict(doc)
+
+
+def test_a_schedule_file_may_give_orbits_and_stations() -> None:
+    doc = {"start": START, "horizon_s": 20000.0, "uplink_bps": 1e8,
+           "satellites": {"orbital0": {"altitude_km": 550, "inclination_deg": 53}},
+           "stations": {"ground0": {"lat_deg": 40.0, "lon_deg": -105.3, "min_elevation_deg": 10}},
+           "devices": {"orbital0": {"power": {"battery_wh": 2000, "solar_w": 1500, "compute_w": 800}}}}
+    sched = Schedule.from_dict(doc)
+    want = contact_windows(Satellite.circular("x", 550, 53), GroundStation("g", 40.0, -105.3), START, 20000.0)
+    assert [(w.start_s, w.end_s) for w in sched.windows[("ground0", "orbital0")]] == [(w.start_s, w.end_s) for w in want]
+    assert sched.power["orbital0"].compute_w == 800 and sched.sunlit["orbital0"]
+    with pytest.raises(OrbitError, match=r"satellites.bad must be"):
+        Schedule.from_dict({**doc, "satellites": {"bad": {"altitude_km": 550}}})

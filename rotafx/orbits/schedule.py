@@ -173,6 +173,54 @@ def sunlight(sat: Satellite, start: Any, horizon_s: float, *, step_s: float = 10
     return _spans(grid, lit(grid), lambda t: bool(lit(np.array([t]))[0]), tol_s)
 
 
+def _written(data: Mapping[str, Any]) -> tuple[dict, dict, dict]:
+    """The links' windows and the devices' power and sunlit spans a schedule dict writes out."""
+    windows: dict[tuple[str, str], list[Window]] = {}
+    for i, link in enumerate(data.get("links", [])):
+        if not isinstance(link, Mapping) or "src" not in link or "dst" not in link:
+            raise OrbitError(f"rotafx: schedule links[{i}] must name its src and dst, got {link!r}")
+        windows[(str(link["src"]), str(link["dst"]))] = [
+            _window(w, f"schedule links[{i}] ({link['src']} -> {link['dst']}) windows[{j}]")
+            for j, w in enumerate(link.get("windows", []))]
+    power, lit = {}, {}
+    for name, d in (data.get("devices") or {}).items():
+        if not isinstance(d, Mapping):
+            raise OrbitError(f"rotafx: schedule devices.{name} must be a mapping with power and sunlit")
+        if "power" in d:
+            try:
+                power[name] = Power(**d["power"])
+            except TypeError as e:
+                raise OrbitError(f"rotafx: schedule devices.{name}.power: {e}; its keys are battery_wh, "
+                                 f"solar_w, compute_w, idle_w, reserve, charge") from None
+        if "sunlit" in d:
+            lit[name] = [(float(a), float(b)) for a, b in d["sunlit"]]
+    return windows, power, lit
+
+
+def _satellite(name: str, spec: Any) -> Satellite:
+    """A satellite node from ``{"tle": [line1, line2]}`` or a circular orbit ``{"altitude_km", "inclination_deg",
+    "raan_deg", "phase_deg"}``."""
+    if isinstance(spec, Mapping) and "tle" in spec:
+        lines = spec["tle"]
+        if not (isinstance(lines, (list, tuple)) and len(lines) == 2 and all(isinstance(x, str) for x in lines)):
+            raise OrbitError(f"rotafx: schedule satellites.{name}.tle must be its two lines, got {lines!r}")
+        return Satellite(name, lines[0], lines[1])
+    keys = {"altitude_km", "inclination_deg", "raan_deg", "phase_deg"}
+    if not isinstance(spec, Mapping) or not {"altitude_km", "inclination_deg"} <= set(spec) or set(spec) - keys:
+        raise OrbitError(f"rotafx: schedule satellites.{name} must be {{'tle': [line1, line2]}} or a circular orbit "
+                         f"with {', '.join(sorted(keys))} (altitude_km and inclination_deg required), got {spec!r}")
+    return Satellite.circular(name, float(spec["altitude_km"]), float(spec["inclination_deg"]),
+                              raan_deg=float(spec.get("raan_deg", 0.0)), phase_deg=float(spec.get("phase_deg", 0.0)))
+
+
+def _station(name: str, spec: Any) -> GroundStation:
+    keys = {"lat_deg", "lon_deg", "height_km", "min_elevation_deg"}
+    if not isinstance(spec, Mapping) or not {"lat_deg", "lon_deg"} <= set(spec) or set(spec) - keys:
+        raise OrbitError(f"rotafx: schedule stations.{name} must have lat_deg and lon_deg (and height_km, "
+                         f"min_elevation_deg), got {spec!r}")
+    return GroundStation(name, **{k: float(v) for k, v in spec.items()})
+
+
 def _window(w: Any, where: str) -> Window:
     if not isinstance(w, Mapping) or "start_s" not in w or "end_s" not in w:
         raise OrbitError(f"rotafx: {where} must have start_s and end_s (seconds from the start), got {w!r}")
@@ -246,29 +294,20 @@ class Schedule:
         if not isinstance(data, Mapping):
             raise OrbitError(f"rotafx: a schedule is a mapping with start, horizon_s, links, devices; got "
                              f"{type(data).__name__}")
-        unknown = sorted(set(data) - {"start", "horizon_s", "links", "devices"})
+        keys = ("start", "horizon_s", "links", "devices", "satellites", "stations", "uplink_bps", "downlink_bps")
+        unknown = sorted(set(data) - set(keys))
         if unknown or "start" not in data or "horizon_s" not in data:
             raise OrbitError(f"rotafx: schedule: {'unknown key(s) ' + str(unknown) if unknown else 'start and horizon_s are required'}"
-                             f"; its keys are start, horizon_s, links, devices")
-        windows: dict[tuple[str, str], list[Window]] = {}
-        for i, link in enumerate(data.get("links", [])):
-            if not isinstance(link, Mapping) or "src" not in link or "dst" not in link:
-                raise OrbitError(f"rotafx: schedule links[{i}] must name its src and dst, got {link!r}")
-            windows[(str(link["src"]), str(link["dst"]))] = [
-                _window(w, f"schedule links[{i}] ({link['src']} -> {link['dst']}) windows[{j}]")
-                for j, w in enumerate(link.get("windows", []))]
-        power, lit = {}, {}
-        for name, d in (data.get("devices") or {}).items():
-            if not isinstance(d, Mapping):
-                raise OrbitError(f"rotafx: schedule devices.{name} must be a mapping with power and sunlit")
-            if "power" in d:
-                try:
-                    power[name] = Power(**d["power"])
-                except TypeError as e:
-                    raise OrbitError(f"rotafx: schedule devices.{name}.power: {e}; its keys are battery_wh, "
-                                     f"solar_w, compute_w, idle_w, reserve, charge") from None
-            if "sunlit" in d:
-                lit[name] = [(float(a), float(b)) for a, b in d["sunlit"]]
+                             f"; its keys are {', '.join(keys)}")
+        if "satellites" in data or "stations" in data:  # windows and sunlight from the orbits, the rest as written
+            orbits = cls.from_orbits(data["start"], float(data["horizon_s"]),
+                                     satellites={str(k): _satellite(str(k), v) for k, v in (data.get("satellites") or {}).items()},
+                                     stations={str(k): _station(str(k), v) for k, v in (data.get("stations") or {}).items()},
+                                     uplink_bps=data.get("uplink_bps"), downlink_bps=data.get("downlink_bps"))
+            windows, power, lit = _written(data)
+            return cls(orbits.start, orbits.horizon_s, windows={**orbits.windows, **windows}, power=power,
+                       sunlit={**orbits.sunlit, **lit})
+        windows, power, lit = _written(data)
         return cls(data["start"], float(data["horizon_s"]), windows=windows, power=power, sunlit=lit)
 
     def link_up(self, src: str, dst: str, t: float) -> Window | None:

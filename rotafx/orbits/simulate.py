@@ -1,0 +1,142 @@
+"""A day of requests against a horizon plan, with the cost model: latency and TPOT distributions, energy by node,
+requests through orbit or the ground, delayed or rejected when no route exists.
+
+Requests arrive as a Poisson process (``rate_per_s``, from ``seed``: the same seed gives the same
+day). A request starts on the route of the interval it is in; the pipeline takes one request per
+``period`` of that route (the estimate's ``period_ms``: its slowest stage or link; for generation,
+one request per its token period times its new tokens), so requests queue when they arrive faster,
+and each request's latency is its wait plus the route's ``total_ms`` (or, for a generation profile,
+``generation_ms``, with its TPOT). When no route exists (every way past a down link is down too), a
+request waits for the next interval that has one, up to ``max_wait_s``, else it is rejected.
+Energy is the route's compute energy per node (its layers' time at the node's power) and the links'.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from .horizon import HorizonPlan, IntervalPlan
+
+__all__ = ["Served", "Simulation", "simulate"]
+
+
+@dataclass(frozen=True)
+class Served:
+    """One request: when it arrived and started (s from the horizon's start), its latency (ms, queueing included),
+    its TPOT (ms, generation only), whether its route went through orbit, and its energy by node (J)."""
+
+    arrival_s: float
+    start_s: float
+    latency_ms: float
+    tpot_ms: float
+    via_orbit: bool
+    energy_j: Mapping[str, float]
+
+
+@dataclass
+class Simulation:
+    """What :func:`simulate` found: the requests served, how many of them were delayed (they arrived while no
+    route existed and waited for one), the rejected ones (arrival times), and each satellite's battery
+    over the horizon (from the schedule's power model)."""
+
+    served: list[Served]
+    delayed: int
+    rejected: list[float]
+    horizon_s: float
+    seed: int
+    battery: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def quantile(self, what: str, q: float) -> float:
+        xs = [getattr(s, what) for s in self.served if math.isfinite(getattr(s, what))]
+        return float(np.quantile(xs, q)) if xs else math.nan
+
+    def energy_by_node(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for s in self.served:
+            for n, j in s.energy_j.items():
+                out[n] = out.get(n, 0.0) + j
+        return out
+
+    def report(self) -> str:
+        n = len(self.served)
+        orbit = sum(s.via_orbit for s in self.served)
+        lines = [f"simulated {self.horizon_s:,.0f} s (seed {self.seed}): {n + len(self.rejected)} requests, "
+                 f"{n} served ({orbit} through orbit, {n - orbit} on the ground), {self.delayed} delayed for a route, "
+                 f"{len(self.rejected)} rejected",
+                 f"  latency p50 {self.quantile('latency_ms', 0.5):,.1f} ms, p99 {self.quantile('latency_ms', 0.99):,.1f} ms"]
+        if any(math.isfinite(s.tpot_ms) for s in self.served):
+            lines.append(f"  TPOT p50 {self.quantile('tpot_ms', 0.5):,.2f} ms, p99 {self.quantile('tpot_ms', 0.99):,.2f} ms")
+        energy = self.energy_by_node()
+        if n:
+            lines.append("  energy per request: " + ", ".join(f"{k} {v / n:,.3g} J" for k, v in sorted(energy.items())))
+        for name, (_, charge) in self.battery.items():
+            lines.append(f"  battery {name}: {charge.min():,.1f}-{charge.max():,.1f} Wh over the horizon")
+        return "\n".join(lines)
+
+
+def _costs(p: IntervalPlan) -> tuple[float, float, float, bool, dict[str, float]]:
+    """(service period s, latency ms, TPOT ms, via orbit, energy by node J) of a route."""
+    est = p.estimate
+    topo = p.condition.topology
+    g = est.generation
+    period_s = (g.token_period_ms * g.new_tokens if g is not None else est.period_ms) / 1e3
+    latency = g.generation_ms if g is not None else est.total_ms
+    tpot = g.tpot_ms if g is not None else math.nan
+    energy: dict[str, float] = {}
+    for le in est.by_layer:
+        energy[le.node] = energy.get(le.node, 0.0) + le.total_ms * 1e-3 * topo.devices[le.node].power_w
+    links = est.energy_j - sum(energy.values())
+    if links > 1e-12:
+        energy["links"] = links
+    via_orbit = any(topo.devices[topo.chain[s]].kind == "orbital" for s in set(est.stages))
+    return period_s, latency, tpot, via_orbit, energy
+
+
+def simulate(plan: HorizonPlan, *, rate_per_s: float, seed: int = 0, max_wait_s: float = 600.0,
+             schedule: Any = None) -> Simulation:
+    """Run a Poisson arrival trace of ``rate_per_s`` over the plan's horizon (see the module docstring).
+
+    ``schedule`` (optional) adds each powered node's battery over the horizon to the result.
+    """
+    if not (isinstance(rate_per_s, (int, float)) and rate_per_s > 0 and math.isfinite(rate_per_s)):
+        raise ValueError(f"rotafx: rate_per_s must be a positive number of requests per second, got {rate_per_s!r}")
+    if not (max_wait_s >= 0):
+        raise ValueError(f"rotafx: max_wait_s must be >= 0 seconds, got {max_wait_s!r}")
+    rng = np.random.default_rng(seed)
+    horizon = plan.horizon_s
+    arrivals, t = [], 0.0
+    while True:
+        t += float(rng.exponential(1.0 / rate_per_s))
+        if t >= horizon:
+            break
+        arrivals.append(t)
+    spans = sorted(((iv.start_s, iv.end_s, p) for p in plan.plans for iv in p.condition.intervals),
+                   key=lambda x: x[0])
+    starts = np.array([a for a, _, _ in spans])
+    costs = {id(p): _costs(p) for p in plan.plans if p.stages is not None}
+    served, rejected, delayed = [], [], 0
+    free_at = 0.0  # when the pipeline takes its next request
+    for a in arrivals:
+        waits = spans[int(np.searchsorted(starts, a, side="right")) - 1][2].stages is None  # no route on arrival
+        begin = max(a, free_at)
+        i = int(np.searchsorted(starts, begin, side="right")) - 1
+        while i < len(spans) and spans[i][2].stages is None:  # no route now: wait for the next interval with one
+            i += 1
+        if i >= len(spans) or max(begin, spans[i][0]) - a > max_wait_s:
+            rejected.append(a)
+            continue
+        begin = max(begin, spans[i][0])
+        delayed += waits
+        period_s, latency, tpot, orbit, energy = costs[id(spans[i][2])]
+        free_at = begin + period_s
+        served.append(Served(a, begin, 1e3 * (begin - a) + latency, tpot, orbit, energy))
+    battery = {}
+    if schedule is not None:
+        for name in schedule.power:
+            times, charge, _ = schedule.battery(name)
+            battery[name] = (times, charge)
+    return Simulation(served, delayed, rejected, horizon, seed, battery)

@@ -1,0 +1,84 @@
+"""The simulator: reproducible from its seed, each request priced by the route in force when it starts, queued
+behind the pipeline's period, delayed or rejected where no route exists."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+pytest.importorskip("sgp4")
+
+from rotafx.orbits import Schedule, Window  # noqa: E402
+from rotafx.orbits.horizon import plan_horizon  # noqa: E402
+from rotafx.orbits.simulate import simulate  # noqa: E402
+from tests.test_horizon import START, _schedule, _topology, profile  # noqa: E402,F401
+
+
+@pytest.fixture(scope="module")
+def plan(profile):  # noqa: F811
+    return plan_horizon(profile, _topology(profile, 1.0, 1.0), _schedule(), objective="minimize_energy")
+
+
+def test_the_same_seed_gives_the_same_day(plan) -> None:
+    a, b, c = simulate(plan, rate_per_s=0.2, seed=3), simulate(plan, rate_per_s=0.2, seed=3), simulate(plan, rate_per_s=0.2, seed=4)
+    assert a.served == b.served and a.rejected == b.rejected
+    assert a.served != c.served
+
+
+def test_each_request_costs_its_routes_estimate_plus_its_wait(plan) -> None:
+    sim = simulate(plan, rate_per_s=50.0, seed=1)  # fast enough to queue behind the period
+    assert len(sim.served) > 1000 and not sim.rejected
+    prev_start, prev_period = -math.inf, 0.0
+    for s in sim.served:
+        route = plan.route_at(s.start_s)
+        assert s.start_s >= s.arrival_s and s.start_s >= prev_start + prev_period - 1e-12
+        assert s.latency_ms == pytest.approx(1e3 * (s.start_s - s.arrival_s) + route.estimate.total_ms)
+        assert s.via_orbit == (1 in route.stages)
+        assert sum(s.energy_j.values()) == pytest.approx(route.estimate.energy_j)
+        prev_start, prev_period = s.start_s, route.estimate.period_ms / 1e3
+    assert sim.quantile("latency_ms", 0.99) > sim.quantile("latency_ms", 0.5)
+    assert 0 < sum(s.via_orbit for s in sim.served) < len(sim.served), "orbit while in view, ground otherwise"
+    assert "through orbit" in sim.report()
+
+
+def test_no_route_delays_then_rejects(profile) -> None:  # noqa: F811
+    """The bypass and the uplink are both down from 100 s to 700 s: a request there waits for 700 s, at most
+    max_wait_s."""
+    down = [Window(0, 100), Window(700, 1000)]
+    sched = Schedule(START, 1000.0, windows={("ground0", "orbital0"): down, ("ground0", "ground1"): down})
+    plan = plan_horizon(profile, _topology(profile, 1.0, 1.0), sched)
+    sim = simulate(plan, rate_per_s=0.5, seed=2, max_wait_s=200.0)
+    assert sim.rejected and all(100 <= a < 500 for a in sim.rejected), "more than 200 s before the route returns"
+    waited = [s for s in sim.served if 500 <= s.arrival_s < 700]
+    assert waited and waited[0].start_s == pytest.approx(700.0) and sim.delayed == len(waited)
+
+
+def test_bad_rates_are_refused(plan) -> None:
+    with pytest.raises(ValueError, match=r"rate_per_s must be a positive number"):
+        simulate(plan, rate_per_s=0)
+
+
+def test_the_command_prints_the_plan_and_the_day(tmp_path, capsys) -> None:
+    import json
+
+    from rotafx import ModelProfile, models
+    from rotafx.cli import main
+
+    sched = {"start": START, "horizon_s": 3600,
+             "links": [{"src": "ground0", "dst": "orbital0", "windows": [{"start_s": 600, "end_s": 1200}]},
+                       {"src": "orbital3", "dst": "ground1", "windows": [{"start_s": 600, "end_s": 1200}]}]}
+    (tmp_path / "day.json").write_text(json.dumps(sched))
+    args = ["simulate", "mlp", "--quiet", "--topology", "seed", "--schedule", str(tmp_path / "day.json"),
+            "--objective", "minimize_energy", "--rate", "0.05", "--seed", "7"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    prof = ModelProfile.from_pytorch(models.EXAMPLES["mlp"](), models.example_inputs("mlp", 1))
+    import rotafx
+
+    plan = plan_horizon(prof, rotafx.preset("seed"), Schedule.from_dict(sched), objective="minimize_energy")
+    sim = simulate(plan, rate_per_s=0.05, seed=7)
+    assert plan.report() in out and sim.report().splitlines()[0] in out
+    (tmp_path / "bad.json").write_text(json.dumps({**sched, "links": [{"src": "ground9", "dst": "orbital0"}]}))
+    assert main([*args[:6], str(tmp_path / "bad.json"), *args[7:]]) == 2
+    assert "ground9" in capsys.readouterr().err
