@@ -82,3 +82,44 @@ def test_the_command_prints_the_plan_and_the_day(tmp_path, capsys) -> None:
     (tmp_path / "bad.json").write_text(json.dumps({**sched, "links": [{"src": "ground9", "dst": "orbital0"}]}))
     assert main([*args[:6], str(tmp_path / "bad.json"), *args[7:]]) == 2
     assert "ground9" in capsys.readouterr().err
+
+
+def test_the_day_example_runs_and_its_figures_hold_together(capsys) -> None:
+    """examples/orbits_day.py on a small LLaMA (meta device) over 8 hours: requests go through orbit only while
+    both ends of the satellite train are in view, and orbit saves ground energy."""
+    import runpy
+    from pathlib import Path
+
+    from rotafx.models import LlamaConfig, llama
+
+    ns = runpy.run_path(str(Path(__file__).resolve().parent.parent / "examples" / "orbits_day.py"))
+    model = llama(LlamaConfig(vocab=512, hidden=256, layers=4, heads=8, kv_heads=2, mlp=512, max_seq=512), "meta")
+    res = ns["main"](["--hours", "8", "--rate", "0.05", "--seed", "1"], model=model)
+    out = capsys.readouterr().out
+    sched = ns["day"](8)
+    both = [(max(a.start_s, b.start_s), min(a.end_s, b.end_s)) for a in sched.windows[("ground0", "orbital0")]
+            for b in sched.windows[("orbital3", "ground1")] if min(a.end_s, b.end_s) > max(a.start_s, b.start_s)]
+    orbit = [s for s in res["with orbit"]["sim"].served if s.via_orbit]
+    assert orbit, "some requests go up"
+    assert all(any(a <= s.start_s < b for a, b in both) for s in orbit)
+    assert res["with orbit"]["ground_j_per_request"] < res["ground only"]["ground_j_per_request"]
+    assert not any(s.via_orbit for s in res["ground only"]["sim"].served)
+    assert "go through orbit" in out
+
+
+def test_a_generation_request_costs_its_prefill_and_every_decode_step() -> None:
+    from rotafx import ModelProfile
+    from rotafx.models import small_gpt
+    from tests.test_horizon import _topology as topo_of
+
+    gen = ModelProfile.for_generation(small_gpt(layers=2), prompt_len=16, new_tokens=8)
+    plan = plan_horizon(gen, topo_of(gen, 1.0, 1.0), _schedule(), objective="minimize_tpot")
+    sim = simulate(plan, rate_per_s=0.05, seed=0)
+    for s in sim.served:
+        g = plan.route_at(s.start_s).estimate.generation
+        assert s.tpot_ms == g.tpot_ms
+        assert s.latency_ms == pytest.approx(1e3 * (s.start_s - s.arrival_s) + g.generation_ms)
+        total = g.energy_per_token_j * g.batch_size * g.new_tokens
+        assert sum(s.energy_j.values()) == pytest.approx(total)
+        # the test topology's links cost no energy: the nodes spend it all, the prefill and every decode step
+        assert sum(j for n, j in s.energy_j.items() if n != "links") == pytest.approx(total, rel=1e-6)

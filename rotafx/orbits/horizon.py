@@ -155,7 +155,10 @@ def conditions(topology: Topology, schedule: Schedule, step_s: float = 10.0) -> 
                 a, b = chain[f - 1], chain[g + 1]
                 if (a, b) in scheduled and (a, b) not in iv.links:
                     why = why or f"the bypass {a} -> {b} is down too"
-        figures = tuple(sorted((k, (w.bandwidth_bps, w.latency_ms)) for k, w in iv.links.items()))
+        # the figures of links that reach a skipped stage cannot matter: not part of what the condition is
+        skipped = {chain[s] for s in empty} - {chain[s] for s in range(len(chain)) if s not in empty}
+        figures = tuple(sorted((k, (w.bandwidth_bps, w.latency_ms)) for k, w in iv.links.items()
+                               if not set(k) & skipped))
         key = (figures, frozenset(empty), why)
         groups.setdefault(key, []).append(iv)
         meta[key] = (dict(figures), frozenset(empty), why)
@@ -256,13 +259,19 @@ def plan_horizon(profile: ModelProfile, topology: Topology | Mapping[str, Any] |
             f"the whole model, or more memory in orbit")
     if status not in ("optimal", "time_limit") or R.value is None:
         raise InfeasibleError(f"rotafx: the horizon plan has no answer: {status}")
-    resident = {n: tuple(int(l) for l in np.flatnonzero(np.round(R.value[:, i]))) for n, i in index.items()}
     plans = []
     for c, (tables, Y), v in zip(served, layouts, values):
         y = np.round(np.column_stack([yy.value for yy in Y])).astype(int)
         stages = tuple(int(tables.K - 1 - y[l].sum()) for l in range(L))
         est = evaluate(tables, stages)
         plans.append(IntervalPlan(c, stages, est, obj.value(est.terms())))
+    # a node holds what some route runs on it (the solver may leave spare layers where memory allows: costless to
+    # it, an upload to the node)
+    used: dict[str, set[int]] = {n: set() for n in nodes}
+    for p in plans:
+        for l, st in enumerate(p.stages):
+            used[topo.chain[st]].add(l)
+    resident = {n: tuple(sorted(used[n])) for n in nodes}
     plans += [IntervalPlan(c, None, None, math.nan) for c in conds if c.topology is None]
     return HorizonPlan(resident=resident, plans=tuple(plans), objective=obj.name, aggregate=aggregate,
                        value=float(value), status=status, horizon_s=float(schedule.horizon_s))

@@ -87,9 +87,12 @@ def _costs(p: IntervalPlan) -> tuple[float, float, float, bool, dict[str, float]
     latency = g.generation_ms if g is not None else est.total_ms
     tpot = g.tpot_ms if g is not None else math.nan
     energy: dict[str, float] = {}
-    for le in est.by_layer:
-        energy[le.node] = energy.get(le.node, 0.0) + le.total_ms * 1e-3 * topo.devices[le.node].power_w
-    links = est.energy_j - sum(energy.values())
+    # the prefill once, and for generation every later token's decode step
+    for part, times in ((est, 1), *(((g.decode, g.new_tokens - 1),) if g is not None else ())):
+        for le in part.by_layer:
+            energy[le.node] = energy.get(le.node, 0.0) + times * le.total_ms * 1e-3 * topo.devices[le.node].power_w
+    total = g.energy_per_token_j * g.batch_size * g.new_tokens if g is not None else est.energy_j
+    links = total - sum(energy.values())
     if links > 1e-12:
         energy["links"] = links
     via_orbit = any(topo.devices[topo.chain[s]].kind == "orbital" for s in set(est.stages))
