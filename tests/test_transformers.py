@@ -200,3 +200,38 @@ def test_recurrent_layers_and_a_loss_have_rules() -> None:
     assert 2 * b * t * 3 * h * (h + h) <= gru.flops <= 1.05 * 2 * b * t * 3 * h * (h + h)
     # the head's matmul, log-softmax (5 per element) and the loss (one per target), with a little for the mean
     assert 2 * b * t * h * 5 + 5 * b * t * 5 + b * t <= head.flops <= 1.05 * (2 * b * t * h * 5 + 5 * b * t * 5 + b * t)
+
+
+def test_an_lstm_compiles_into_stages_with_allow_rnn() -> None:
+    """dynamo leaves nn.LSTM out of its graphs unless torch._dynamo.config.allow_rnn is set; with it, the LSTM is a
+    layer of the plan, split from the rest, with eager's outputs."""
+    from tests.test_backend import ON_CPU, three_cpus
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(100, 32)
+            self.lstm = nn.LSTM(32, 48, num_layers=2, batch_first=True)
+            self.head = nn.Linear(48, 100)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h, _ = self.lstm(self.emb(x))
+            return self.head(h)
+
+    torch.manual_seed(0)
+    m = Net().eval()
+    x = torch.randint(0, 100, (2, 6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        layers = {l.name: l for l in rotafx.ModelProfile.from_pytorch(m, (x,)).layers}
+    # a node holds the LSTM, or the embedding and the head, not all three
+    need = max(layers["lstm"].weight_bytes, layers["emb"].weight_bytes + layers["head"].weight_bytes)
+    be = rotafx.backend(topology=three_cpus(need + max(l.peak_bytes for l in layers.values()) + 4096), devices=ON_CPU,
+                        inner="eager")
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(allow_rnn=True), torch.no_grad():
+        got = torch.compile(m, backend=be, fullgraph=True)(x)
+    (plan,) = be.plans
+    assert "lstm" in [l.name for l in plan.profile.layers] and len(plan.stages) >= 2
+    # dynamo unrolls the LSTM into its gates' ops (not the fused kernel): equal to float rounding
+    torch.testing.assert_close(got, m(x))
