@@ -274,9 +274,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UsageError(f"rotafx: {args.model!r} gives no example inputs with real weights; compare runs the model "
                          f"(a factory may return (module, example_inputs))")
     Topology.coerce(args.topology)  # a bad topology is reported before anything is exported
+    generation = None
+    if args.prompt_len is not None or args.new_tokens is not None:  # TTFT and TPOT of generations, in this process
+        generation = {"prompt_len": args.prompt_len or args.seq_len or 128, "new_tokens": args.new_tokens or 128,
+                      "sequences": args.sequences}
     cmp = estimate_vs_measured(model.eval(), inputs, repeats=args.repeats, threads=args.threads,
                                emulate_links=not args.no_emulate, topology=args.topology, objective=args.objective,
-                               codec=args.codec, memory_rule=args.memory_rule)
+                               codec=args.codec, memory_rule=args.memory_rule, generation=generation)
     print(cmp.report())
     return 0
 

@@ -47,6 +47,7 @@ class Comparison:
     repeats: int
     emulate_links: bool
     plan_dir: str
+    generation: str = ""  # the workload, when the rows are a generation's (TTFT, TPOT, the whole generation)
 
     @property
     def total(self) -> Row:
@@ -54,7 +55,8 @@ class Comparison:
 
     def report(self) -> str:
         """The table, as the CLI prints it."""
-        lines = [f"estimate vs measured over {self.repeats} requests in this process"
+        what = f"generations ({self.generation})" if self.generation else "requests"
+        lines = [f"estimate vs measured over {self.repeats} {what} in this process"
                  f"{' with the links emulated' if self.emulate_links else ''} (plan {self.plan_dir}):",
                  f"  {'':<28} {'estimate':>10} {'measured':>10} {'p10-p90':>17} {'error':>8}"]
         for r in self.rows:
@@ -74,7 +76,7 @@ def _quantiles(xs: Sequence[float]) -> tuple[float, float, float]:
 def estimate_vs_measured(model: torch.nn.Module | str | os.PathLike[str], example_inputs: Any = None, *,
                          example_kwargs: Mapping[str, Any] | None = None, repeats: int = 20, warmup: int = 3,
                          emulate_links: bool = True, threads: int | None = None, path: str | os.PathLike[str] | None = None,
-                         **options: Any) -> Comparison:
+                         generation: Any = None, **options: Any) -> Comparison:
     """Run a plan here and compare each stage's and the whole request's time with the estimate.
 
     ``model`` is a module (exported with ``options`` as :func:`rotafx.export` takes them:
@@ -82,7 +84,15 @@ def estimate_vs_measured(model: torch.nn.Module | str | os.PathLike[str], exampl
     timed after ``warmup``; ``threads`` sets torch's intra-op threads while timing
     (default: as they are). ``emulate_links`` holds each hop back as the topology's links
     would (:mod:`rotafx.runtime.links`): without it the links cost only a copy here.
+
+    With ``generation`` (as :func:`rotafx.partition` takes it: ``{"new_tokens": N, ...}``) a causal LM
+    is partitioned for generating tokens and ``repeats`` generations run in this process
+    (:func:`rotafx.generate`, links not emulated): the rows are TTFT, TPOT and the whole
+    generation, each beside the plan's estimate (``pipeline.generation_plan``).
     """
+    if generation is not None:
+        return _generation_vs_measured(model, example_inputs, example_kwargs, generation, repeats, warmup, threads,
+                                       options)
     from .frontends.pytorch.trace import as_args
     from .plan.load import load
     from .plan.schema import read_plan
@@ -163,6 +173,45 @@ def estimate_vs_measured(model: torch.nn.Module | str | os.PathLike[str], exampl
     m, lo, hi = _quantiles(total_ms)
     rows.append(Row("whole request", float(est.get("total_ms", 0.0)), m, lo, hi))
     return Comparison(tuple(rows), repeats, emulate_links, str(plan_dir))
+
+
+def _generation_vs_measured(model: Any, example_inputs: Any, example_kwargs: Mapping[str, Any] | None, generation: Any,
+                            repeats: int, warmup: int, threads: int | None, options: Mapping[str, Any]) -> Comparison:
+    """TTFT, TPOT and the whole generation of ``repeats`` timed :func:`rotafx.generate` calls against the plan."""
+    from .backend.partition import partition
+    from .frontends.pytorch.trace import as_args
+    from .runtime.generate import generate
+
+    for name, v, low in (("repeats", repeats, 1), ("warmup", warmup, 0)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"rotafx: {name} must be an integer >= {low}, got {v!r}")
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError("rotafx: generation is measured on a model partitioned here; give the module, not a plan "
+                         "directory")
+    pm = partition(model, as_args(example_inputs), example_kwargs=example_kwargs, generation=generation, **options)
+    g = pm.generation_plan.estimate.generation
+    ids = next(a for a in as_args(example_inputs) if isinstance(a, torch.Tensor) and not a.is_floating_point())
+    prompt = ids[:g.batch_size].repeat(1, -(-g.prompt_len // ids.shape[1]))[:, :g.prompt_len]
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    ttft, tpot, whole = [], [], []
+    try:
+        for r in range(warmup + repeats):
+            _, t = generate(pm, prompt, max_new_tokens=g.new_tokens, eos_token_id=[], timings=True)
+            if r >= warmup:
+                ttft.append(t.ttft_ms)
+                tpot.append(t.tpot_ms)
+                whole.append(t.ttft_ms + sum(t.decode_ms))
+    finally:
+        torch.set_num_threads(old_threads)
+    rows = []
+    for what, est, xs in (("time to first token", g.ttft_ms, ttft), ("time per output token", g.tpot_ms, tpot),
+                          ("whole generation", g.generation_ms, whole)):
+        m, lo, hi = _quantiles(xs)
+        rows.append(Row(what, est, m, lo, hi))
+    workload = f"{g.prompt_len} prompt + {g.new_tokens} new tokens, batch {g.batch_size}"
+    return Comparison(tuple(rows), repeats, False, "in memory", generation=workload)
 
 
 def _figures(spec: Any) -> dict[str, str]:

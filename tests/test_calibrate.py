@@ -595,3 +595,25 @@ def test_the_op_kind_tables_match_ops_timed_here_within_a_factor_of_two() -> Non
         assert 0.5 < priced / measured < 2.0, f"{op_type}: priced {priced * 1e6:.1f} us, measured {measured * 1e6:.1f} us"
     # and the kinds differ as the machine does: 32k tanh cost several adds of the same size (not 1 FLOP at peak)
     assert got["tanh.default"] > 3 * got["add.Tensor"]
+
+
+def test_estimate_vs_measured_for_generation_sets_ttft_and_tpot_beside_the_plan(tmp_path: Path) -> None:
+    from rotafx.models import small_gpt
+    from tests.test_backend import ON_CPU, three_cpus
+
+    torch.manual_seed(0)
+    m = small_gpt(layers=2, seq=64).eval()
+    ids = torch.randint(0, 256, (1, 8))
+    opts = dict(topology=three_cpus(10e6), devices=ON_CPU)
+    gen = {"new_tokens": 12, "prompt_len": 20}
+    cmp = rotafx.estimate_vs_measured(m, (ids,), generation=gen, repeats=3, warmup=1, threads=1, **opts)
+    want = rotafx.partition(m, (ids,), generation=gen, **opts).generation_plan.estimate.generation
+    ttft, tpot, whole = cmp.rows
+    assert (ttft.what, tpot.what, whole.what) == ("time to first token", "time per output token", "whole generation")
+    assert (ttft.estimate_ms, tpot.estimate_ms, whole.estimate_ms) == (want.ttft_ms, want.tpot_ms, want.generation_ms)
+    assert 0 < ttft.measured_ms < whole.measured_ms and 0 < tpot.measured_ms < whole.measured_ms
+    # the whole generation is its first token and eleven decode steps
+    assert whole.measured_ms >= ttft.p10_ms + 11 * 0.5 * tpot.p10_ms
+    assert "generations (20 prompt + 12 new tokens, batch 1)" in cmp.report()
+    with pytest.raises(ValueError, match=r"give the module, not a plan directory"):
+        rotafx.estimate_vs_measured(tmp_path, (ids,), generation=gen)
