@@ -100,3 +100,23 @@ def test_no_route_when_the_bypass_is_down_too(profile) -> None:
     assert plan.served_s == pytest.approx(50.0)
     (gone,) = [p for p in plan.plans if p.stages is None]
     assert "bypass ground0 -> ground1 is down too" in gone.condition.why
+
+
+@pytest.mark.parametrize("cost", [0.0, 1e-3, 1e3])
+def test_moving_weights_costs_what_it_says_and_equals_brute_force(profile, cost) -> None:
+    """The ground holds everything now; uploading a GB costs ``cost`` J: energy goes to orbit only when the saving
+    pays for the upload."""
+    topo, sched = _topology(profile, 1.0, 1.0), _schedule()
+    previous = {"ground0": [0, 1, 2], "ground1": [0, 1, 2]}
+    _, want = brute_force_horizon(profile, topo, sched, objective="minimize_energy", previous=previous,
+                                  move_cost_per_gb=cost)
+    plan = plan_horizon(profile, topo, sched, objective="minimize_energy", previous=previous, move_cost_per_gb=cost)
+    assert plan.value == pytest.approx(want, rel=1e-6)
+    gb = sum(profile.layers[l].weight_bytes for l in plan.resident["orbital0"]) / 1e9
+    assert plan.moved_gb == pytest.approx(gb), "only the orbital node receives weights"
+    if cost >= 1e3:
+        assert plan.resident["orbital0"] == (), "an upload dearer than any saving: nothing moves"
+    if cost == 0.0:
+        assert plan.resident["orbital0"], "free to move: energy goes up while in view"
+    with pytest.raises(ValueError, match=r"previous names \['ground9'\]"):
+        plan_horizon(profile, topo, sched, previous={"ground9": [0]}, move_cost_per_gb=1.0)

@@ -78,6 +78,7 @@ class HorizonPlan:
     value: float
     status: str
     horizon_s: float
+    moved_gb: float = 0.0  # weights the nodes receive, against ``previous``
 
     @property
     def served_s(self) -> float:
@@ -188,7 +189,8 @@ def _restricted_best(tables: CostTables, obj: Any, empty: frozenset[int], allowe
 
 def plan_horizon(profile: ModelProfile, topology: Topology | Mapping[str, Any] | str, schedule: Schedule, *,
                  objective: str = "minimize_latency", aggregate: str = "mean", codec: str | None = None,
-                 memory_rule: str = "liveness", time_limit: float = 60.0, step_s: float = 10.0) -> HorizonPlan:
+                 memory_rule: str = "liveness", time_limit: float = 60.0, step_s: float = 10.0,
+                 previous: Mapping[str, Sequence[int]] | None = None, move_cost_per_gb: float = 0.0) -> HorizonPlan:
     """The resident layers of each node and the best route of every interval, exact (see the module docstring).
 
     Args:
@@ -198,6 +200,9 @@ def plan_horizon(profile: ModelProfile, topology: Topology | Mapping[str, Any] |
         objective: any objective of the optimizer but ``balance`` (its weights are the optimizer's).
         aggregate: ``"mean"`` (the objective averaged over the served time) or ``"worst"`` (its worst interval).
         time_limit: wall seconds for the solve.
+        previous: the layers each node holds now (the last horizon's ``resident``); with ``move_cost_per_gb``,
+            every GB of weights a node must receive adds that much to the objective (in its units: ms, J, ...),
+            so the plan changes what is uploaded only where it pays.
 
     Raises:
         InfeasibleError: no residency serves every interval that has a route (naming the intervals), or
@@ -251,6 +256,9 @@ def plan_horizon(profile: ModelProfile, topology: Topology | Mapping[str, Any] |
             cons.append(worst >= value)
     expr = worst if aggregate == "worst" else cp.sum(cp.hstack([(c.seconds / total) * v
                                                                  for c, v in zip(served, values)]))
+    move = _moved_gb(profile, nodes, previous)
+    if move_cost_per_gb and move.any():
+        expr = expr + move_cost_per_gb * cp.sum(cp.multiply(move, R))
     status, value, _, _ = _solve(cp.Problem(cp.Minimize(expr), cons), deadline, False)
     if status == "infeasible":
         raise InfeasibleError(
@@ -273,13 +281,32 @@ def plan_horizon(profile: ModelProfile, topology: Topology | Mapping[str, Any] |
             used[topo.chain[st]].add(l)
     resident = {n: tuple(sorted(used[n])) for n in nodes}
     plans += [IntervalPlan(c, None, None, math.nan) for c in conds if c.topology is None]
+    moved = float(sum(move[l, index[n]] for n, ls in resident.items() for l in ls))
     return HorizonPlan(resident=resident, plans=tuple(plans), objective=obj.name, aggregate=aggregate,
-                       value=float(value), status=status, horizon_s=float(schedule.horizon_s))
+                       value=float(value), status=status, horizon_s=float(schedule.horizon_s), moved_gb=moved)
+
+
+def _moved_gb(profile: ModelProfile, nodes: Sequence[str], previous: Mapping[str, Sequence[int]] | None) -> np.ndarray:
+    """``[layer, node]``: GB of weights a node would receive to hold the layer (0 where it holds it already)."""
+    gb = np.array([l.weight_bytes for l in profile.layers], dtype=float)[:, None] / 1e9
+    out = np.repeat(gb, len(nodes), axis=1)
+    if previous is None:
+        return np.zeros_like(out)
+    unknown = sorted(set(previous) - set(nodes))
+    if unknown:
+        raise ValueError(f"rotafx: previous names {unknown}, not nodes of the chain ({', '.join(nodes)})")
+    for n, layers in previous.items():
+        for l in layers:
+            if not (isinstance(l, int) and 0 <= l < profile.num_layers):
+                raise ValueError(f"rotafx: previous[{n!r}] holds layer {l!r}; layers are 0..{profile.num_layers - 1}")
+            out[l, nodes.index(n)] = 0.0
+    return out
 
 
 def brute_force_horizon(profile: ModelProfile, topology: Topology | Mapping[str, Any] | str, schedule: Schedule, *,
-                        objective: str = "minimize_latency", aggregate: str = "mean",
-                        step_s: float = 10.0) -> tuple[dict[str, tuple[int, ...]] | None, float]:
+                        objective: str = "minimize_latency", aggregate: str = "mean", step_s: float = 10.0,
+                        previous: Mapping[str, Sequence[int]] | None = None,
+                        move_cost_per_gb: float = 0.0) -> tuple[dict[str, tuple[int, ...]] | None, float]:
     """Every residency enumerated (``2 ** (layers x nodes)``: tiny cases only), each condition's best route by
     enumeration; the best residency and its value. For tests."""
     import itertools
@@ -292,6 +319,7 @@ def brute_force_horizon(profile: ModelProfile, topology: Topology | Mapping[str,
     base = CostTables(profile, topo)
     tables = [CostTables(profile, c.topology) for c in conds]
     total = sum(c.seconds for c in conds)
+    move = _moved_gb(profile, nodes, previous)
     best, arg = math.inf, None
     for bits in itertools.product((0, 1), repeat=base.L * len(nodes)):
         allowed = np.array(bits, dtype=bool).reshape(base.L, len(nodes))
@@ -305,6 +333,7 @@ def brute_force_horizon(profile: ModelProfile, topology: Topology | Mapping[str,
         if not all(math.isfinite(v) for v in vals):
             continue
         agg = max(vals) if aggregate == "worst" else sum(c.seconds / total * v for c, v in zip(conds, vals))
+        agg += move_cost_per_gb * float((move * allowed).sum())
         if agg < best - 1e-9 * max(1.0, abs(best) if math.isfinite(best) else 1.0):
             best, arg = agg, {n: tuple(int(l) for l in np.flatnonzero(allowed[:, i])) for n, i in index.items()}
     return arg, best
