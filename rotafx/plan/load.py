@@ -9,11 +9,11 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..devices import existing_device
-from ..runtime.loaded import LoadedPipeline
+from ..runtime.loaded import CachedStage, LoadedPipeline
 from .archive import read_program
 from .schema import PlanError, PlanSpec, StageSpec, TensorSpec, read_plan
 
-__all__ = ["load", "LoadedStage"]
+__all__ = ["load", "LoadedStage", "load_cached_stage"]
 
 
 class LoadedStage(torch.nn.Module):
@@ -72,8 +72,32 @@ def load(path: str | os.PathLike[str], stage: int | None = None, *, device: Any 
             raise PlanError(f"rotafx: stage must be an integer 0..{plan.num_stages - 1} (the plan has "
                             f"{plan.num_stages} stages), got {stage!r}")
         return _load_stage(plan, plan.stages[stage], _stage_device(plan, plan.stages[stage], device, devices), verify)
-    loaded = [_load_stage(plan, s, _stage_device(plan, s, device, devices), verify) for s in plan.stages]
-    return LoadedPipeline(plan, loaded, emulate_links=emulate_links)
+    where = [_stage_device(plan, s, device, devices) for s in plan.stages]
+    loaded = [_load_stage(plan, s, d, verify) for s, d in zip(plan.stages, where)]
+    cached = [load_cached_stage(plan, s.index, d, verify) for s, d in zip(plan.stages, where)] if plan.generation else []
+    return LoadedPipeline(plan, loaded, emulate_links=emulate_links, cached_stages=cached)
+
+
+def load_cached_stage(plan: PlanSpec, stage: int, device: torch.device, verify: bool = True) -> CachedStage:
+    """Stage ``stage``'s prefill and decode programs (``plan.generation``), read and checked like a stage's program,
+    each cache buffer ``plan.json`` names found in both with its stated shape."""
+    gen = plan.generation
+    assert gen is not None
+    progs = []
+    for kind in ("prefill", "decode"):
+        sub = gen.program(kind)
+        sub.path = plan.path
+        s = sub.stages[stage]
+        st = _load_stage(sub, s, device, verify, f"{kind} program")
+        bufs = dict(st.module.named_buffers())
+        for name, spec in s.cache:
+            if name not in bufs or not spec.matches(bufs[name]):
+                got = TensorSpec.of(bufs[name]).describe() if name in bufs else "nothing"
+                raise PlanError(f"rotafx: stage {stage} ({s.node}): plan.json says its {kind} program {s.file} keeps "
+                                f"the KV cache {name!r} {spec.describe()}, but the program holds {got} there; the plan "
+                                f"was altered or comes from another export: copy the whole plan directory again")
+        progs.append(st)
+    return CachedStage(progs[0], progs[1], gen.prefill.stages[stage].cache, device)
 
 
 def _stage_device(plan: PlanSpec, s: StageSpec, device: Any, devices: Any) -> torch.device:
@@ -100,7 +124,7 @@ def _stage_device(plan: PlanSpec, s: StageSpec, device: Any, devices: Any) -> to
                            PlanError)
 
 
-def stage_file(plan: PlanSpec, s: StageSpec) -> Path:
+def stage_file(plan: PlanSpec, s: StageSpec, what: str = "program") -> Path:
     """The stage's program file: a plain file inside the plan directory (a name with a directory part, an absolute
     path, ``..`` or a link out of the directory is refused: the plan may come from someone else)."""
     assert plan.path is not None
@@ -108,18 +132,18 @@ def stage_file(plan: PlanSpec, s: StageSpec) -> Path:
     name = Path(s.file)
     f = (root / name).resolve()
     if name.is_absolute() or len(name.parts) != 1 or name.name in ("", ".", "..") or f.parent != root:
-        raise PlanError(f"rotafx: stage {s.index} ({s.node}): plan.json names the program {s.file!r}, which is not a "
+        raise PlanError(f"rotafx: stage {s.index} ({s.node}): plan.json names the {what} {s.file!r}, which is not a "
                         f"file of the plan directory {root}; a plan's files are plain names next to plan.json")
     if not f.is_file():
-        raise PlanError(f"rotafx: stage {s.index} ({s.node}): its program {plan.path / s.file} is missing; the plan "
+        raise PlanError(f"rotafx: stage {s.index} ({s.node}): its {what} {plan.path / s.file} is missing; the plan "
                         f"lists {plan.num_stages} stage files ({', '.join(x.file for x in plan.stages)}); copy it next to "
                         f"plan.json")
     return f
 
 
-def _load_stage(plan: PlanSpec, s: StageSpec, device: torch.device, verify: bool) -> LoadedStage:
-    f = stage_file(plan, s)
-    ep = read_program(f, s.sha256 if verify else None, f"stage {s.index} ({s.node})")
+def _load_stage(plan: PlanSpec, s: StageSpec, device: torch.device, verify: bool, what: str = "program") -> LoadedStage:
+    f = stage_file(plan, s, what)
+    ep = read_program(f, s.sha256 if verify else None, f"stage {s.index} ({s.node}){'' if what == 'program' else ' ' + what}")
     sig = ep.graph_signature
     user_in = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in set(sig.user_inputs)]
     want = [None if v in plan.constants else plan.values[v] for v in s.inputs]

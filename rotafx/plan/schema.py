@@ -9,6 +9,9 @@ A plan directory holds everything a node needs, without the model's Python code:
                        to the next one, in order, with or without the codec)
       stage0.pt2       torch.export.save of stage 0 (its weights inside)
       stage1.pt2       ...
+      stage0.prefill.pt2, stage0.decode.pt2, ...   with "generation" in plan.json (a causal LM exported
+                       with a max context): each stage's prefill and decode programs, its layers' KV
+                       cache a buffer of each (state of the stage, never on the wire)
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ from torch.utils._pytree import TreeSpec, tree_flatten, treespec_dumps, treespec
 
 from ..wire import CODECS, check_codec, compresses
 
-__all__ = ["PlanError", "TensorSpec", "WireEntry", "HopSpec", "StageSpec", "PlanSpec", "read_plan", "check_request",
+__all__ = ["PlanError", "TensorSpec", "WireEntry", "HopSpec", "StageSpec", "PlanSpec", "GenerationSpec", "read_plan",
+           "check_request",
            "sha256_of", "rotafx_version", "is_constant", "spec_json", "FORMAT", "SCHEMA_VERSION", "PLAN_FILE", "DRIVER"]
 
 FORMAT = "rotafx-plan"
-SCHEMA_VERSION = 2  # 2: constants (non-tensor inputs and outputs)
+SCHEMA_VERSION = 3  # 2: constants (non-tensor inputs and outputs); 3: generation programs
 PLAN_FILE = "plan.json"
 DRIVER = -1  # the position of the driver in a hop's ``src`` (it also receives the last hop)
 
@@ -123,6 +127,7 @@ class StageSpec:
     outputs: tuple[str, ...]  # value ids, in the order the program returns them
     weights: tuple[str, ...] = ()
     weight_bytes: int = 0
+    cache: tuple[tuple[str, TensorSpec], ...] = ()  # a generation program's KV cache buffers: (name, shape)
 
 
 @dataclass
@@ -145,6 +150,7 @@ class PlanSpec:
     path: Path | None = None
     # values that are not tensors (a bool keyword, an int, a None output): baked into the plan, checked at call time
     constants: dict[str, Any] = field(default_factory=dict)
+    generation: "GenerationSpec | None" = None  # the prefill and decode programs of a causal LM
 
     @property
     def num_stages(self) -> int:
@@ -198,10 +204,17 @@ class PlanSpec:
                 "file": s.file, "sha256": s.sha256, "inputs": list(s.inputs), "outputs": list(s.outputs),
                 "receives": _entries_json(self.hops[s.index].entries), "sends": _entries_json(self.hops[s.index + 1].entries),
                 "weights": list(s.weights), "weight_bytes": s.weight_bytes,
+                **({"cache": [{"name": n, "shape": list(t.shape), "dtype": t.dtype} for n, t in s.cache]} if s.cache else {}),
             } for s in self.stages],
             "hops": [{"index": h.index, "src": h.src, "dst": h.dst, "entries": _entries_json(h.entries),
                       "bytes": self.hop_bytes(h), "links": [dict(l) for l in h.links]} for h in self.hops],
+            **({"generation": self.generation.to_json()} if self.generation is not None else {}),
         }
+
+    def files(self) -> list[str]:
+        """Every program file the plan names (the one-pass stages', then the generation programs')."""
+        gen = self.generation
+        return [s.file for p in (self, *((gen.prefill, gen.decode) if gen else ())) for s in p.stages]
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], path: Path | None = None) -> "PlanSpec":
@@ -229,7 +242,9 @@ class PlanSpec:
             stages = [StageSpec(index=int(s["index"]), chain_index=int(s["chain_index"]), node=str(s["node"]),
                                 kind=str(s.get("kind", "")), device=str(s["device"]), file=str(s["file"]),
                                 sha256=str(s["sha256"]), inputs=tuple(s["inputs"]), outputs=tuple(s["outputs"]),
-                                weights=tuple(s.get("weights", ())), weight_bytes=int(s.get("weight_bytes", 0)))
+                                weights=tuple(s.get("weights", ())), weight_bytes=int(s.get("weight_bytes", 0)),
+                                cache=tuple((str(c["name"]), TensorSpec(tuple(int(x) for x in c["shape"]), str(c["dtype"])))
+                                            for c in s.get("cache", ())))
                       for s in data["stages"]]
             hops = [HopSpec(index=int(h["index"]), src=int(h["src"]), dst=int(h["dst"]),
                             entries=tuple(WireEntry(str(e["value"]), bool(e["encoded"])) for e in h["entries"]),
@@ -243,11 +258,15 @@ class PlanSpec:
                        objective=str(data.get("objective", "")), partition=dict(data.get("partition") or {}),
                        estimate=dict(data.get("estimate") or {}), meta=dict(data.get("meta") or {}), path=path,
                        constants=constants)
+            if data.get("generation") is not None:
+                spec.generation = GenerationSpec.from_json(data["generation"], path, where)
         except PlanError:
             raise
         except (KeyError, TypeError, ValueError) as e:
             raise PlanError(f"rotafx: {where} is malformed: {type(e).__name__}: {e}") from None
         spec._check(where)
+        if spec.generation is not None:
+            spec.generation.check(spec, where)
         return spec
 
     def _check(self, where: str) -> None:
@@ -270,6 +289,88 @@ class PlanSpec:
         sent = sorted({e.value for h in self.hops for e in h.entries} - set(self.values))
         if sent:
             raise PlanError(f"rotafx: {where}: the hops send {sent}, which are not tensors listed under 'values'")
+
+
+@dataclass
+class GenerationSpec:
+    """``plan.json``'s ``"generation"``: the prefill and decode programs of a causal LM, each a plan of its own
+    over the same stages (values, stage files, hops), and the static shapes they were exported for.
+
+    ``max_context``: tokens per sequence the cache holds (prompt + new tokens at most);
+    ``prefill_chunk``: prompt tokens per prefill call; ``batch_size``: sequences per call (one
+    cache slot); ``eos_token_id`` / ``pad_token_id``: the model's own (a transformers
+    ``generation_config``), the defaults of :func:`rotafx.generate` on the plan.
+    """
+
+    max_context: int
+    prefill_chunk: int
+    batch_size: int
+    prefill: PlanSpec
+    decode: PlanSpec
+    eos_token_id: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"max_context": self.max_context, "prefill_chunk": self.prefill_chunk, "batch_size": self.batch_size,
+                "eos_token_id": list(self.eos_token_id), "pad_token_id": self.pad_token_id,
+                "prefill": self.prefill.to_json(), "decode": self.decode.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Any, path: Path | None, where: str) -> "GenerationSpec":
+        if not isinstance(data, Mapping):
+            raise PlanError(f"rotafx: {where}: 'generation' must be an object, got {type(data).__name__}")
+        ints = {}
+        for key in ("max_context", "prefill_chunk", "batch_size"):
+            v = data.get(key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise PlanError(f"rotafx: {where}: generation.{key} must be a positive integer, got {v!r}; export the "
+                                f"plan again")
+            ints[key] = v
+        eos, pad = data.get("eos_token_id") or [], data.get("pad_token_id")
+        if not isinstance(eos, list) or any(isinstance(e, bool) or not isinstance(e, int) for e in eos) or \
+                (pad is not None and (isinstance(pad, bool) or not isinstance(pad, int))):
+            raise PlanError(f"rotafx: {where}: generation.eos_token_id must be a list of ints and pad_token_id an int "
+                            f"or null, got {eos!r} and {pad!r}")
+        progs = [PlanSpec.from_json(data.get(k), path) if isinstance(data.get(k), Mapping) else None
+                 for k in ("prefill", "decode")]
+        if progs[0] is None or progs[1] is None:
+            raise PlanError(f"rotafx: {where}: generation lacks its prefill or decode program; export the plan again")
+        return cls(prefill=progs[0], decode=progs[1], eos_token_id=tuple(eos), pad_token_id=pad, **ints)
+
+    def program(self, kind: str) -> PlanSpec:
+        """The ``"prefill"`` or ``"decode"`` program's plan."""
+        return self.prefill if kind == "prefill" else self.decode
+
+    def check(self, plan: PlanSpec, where: str) -> None:
+        """The programs run on the plan's stages, take ``input_ids`` and ``cache_position`` of the stated shapes,
+        and each cache buffer holds ``batch_size`` sequences of ``max_context`` tokens; no file is named twice."""
+        B, M, C = self.batch_size, self.max_context, self.prefill_chunk
+        if C > M:
+            raise PlanError(f"rotafx: {where}: generation.prefill_chunk ({C}) is over max_context ({M})")
+        nodes = [(s.index, s.node) for s in plan.stages]
+        for kind, n in (("prefill", C), ("decode", 1)):
+            prog = self.program(kind)
+            if [(s.index, s.node) for s in prog.stages] != nodes:
+                raise PlanError(f"rotafx: {where}: the {kind} program runs on stages "
+                                f"{[s.node for s in prog.stages]}, the plan's are {[s.node for s in plan.stages]}")
+            want = {"input_ids": TensorSpec((B, n), "int64"), "cache_position": TensorSpec((n,), "int64")}
+            got = {v: prog.values.get(v) for v in prog.tensor_inputs}
+            if got != want:
+                raise PlanError(f"rotafx: {where}: the {kind} program takes "
+                                f"{ {k: v.describe() if v else '?' for k, v in got.items()} }, but generation says "
+                                f"batch_size {B} and {n} token(s) per call: "
+                                f"{ {k: v.describe() for k, v in want.items()} }")
+            for s in prog.stages:
+                for name, t in s.cache:
+                    if len(t.shape) != 4 or t.shape[0] != B or t.shape[2] != M:
+                        raise PlanError(f"rotafx: {where}: stage {s.index}'s {kind} cache {name!r} is "
+                                        f"{t.describe()}, not [batch_size {B}, heads, max_context {M}, head_dim]")
+            if [s.cache for s in prog.stages] != [s.cache for s in self.prefill.stages]:
+                raise PlanError(f"rotafx: {where}: the {kind} program's KV cache differs from the prefill's")
+        files = plan.files()
+        twice = sorted({f for f in files if files.count(f) > 1})
+        if twice:
+            raise PlanError(f"rotafx: {where}: program file(s) {twice} are named by more than one program")
 
 
 def _json_text(value: Any, key: str) -> str | None:

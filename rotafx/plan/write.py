@@ -32,8 +32,9 @@ from ..costmodel import Route, route
 from ..frontends.pytorch import as_args
 from ..ops import move_value, transfer_value
 from ..topology import Topology
-from .schema import (DRIVER, PLAN_FILE, HopSpec, PlanError, PlanSpec, StageSpec, TensorSpec, WireEntry, is_constant,
-                     rotafx_version, sha256_of, spec_json)
+from ..runtime.generate import CONTEXT_STEP, context_length, max_positions, programs_for, token_ids
+from .schema import (DRIVER, PLAN_FILE, GenerationSpec, HopSpec, PlanError, PlanSpec, StageSpec, TensorSpec, WireEntry,
+                     is_constant, rotafx_version, sha256_of, spec_json)
 
 __all__ = ["export", "export_pipeline", "estimate_dict"]
 
@@ -42,8 +43,12 @@ _transfer = torch.ops.rotafx.transfer.default
 
 def export(model: torch.nn.Module, example_inputs: Any, *, path: str | os.PathLike[str], topology: Any = None,
            objective: str = "minimize_latency", example_kwargs: Mapping[str, Any] | None = None,
-           overwrite: bool = False, **options: Any) -> PlanSpec:
+           overwrite: bool = False, max_context: int | None = None, **options: Any) -> PlanSpec:
     """Partition ``model`` (like :func:`rotafx.partition`) and write the plan directory ``path``.
+
+    ``max_context`` (or ``generation={...}``, which also places the layers for generating) adds
+    the prefill and decode programs of a causal LM (see :func:`export_pipeline`), so that
+    ``rotafx.generate(rotafx.load(path), ids)`` and ``Driver.generate`` can run it.
 
     ``options`` are those of :func:`rotafx.partition` (``devices``, ``codec``, ``solver``,
     ...). The example inputs fix every shape of the plan: requests must have the same
@@ -61,27 +66,82 @@ def export(model: torch.nn.Module, example_inputs: Any, *, path: str | os.PathLi
     args = as_args(example_inputs)
     pm = partition(model, args, example_kwargs=example_kwargs, topology=topology, objective=objective, **options)
     return export_pipeline(pm, args, path=path, example_kwargs=example_kwargs, overwrite=overwrite,
-                           model_name=type(model).__name__)
+                           model_name=type(model).__name__, max_context=max_context)
 
 
 def export_pipeline(pm: Any, example_inputs: Any, *, path: str | os.PathLike[str],
                     example_kwargs: Mapping[str, Any] | None = None, overwrite: bool = False,
-                    model_name: str | None = None) -> PlanSpec:
+                    model_name: str | None = None, max_context: int | None = None) -> PlanSpec:
     """Write the plan directory of a :class:`~rotafx.PipelineModule` made by :func:`rotafx.partition`.
 
     Each stage is exported with ``torch.export`` on the tensors it receives when the
     pipeline runs ``example_inputs``, and checked to give the same outputs as the stage
     it came from. The directory is written next to ``path`` and renamed into place, so a
     failed export leaves nothing behind.
+
+    For a causal LM (a model :func:`rotafx.generate` can run), the plan also holds each stage's
+    prefill and decode programs (``plan.json``'s ``"generation"``), placed by the same cut, each
+    stage's KV cache a buffer of its programs: ``max_context`` tokens per sequence (prompt + new
+    tokens at most, up to the model's positions). They are written when ``max_context`` is given,
+    or when ``pm`` was partitioned with ``generation={...}`` (then prompt + new tokens, rounded up to
+    a multiple of 64); the prefill takes the example's tokens per call, one sequence per call.
+
+    Args:
+        pm: what :func:`rotafx.partition` returned.
+        example_inputs: the inputs ``pm`` was partitioned with (their shapes become the plan's).
+        path: the plan directory to write.
+        example_kwargs: keyword inputs of the example.
+        overwrite: replace a plan directory already at ``path``.
+        model_name: recorded in ``plan.json``'s ``meta``.
+        max_context: write the generation programs for this many tokens per sequence.
+
+    Returns:
+        The written :class:`PlanSpec` (``.path`` set).
+
+    Raises:
+        PlanError: ``pm`` is not a partitioned module, a stage does not export or reproduce its outputs,
+            ``path`` holds something else, or ``max_context`` is not a positive integer within the model's positions.
+        GenerationError: ``max_context`` was given for a model that has no static-cache decoder.
     """
     plan = getattr(pm, "plan", None)
     if plan is None or not hasattr(pm, "rewritten"):
         raise PlanError("rotafx: export needs a PipelineModule made by rotafx.partition (it carries the plan); "
                         f"got {type(pm).__name__}")
-    rw = pm.rewritten
     out_dir = Path(path)
     _check_replaceable(out_dir, overwrite)
+    gen_programs = _generation_programs(pm, max_context)  # before anything is written: a bad max_context fails here
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_tmp_prefix(out_dir)}{os.getpid()}-", dir=out_dir.parent))
+    try:
+        spec = _export_program(pm, example_inputs, example_kwargs, tmp, "")
+        spec.meta = {"model": model_name or "",
+                     "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                     "rotafx": rotafx_version(), "torch": torch.__version__}
+        if gen_programs is not None:
+            spec.generation = _export_generation(gen_programs, tmp, spec)
+            spec.generation.check(spec, "the exported plan")
+        (tmp / PLAN_FILE).write_text(json.dumps(spec.to_json(), indent=1, allow_nan=False) + "\n")
+        if out_dir.exists():
+            _check_replaceable(out_dir, overwrite)  # again: nothing may have landed there meanwhile
+            old = Path(tempfile.mkdtemp(prefix=f"{_tmp_prefix(out_dir)}{os.getpid()}-old-", dir=out_dir.parent))
+            os.replace(out_dir, old / "plan")  # the old plan moves aside whole, then goes
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    spec.path = out_dir
+    return spec
 
+
+def _export_program(pm: Any, example_inputs: Any, example_kwargs: Mapping[str, Any] | None, tmp: Path,
+                    suffix: str, state: frozenset[int] = frozenset()) -> PlanSpec:
+    """Export every stage of ``pm`` into ``tmp`` (``stage{i}{suffix}.pt2``) on the tensors it receives for the
+    example, and the plan of that program (no meta). ``state``: the ids of the tensors that are a KV cache."""
+    plan, rw = pm.plan, pm.rewritten
     # the flat inputs, as the program takes them
     args = as_args(example_inputs)
     if pm.in_spec is not None:
@@ -127,57 +187,78 @@ def export_pipeline(pm: Any, example_inputs: Any, *, path: str | os.PathLike[str
                                 f"export supports tensors between stages only")
             values[vid] = TensorSpec.of(t)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(out_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_tmp_prefix(out_dir)}{os.getpid()}-", dir=out_dir.parent))
-    try:
-        stages: list[StageSpec] = []
-        for pos, st in enumerate(rw.stages):
-            ins, outs = seen[st.index]
-            try:
-                with torch.no_grad():
-                    ep = torch.export.export(st.module, ins, strict=False)
-            except Exception as e:
-                raise PlanError(f"rotafx: torch.export could not export stage {pos} ({st.node}): "
-                                f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
+    stages: list[StageSpec] = []
+    for pos, st in enumerate(rw.stages):
+        ins, outs = seen[st.index]
+        what = f"stage {pos} ({st.node}){' ' + suffix.strip('.') + ' program' if suffix else ''}"
+        try:
             with torch.no_grad():
-                got = ep.module()(*ins)
-            got = tuple(got) if isinstance(got, (tuple, list)) else (got,)
-            if len(got) != len(outs) or not all(torch.equal(a, b) for a, b in zip(got, outs)):
-                raise PlanError(f"rotafx: the exported program of stage {pos} ({st.node}) does not reproduce the stage's outputs")
-            file = f"stage{pos}.pt2"
-            torch.export.save(ep, tmp / file)
-            stages.append(StageSpec(
-                index=pos, chain_index=st.index, node=st.node, kind=plan.partition.topology.devices[st.node].kind,
-                device=str(st.device), file=file, sha256=sha256_of(tmp / file),
-                inputs=flow.stage_inputs[st.index], outputs=flow.stage_outputs[st.index],
-                weights=tuple(st.weight_names),
-                weight_bytes=sum(t.numel() * t.element_size() for t in st.parameters())))
-        topo = plan.partition.topology
-        spec = PlanSpec(
-            codec=rw.codec, values=values, constants=constants, inputs=tuple(rw.inputs), outputs=flow.outputs,
-            in_spec_json=spec_json(pm.in_spec), out_spec_json=spec_json(pm.out_spec), stages=stages,
-            hops=_hops(flow, [st.index for st in rw.stages], tuple(v for v in rw.inputs if v not in constants), topo,
-                       plan.partition.stages, rw.codec),
-            topology=topo.to_dict(), objective=plan.partition.objective.name,
-            partition=_partition_dict(plan.partition), estimate=estimate_dict(plan.partition.estimate),
-            meta={"model": model_name or "", "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  "rotafx": rotafx_version(), "torch": torch.__version__},
-        )
-        (tmp / PLAN_FILE).write_text(json.dumps(spec.to_json(), indent=1, allow_nan=False) + "\n")
-        if out_dir.exists():
-            _check_replaceable(out_dir, overwrite)  # again: nothing may have landed there meanwhile
-            old = Path(tempfile.mkdtemp(prefix=f"{_tmp_prefix(out_dir)}{os.getpid()}-old-", dir=out_dir.parent))
-            os.replace(out_dir, old / "plan")  # the old plan moves aside whole, then goes
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    spec.path = out_dir
-    return spec
+                ep = torch.export.export(st.module, ins, strict=False)
+        except Exception as e:
+            raise PlanError(f"rotafx: torch.export could not export {what}: "
+                            f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
+        with torch.no_grad():
+            got = ep.module()(*ins)  # a cache is written again with the same keys and values
+        got = tuple(got) if isinstance(got, (tuple, list)) else (got,)
+        if len(got) != len(outs) or not all(torch.equal(a, b) for a, b in zip(got, outs)):
+            raise PlanError(f"rotafx: the exported program of {what} does not reproduce the stage's outputs")
+        file = f"stage{pos}{suffix}.pt2"
+        torch.export.save(ep, tmp / file)
+        cache = tuple((name, TensorSpec.of(b)) for name, b in st.module.named_buffers() if id(b) in state)
+        stages.append(StageSpec(
+            index=pos, chain_index=st.index, node=st.node, kind=plan.partition.topology.devices[st.node].kind,
+            device=str(st.device), file=file, sha256=sha256_of(tmp / file),
+            inputs=flow.stage_inputs[st.index], outputs=flow.stage_outputs[st.index],
+            weights=tuple(st.weight_names),
+            weight_bytes=sum(t.numel() * t.element_size() for t in st.parameters()), cache=cache))
+    topo = plan.partition.topology
+    return PlanSpec(
+        codec=rw.codec, values=values, constants=constants, inputs=tuple(rw.inputs), outputs=flow.outputs,
+        in_spec_json=spec_json(pm.in_spec), out_spec_json=spec_json(pm.out_spec), stages=stages,
+        hops=_hops(flow, [st.index for st in rw.stages], tuple(v for v in rw.inputs if v not in constants), topo,
+                   plan.partition.stages, rw.codec),
+        topology=topo.to_dict(), objective=plan.partition.objective.name,
+        partition=_partition_dict(plan.partition), estimate=estimate_dict(plan.partition.estimate))
+
+
+def _generation_programs(pm: Any, max_context: int | None) -> Any:
+    """The in-process prefill and decode programs the plan's generation programs are exported from, or None when
+    none are asked for (no ``max_context`` and ``pm`` not partitioned for generation)."""
+    planned = pm.__dict__.get("generation_plan")
+    source = pm.__dict__.get("source")
+    if max_context is None and planned is None:
+        return None
+    if source is None:
+        raise PlanError("rotafx: generation programs are exported from a module made by rotafx.partition (it keeps "
+                        "the model); this one has none: leave out max_context")
+    limit = max_positions(source.model)
+    if max_context is None:
+        gen = planned.profile.generation
+        total = (gen.prompt_len + gen.new_tokens) if gen is not None else CONTEXT_STEP
+        max_context = context_length(total, limit)
+    if isinstance(max_context, bool) or not isinstance(max_context, int) or max_context < 1:
+        raise PlanError(f"rotafx: max_context must be a positive number of tokens per sequence, got {max_context!r}")
+    if limit is not None and max_context > limit:
+        raise PlanError(f"rotafx: max_context {max_context} is over the {limit} positions of "
+                        f"{type(source.model).__name__}; export with max_context <= {limit}")
+    return programs_for(pm, 1, max_context), source.model
+
+
+def _export_generation(found: Any, tmp: Path, plan: PlanSpec) -> GenerationSpec:
+    """Export the prefill and decode programs' stages next to the plan's, the cache buffers named in each stage."""
+    progs, model = found
+    state = frozenset(id(t) for t in progs.state)
+    C = progs.chunk
+    specs = []
+    for kind, n, start in (("prefill", C, 0), ("decode", 1, C if C < progs.max_len else 0)):
+        module = progs.prefill if kind == "prefill" else progs.decode
+        kwargs = {"input_ids": torch.zeros(1, n, dtype=torch.long), "cache_position": torch.arange(start, start + n)}
+        specs.append(_export_program(module, (), kwargs, tmp, f".{kind}", state))
+    for t in progs.state:  # the export wrote example keys and values: no later call may read them
+        t.zero_()
+    eos, pad = token_ids(model, None, None)
+    return GenerationSpec(max_context=progs.max_len, prefill_chunk=C, batch_size=1, prefill=specs[0], decode=specs[1],
+                          eos_token_id=tuple(eos), pad_token_id=pad)
 
 
 def _tmp_prefix(out_dir: Path) -> str:
@@ -218,7 +299,9 @@ def _check_replaceable(out_dir: Path, overwrite: bool) -> None:
                         f"(--overwrite) to replace the plan in it, or choose another path")
     try:
         old = json.loads((out_dir / PLAN_FILE).read_text())
-        files = {PLAN_FILE, *(str(st["file"]) for st in old["stages"])} if old.get("format") == "rotafx-plan" else None
+        gen = old.get("generation") or {}
+        files = {PLAN_FILE, *(str(st["file"]) for p in (old, gen.get("prefill") or {}, gen.get("decode") or {})
+                              for st in p.get("stages", ()))} if old.get("format") == "rotafx-plan" else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         files = None
     if files is None:

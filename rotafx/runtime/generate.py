@@ -38,7 +38,7 @@ from .loaded import LoadedPipeline
 from .local import PipelineModule, _set
 
 __all__ = ["generate", "GenerationTimings", "GenerationError", "next_tokens", "decoder_of", "context_length",
-           "CONTEXT_STEP"]
+           "CONTEXT_STEP", "token_ids", "check_request", "decode_loop", "chunks", "padded", "summarize", "Request"]
 
 CONTEXT_STEP = 64  # the max context of the programs is prompt + new tokens rounded up to a multiple of this
 
@@ -369,13 +369,9 @@ def _example_length(source: PartitionSource) -> int:
 
 
 def _source(pipeline: Any) -> PartitionSource:
-    if isinstance(pipeline, LoadedPipeline):
-        raise GenerationError("rotafx: generation from a plan directory (rotafx.load) is not yet supported; "
-                              "partition the model in this process (rotafx.partition(model, (input_ids,), "
-                              "topology=...)) and call rotafx.generate on that")
     if not isinstance(pipeline, PipelineModule):
-        raise GenerationError(f"rotafx: generate takes the module rotafx.partition returns, got "
-                              f"{type(pipeline).__name__}")
+        raise GenerationError(f"rotafx: generate takes the module rotafx.partition returns, a plan rotafx.load "
+                              f"returns, or a rotafx Driver; got {type(pipeline).__name__}")
     source = pipeline.__dict__.get("source")
     if not isinstance(source, PartitionSource):
         raise GenerationError("rotafx: this PipelineModule was not made by rotafx.partition (a torch.compile graph "
@@ -384,9 +380,9 @@ def _source(pipeline: Any) -> PartitionSource:
     return source
 
 
-def _token_ids(source: PartitionSource, eos_token_id: Any, pad_token_id: Any) -> tuple[list[int], int | None]:
+def token_ids(model: torch.nn.Module | None, eos_token_id: Any, pad_token_id: Any) -> tuple[list[int], int | None]:
     """The EOS ids and the pad id; ``None`` takes a transformers model's ``generation_config``, as its generate does."""
-    gen = getattr(source.model, "generation_config", None) if _is_transformers(source.model) else None
+    gen = getattr(model, "generation_config", None) if model is not None and _is_transformers(model) else None
     if eos_token_id is None and gen is not None:
         eos_token_id = gen.eos_token_id
     if pad_token_id is None and gen is not None:
@@ -399,55 +395,22 @@ def _token_ids(source: PartitionSource, eos_token_id: Any, pad_token_id: Any) ->
     return eos, pad_token_id
 
 
-def generate(pipeline: PipelineModule, input_ids: torch.Tensor, max_new_tokens: int = 20, *,
-             attention_mask: torch.Tensor | None = None, do_sample: bool = False, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, eos_token_id: int | Sequence[int] | None = None,
-             pad_token_id: int | None = None, generator: torch.Generator | None = None,
-             timings: bool = False) -> torch.Tensor | tuple[torch.Tensor, GenerationTimings]:
-    """Generate tokens with a model split by :func:`rotafx.partition`, its KV cache on the stages of its layers.
+@dataclass(frozen=True)
+class Request:
+    """A checked generation request (what :func:`generate` and ``Driver.generate`` share)."""
 
-    The first call for a batch size and a max context (prompt + new tokens, rounded up to a multiple
-    of 64, at most the model's positions: :func:`context_length`) builds a prefill and a decode
-    program of the model's static-cache decoder (:func:`decoder_of`), each layer on the node the
-    pipeline put it on, sharing the pipeline's weights and one cache; later calls reuse them. The
-    prompt goes through the prefill in chunks of the length of ``partition``'s example (the last
-    chunk padded; padded positions are overwritten before they are read), then one decode step per token.
+    input_ids: torch.Tensor
+    max_new_tokens: int
+    eos: tuple[int, ...]
+    pad: int | None
+    pick: Any  # logits [B, vocab] -> tokens [B]
 
-    Args:
-        pipeline: what ``rotafx.partition(model, (input_ids,), topology=...)`` returned for a causal LM.
-        input_ids: ``[B, P]`` prompt token ids (long), every row a real prompt of ``P`` tokens.
-        max_new_tokens: tokens to add to each sequence.
-        attention_mask: ``[B, P]``; must be all ones (padded prompts are not supported).
-        do_sample: sample instead of taking the most likely token (:func:`next_tokens`).
-        temperature, top_k, top_p: sampling filters (with ``do_sample``).
-        eos_token_id: a sequence stops at it (an int or a list); ``None``: a transformers model's
-            ``generation_config.eos_token_id``, none for other models.
-        pad_token_id: what a finished sequence gets (default: its EOS id, or the model's pad id).
-        generator: the random generator of the draws (on the device of the logits).
-        timings: also return a :class:`GenerationTimings`.
 
-    Returns:
-        ``[B, P + n]`` token ids, the prompt first, as transformers' ``generate`` gives them
-        (``n <= max_new_tokens``: fewer when every sequence has stopped); with ``timings``,
-        ``(ids, GenerationTimings)``.
-
-    Raises:
-        GenerationError: a pipeline without a model to generate from (a ``rotafx.load`` one, a
-            compiled graph), a model without a decoder or not causal, bad token ids or options,
-            a padded attention mask, or prompt + new tokens over the model's positions.
-        BackendError: the cache does not fit a node's memory (naming the node, the bytes and the fix).
-
-    >>> import torch, rotafx
-    >>> from rotafx.models import small_gpt
-    >>> _ = torch.manual_seed(0)
-    >>> m = small_gpt().eval()
-    >>> ids = torch.randint(0, 256, (1, 8))
-    >>> pm = rotafx.partition(m, (ids,))
-    >>> out = rotafx.generate(pm, ids, max_new_tokens=4)
-    >>> out.shape, torch.equal(out[:, :8], ids)
-    (torch.Size([1, 12]), True)
-    """
-    source = _source(pipeline)
+def check_request(input_ids: Any, max_new_tokens: Any, attention_mask: Any, do_sample: bool, temperature: float,
+                  top_k: int | None, top_p: float | None, eos: Sequence[int], pad: int | None, limit: int | None,
+                  limit_what: str, fix: str, generator: torch.Generator | None = None) -> Request:
+    """Check a request's prompt, length and options (``limit``: the most tokens a sequence may reach, said as
+    ``limit_what``; ``fix``: how to get more), or raise :class:`GenerationError`."""
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
         what = (f"a {input_ids.dtype} tensor of shape {tuple(input_ids.shape)}" if isinstance(input_ids, torch.Tensor)
                 else type(input_ids).__name__)
@@ -463,14 +426,88 @@ def generate(pipeline: PipelineModule, input_ids: torch.Tensor, max_new_tokens: 
                               f"rotafx.generate does not support padded prompts yet: generate prompts of one length "
                               f"together (or each alone) without padding")
     _check_sampling(do_sample, temperature, top_k, top_p)
-    eos, pad = _token_ids(source, eos_token_id, pad_token_id)
-    limit = max_positions(source.model)
     total = P + max_new_tokens
     if limit is not None and total > limit:
         raise GenerationError(f"rotafx: the prompt ({P} tokens) and max_new_tokens ({max_new_tokens}) make {total} "
-                              f"tokens, over the {limit} positions of {type(source.model).__name__}; ask for at most "
-                              f"{max(limit - P, 0)} new tokens or shorten the prompt")
-    max_len = context_length(total, limit)
+                              f"tokens, over the {limit} {limit_what}; ask for at most {max(limit - P, 0)} new tokens, "
+                              f"shorten the prompt{fix}")
+    pick = lambda lg: next_tokens(lg, do_sample=do_sample, temperature=temperature, top_k=top_k,  # noqa: E731
+                                  top_p=top_p, generator=generator)
+    return Request(input_ids, max_new_tokens, tuple(eos), pad, pick)
+
+
+def generate(pipeline: Any, input_ids: torch.Tensor, max_new_tokens: int = 20, *,
+             attention_mask: torch.Tensor | None = None, do_sample: bool = False, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, eos_token_id: int | Sequence[int] | None = None,
+             pad_token_id: int | None = None, generator: torch.Generator | None = None,
+             timings: bool = False, **options: Any) -> torch.Tensor | tuple[torch.Tensor, GenerationTimings]:
+    """Generate tokens with a model split by :func:`rotafx.partition`, its KV cache on the stages of its layers.
+
+    The first call for a batch size and a max context (prompt + new tokens, rounded up to a multiple
+    of 64, at most the model's positions: :func:`context_length`) builds a prefill and a decode
+    program of the model's static-cache decoder (:func:`decoder_of`), each layer on the node the
+    pipeline put it on, sharing the pipeline's weights and one cache; later calls reuse them. The
+    prompt goes through the prefill in chunks of the length of ``partition``'s example (the last
+    chunk padded; padded positions are overwritten before they are read), then one decode step per token.
+
+    ``pipeline`` may also be a plan directory loaded with :func:`rotafx.load` (exported with
+    generation programs: ``rotafx.export(..., max_context=N)``): its programs run in this process,
+    each sequence in its own cache slot on every stage, at most ``max_context`` tokens per
+    sequence; or a :class:`~rotafx.runtime.distributed.Driver`, whose ``generate`` runs it
+    across processes (``options`` go to it).
+
+    Args:
+        pipeline: what ``rotafx.partition(model, (input_ids,), topology=...)`` returned for a causal LM, a
+            :class:`~rotafx.runtime.loaded.LoadedPipeline`, or a ``Driver``.
+        input_ids: ``[B, P]`` prompt token ids (long), every row a real prompt of ``P`` tokens.
+        max_new_tokens: tokens to add to each sequence.
+        attention_mask: ``[B, P]``; must be all ones (padded prompts are not supported).
+        do_sample: sample instead of taking the most likely token (:func:`next_tokens`).
+        temperature, top_k, top_p: sampling filters (with ``do_sample``).
+        eos_token_id: a sequence stops at it (an int or a list); ``None``: a transformers model's
+            ``generation_config.eos_token_id`` (a plan keeps it), none for other models.
+        pad_token_id: what a finished sequence gets (default: its EOS id, or the model's pad id).
+        generator: the random generator of the draws (on the device of the logits).
+        timings: also return a :class:`GenerationTimings`.
+        options: for a ``Driver`` only (``sequences``, ``emulate_links``).
+
+    Returns:
+        ``[B, P + n]`` token ids, the prompt first, as transformers' ``generate`` gives them
+        (``n <= max_new_tokens``: fewer when every sequence has stopped); with ``timings``,
+        ``(ids, GenerationTimings)``.
+
+    Raises:
+        GenerationError: a pipeline without a model to generate from (a compiled graph, a plan without
+            generation programs), a model without a decoder or not causal, bad token ids or options,
+            a padded attention mask, or prompt + new tokens over the model's positions or the plan's max context.
+        BackendError: the cache does not fit a node's memory (naming the node, the bytes and the fix).
+
+    >>> import torch, rotafx
+    >>> from rotafx.models import small_gpt
+    >>> _ = torch.manual_seed(0)
+    >>> m = small_gpt().eval()
+    >>> ids = torch.randint(0, 256, (1, 8))
+    >>> pm = rotafx.partition(m, (ids,))
+    >>> out = rotafx.generate(pm, ids, max_new_tokens=4)
+    >>> out.shape, torch.equal(out[:, :8], ids)
+    (torch.Size([1, 12]), True)
+    """
+    sampling = dict(attention_mask=attention_mask, do_sample=do_sample, temperature=temperature, top_k=top_k,
+                    top_p=top_p, eos_token_id=eos_token_id, pad_token_id=pad_token_id, generator=generator,
+                    timings=timings)
+    if getattr(type(pipeline), "generates_across_processes", False):  # a Driver, a LocalCluster
+        return pipeline.generate(input_ids, max_new_tokens, **sampling, **options)
+    if options:
+        raise GenerationError(f"rotafx: generate got options {sorted(options)}, which only a Driver takes")
+    if isinstance(pipeline, LoadedPipeline):
+        return _generate_loaded(pipeline, input_ids, max_new_tokens, **sampling)
+    source = _source(pipeline)
+    eos, pad = token_ids(source.model, eos_token_id, pad_token_id)
+    limit = max_positions(source.model)
+    req = check_request(input_ids, max_new_tokens, attention_mask, do_sample, temperature, top_k, top_p, eos, pad,
+                        limit, f"positions of {type(source.model).__name__}", "", generator)
+    B, P = input_ids.shape
+    max_len = context_length(P + max_new_tokens, limit)
     try:
         progs = programs_for(pipeline, B, max_len)
     except BackendError as e:
@@ -478,58 +515,122 @@ def generate(pipeline: PipelineModule, input_ids: torch.Tensor, max_new_tokens: 
                            f"{max_new_tokens} new, rounded up to a multiple of {CONTEXT_STEP})") from e
     devices = {t.device for t in progs.state}
     sync = (lambda: [torch.cuda.synchronize(d) for d in devices if d.type == "cuda"]) if timings else (lambda: None)
-    pick = lambda lg: next_tokens(lg, do_sample=do_sample, temperature=temperature, top_k=top_k,  # noqa: E731
-                                  top_p=top_p, generator=generator)
-    out = [input_ids]
     with torch.no_grad():
         for t in progs.state:  # a fresh cache: no position a previous call wrote is read
             t.zero_()
-        t0 = time.perf_counter()
-        logits = _prefill(progs, input_ids)
-        eos_t = torch.tensor(eos, device=logits.device) if eos else None
-        unfinished = torch.ones(B, dtype=torch.bool, device=logits.device)
-        steps: list[float] = []
-        ttft = 0.0
-        last = t0
-        for i in range(max_new_tokens):
-            tok = pick(logits)
-            if eos_t is not None:
-                tok = torch.where(unfinished, tok, torch.as_tensor(pad, device=tok.device))
-                unfinished &= ~torch.isin(tok, eos_t)
-            out.append(tok[:, None].to(input_ids.device))
-            sync()
-            now = time.perf_counter()
-            if i == 0:
-                ttft = now - t0
-            else:
-                steps.append(now - last)
-            last = now
-            if i == max_new_tokens - 1 or (eos_t is not None and not bool(unfinished.any())):
-                break
-            logits = progs.decode(input_ids=tok[:, None], cache_position=torch.tensor([P + i], device=tok.device))[:, -1]
+        return decode_loop(
+            req, lambda ids: _prefill(lambda i, p: progs.prefill(input_ids=i, cache_position=p), ids, progs.chunk,
+                                      progs.max_len),
+            lambda tok, pos: progs.decode(input_ids=tok, cache_position=torch.tensor([pos], device=tok.device))[:, -1],
+            sync, timings)
+
+
+def _generate_loaded(pipeline: LoadedPipeline, input_ids: torch.Tensor, max_new_tokens: int, *,
+                     attention_mask: Any, do_sample: bool, temperature: float, top_k: int | None,
+                     top_p: float | None, eos_token_id: Any, pad_token_id: Any, generator: Any,
+                     timings: bool) -> Any:
+    """:func:`generate` on a loaded plan: its generation programs, each group of ``batch_size`` rows a cache slot."""
+    gen = pipeline.plan.generation
+    if gen is None:
+        raise GenerationError("rotafx: this plan has no generation programs (it was exported for one forward pass); "
+                              "export it again with max_context=N (rotafx.export(model, (ids,), path=..., "
+                              "max_context=256)) to generate from it")
+    eos, pad = token_ids(None, eos_token_id if eos_token_id is not None else list(gen.eos_token_id) or None,
+                         pad_token_id if pad_token_id is not None else gen.pad_token_id)
+    req = check_request(input_ids, max_new_tokens, attention_mask, do_sample, temperature, top_k, top_p, eos, pad,
+                        gen.max_context, "tokens of the plan's max_context", "or export the plan again with a larger "
+                        "max_context", generator)
+    B, b = int(input_ids.shape[0]), gen.batch_size
+    if B % b:
+        raise GenerationError(f"rotafx: the plan's generation programs take {b} sequence(s) per call, and input_ids "
+                              f"has {B}; give a multiple of {b}")
+    slots = range(B // b)
+    first = input_ids.device
+
+    def step(kind: str, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return torch.cat([pipeline.step(kind, s, ids[s * b:(s + 1) * b], pos).to(first) for s in slots], 0)
+
+    devices = {st.device for st in pipeline.cached_stages}
+    sync = (lambda: [torch.cuda.synchronize(d) for d in devices if d.type == "cuda"]) if timings else (lambda: None)
+    try:
+        with torch.no_grad():
+            return decode_loop(req, lambda ids: _prefill(lambda i, p: step("prefill", i, p), ids, gen.prefill_chunk,
+                                                         gen.max_context),
+                               lambda tok, pos: step("decode", tok, torch.tensor([pos]))[:, -1], sync, timings)
+    finally:
+        for s in slots:
+            pipeline.free(s)
+
+
+def decode_loop(req: Request, prefill: Any, decode: Any, sync: Any, timings: bool) -> Any:
+    """Prefill ``req``'s prompt (``prefill(ids) -> logits [B, vocab]``), then pick a token and decode it
+    (``decode(tokens [B, 1], position) -> logits``) until ``max_new_tokens`` or every sequence's EOS."""
+    input_ids = req.input_ids
+    B, P = input_ids.shape
+    out = [input_ids]
+    t0 = time.perf_counter()
+    logits = prefill(input_ids)
+    eos_t = torch.tensor(req.eos, device=logits.device) if req.eos else None
+    unfinished = torch.ones(B, dtype=torch.bool, device=logits.device)
+    steps: list[float] = []
+    ttft = 0.0
+    last = t0
+    for i in range(req.max_new_tokens):
+        tok = req.pick(logits)
+        if eos_t is not None:
+            tok = torch.where(unfinished, tok, torch.as_tensor(req.pad, device=tok.device))
+            unfinished &= ~torch.isin(tok, eos_t)
+        out.append(tok[:, None].to(input_ids.device))
+        sync()
+        now = time.perf_counter()
+        if i == 0:
+            ttft = now - t0
+        else:
+            steps.append(now - last)
+        last = now
+        if i == req.max_new_tokens - 1 or (eos_t is not None and not bool(unfinished.any())):
+            break
+        logits = decode(tok[:, None], P + i)
     ids = torch.cat(out, 1)
     if not timings:
         return ids
     n = ids.shape[1] - P
-    return ids, GenerationTimings(ttft_ms=1e3 * ttft, decode_ms=tuple(1e3 * s for s in steps),
-                                  tpot_ms=1e3 * statistics.median(steps) if steps else math.nan,
-                                  tokens_per_s=B * n / max(last - t0, 1e-12), batch_size=B, new_tokens=n)
+    return ids, summarize(1e3 * ttft, [1e3 * s for s in steps], B * n / max(last - t0, 1e-12), B, n)
 
 
-def _prefill(progs: _Programs, input_ids: torch.Tensor) -> torch.Tensor:
-    """Run the prompt through the prefill program, a chunk at a time; the logits of its last token ``[B, vocab]``."""
-    B, P = input_ids.shape
-    C = progs.chunk
-    logits = None
+def summarize(ttft_ms: float, decode_ms: Sequence[float], tokens_per_s: float, batch: int, n: int) -> GenerationTimings:
+    """A :class:`GenerationTimings` (``tpot_ms`` the median decode step)."""
+    return GenerationTimings(ttft_ms=ttft_ms, decode_ms=tuple(decode_ms),
+                             tpot_ms=statistics.median(decode_ms) if decode_ms else math.nan,
+                             tokens_per_s=tokens_per_s, batch_size=batch, new_tokens=n)
+
+
+def chunks(P: int, C: int, max_len: int) -> list[tuple[int, int]]:
+    """The prefill calls of a ``P``-token prompt in chunks of ``C``: ``(start, n)``, the chunk's tokens
+    ``start .. start + n`` padded to ``C`` with its last one (a last chunk with no room to pad is the last ``C``
+    tokens again: the same keys and values)."""
+    out = []
     for start in range(0, P, C):
-        ids = input_ids[:, start:start + C]
-        n = ids.shape[1]
-        if n < C:
-            if start + C > progs.max_len:  # no room to pad: run the last C tokens again (the same keys and values)
-                start, ids, n = P - C, input_ids[:, P - C:], C
-            else:
-                ids = torch.cat([ids, ids[:, -1:].expand(B, C - n)], 1)
-        pos = torch.arange(start, start + C, device=input_ids.device)
-        logits = progs.prefill(input_ids=ids, cache_position=pos)[:, n - 1]
+        n = min(C, P - start)
+        if n < C and start + C > max_len:
+            start, n = P - C, C
+        out.append((start, n))
+    return out
+
+
+def padded(input_ids: torch.Tensor, start: int, n: int, C: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ids ``[B, C]`` and positions ``[C]`` of the prefill call ``(start, n)`` (see :func:`chunks`)."""
+    ids = input_ids[:, start:start + n]
+    if n < C:
+        ids = torch.cat([ids, ids[:, -1:].expand(ids.shape[0], C - n)], 1)
+    return ids, torch.arange(start, start + C, device=input_ids.device)
+
+
+def _prefill(run: Any, input_ids: torch.Tensor, C: int, max_len: int) -> torch.Tensor:
+    """Run the prompt through the prefill (``run(ids [B, C], positions [C]) -> logits``), a chunk at a time; the
+    logits of its last token ``[B, vocab]``."""
+    logits = None
+    for start, n in chunks(input_ids.shape[1], C, max_len):
+        logits = run(*padded(input_ids, start, n, C))[:, n - 1]
     assert logits is not None
     return logits

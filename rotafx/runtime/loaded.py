@@ -1,18 +1,94 @@
-"""Run a loaded plan in one process: its stages in order, ``rotafx::transfer`` between them."""
+"""Run a loaded plan in one process: its stages in order, ``rotafx::transfer`` between them; and its generation programs, a KV cache per sequence slot on each stage."""
 
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch.utils._pytree import tree_unflatten
 
 from ..ops import transfer
-from ..plan.schema import PlanSpec, check_request
+from ..plan.schema import PlanSpec, TensorSpec, check_request
 from .links import hop_delay_s
 
-__all__ = ["LoadedPipeline"]
+__all__ = ["LoadedPipeline", "CachedStage", "run_chain"]
+
+
+def run_chain(plan: PlanSpec, stages: Sequence[Callable[..., tuple]], devices: Sequence[torch.device],
+              flat: Sequence[torch.Tensor], hop_s: Sequence[float] | None = None) -> list[Any]:
+    """Run ``plan``'s stages (``stages[i]`` called with stage ``i``'s inputs, on ``devices[i]``) on the flat input
+    tensors; the flat outputs, each tensor on the device of the stage that made it, the constants as they are.
+    ``hop_s``: the time to wait at each hop (link emulation), or None."""
+    env: dict[str, Any] = dict(zip(plan.tensor_inputs, flat))
+    first_read: set[str] = set()
+    for spec, call, dev in zip(plan.stages, stages, devices):
+        if hop_s is not None:
+            time.sleep(hop_s[spec.index])
+        ins = []
+        for v in spec.inputs:
+            if v in plan.constants:
+                ins.append(plan.constants[v])
+            elif v in plan.inputs and v not in first_read:
+                first_read.add(v)
+                env[v] = env[v].to(dev)
+                ins.append(env[v])
+            else:
+                ins.append(transfer(env[v], dev, plan.codec))
+        with torch.no_grad():
+            outs = call(*ins)
+        env.update(zip(spec.outputs, outs))
+    if hop_s is not None:
+        time.sleep(hop_s[-1])
+    return [plan.constants[v] if v in plan.constants else env[v] for v in plan.outputs]
+
+
+class CachedStage:
+    """One stage's prefill and decode programs (loaded stages) and a KV cache per sequence slot.
+
+    ``run(kind, slot, *inputs)`` points the program's cache buffers at ``slot``'s cache (made,
+    zeroed, at the slot's first call) and runs it; ``free(slot)`` drops that cache. The two
+    programs share their weights (same name, shape and values): the stage holds them once.
+    """
+
+    def __init__(self, prefill: torch.nn.Module, decode: torch.nn.Module, cache: Sequence[tuple[str, TensorSpec]],
+                 device: torch.device) -> None:
+        self.programs = {"prefill": prefill, "decode": decode}
+        self.cache = tuple(cache)
+        self.device = device
+        self.slots: dict[int, list[torch.Tensor]] = {}
+        held = dict(prefill.module.named_parameters())
+        held.update(prefill.module.named_buffers())
+        for name, t in [*decode.module.named_parameters(), *decode.module.named_buffers()]:
+            mine = held.get(name)
+            if mine is not None and mine is not t and mine.shape == t.shape and mine.dtype == t.dtype and \
+                    torch.equal(mine, t):
+                _assign(decode.module, name, mine)
+
+    def run(self, kind: str, slot: int, *inputs: Any) -> tuple[torch.Tensor, ...]:
+        """Run the ``"prefill"`` or ``"decode"`` program of sequence slot ``slot``."""
+        tensors = self.slots.get(slot)
+        if tensors is None:
+            tensors = self.slots[slot] = [torch.zeros(s.shape, dtype=s.torch_dtype, device=self.device)
+                                          for _, s in self.cache]
+        prog = self.programs[kind]
+        for (name, _), t in zip(self.cache, tensors):
+            _assign(prog.module, name, t)
+        return prog(*inputs)
+
+    def free(self, slot: int) -> None:
+        """Drop sequence slot ``slot``'s cache (nothing when it has none)."""
+        self.slots.pop(slot, None)
+
+
+def _assign(module: torch.nn.Module, name: str, t: torch.Tensor) -> None:
+    """Make ``module``'s parameter or buffer ``name`` (a dotted path) the tensor ``t``."""
+    owner, _, leaf = name.rpartition(".")
+    mod = module.get_submodule(owner) if owner else module
+    if leaf in mod._parameters:
+        mod._parameters[leaf] = t if isinstance(t, torch.nn.Parameter) else torch.nn.Parameter(t, requires_grad=False)
+    else:
+        mod._buffers[leaf] = t
 
 
 class LoadedPipeline(torch.nn.Module):
@@ -20,15 +96,21 @@ class LoadedPipeline(torch.nn.Module):
 
     Called like the original model (same argument structure, same shapes and dtypes as the
     example inputs). With ``emulate_links`` each hop waits as long as the topology's links
-    would take for the bytes it carries.
+    would take for the bytes it carries. A plan with generation programs also has
+    ``cached_stages`` (one :class:`CachedStage` per stage), which :func:`rotafx.generate` runs.
     """
 
-    def __init__(self, plan: PlanSpec, stages: Sequence[torch.nn.Module], *, emulate_links: bool = False) -> None:
+    def __init__(self, plan: PlanSpec, stages: Sequence[torch.nn.Module], *, emulate_links: bool = False,
+                 cached_stages: Sequence[CachedStage] = ()) -> None:
         super().__init__()
         self.plan = plan
         self.stages = torch.nn.ModuleList(stages)
         self.emulate_links = emulate_links
+        self.cached_stages = list(cached_stages)
         self._hop_s = [hop_delay_s(h.links, plan.hop_bytes(h)) for h in plan.hops]
+        gen = plan.generation
+        self._gen_hop_s = {k: [hop_delay_s(h.links, p.hop_bytes(h)) for h in p.hops]
+                           for k, p in (("prefill", gen.prefill), ("decode", gen.decode))} if gen else {}
 
     def flatten_inputs(self, args: tuple, kwargs: Mapping[str, Any]) -> list[torch.Tensor]:
         """The flat tensors of one call, checked against the plan (structure, shapes, dtypes)."""
@@ -42,25 +124,22 @@ class LoadedPipeline(torch.nn.Module):
     def run_flat(self, flat: Sequence[torch.Tensor]) -> list[Any]:
         """Run the stages on the flat input tensors (``plan.tensor_inputs``); the flat outputs, each tensor on the
         device of the stage that made it, the plan's constants as they are."""
-        plan = self.plan
-        env: dict[str, Any] = dict(zip(plan.tensor_inputs, flat))
-        first_read: set[str] = set()
-        for st in self.stages:
-            if self.emulate_links:
-                time.sleep(self._hop_s[st.index])
-            ins = []
-            for v in st.spec.inputs:
-                if v in plan.constants:
-                    ins.append(plan.constants[v])
-                elif v in plan.inputs and v not in first_read:
-                    first_read.add(v)
-                    env[v] = env[v].to(st.device)
-                    ins.append(env[v])
-                else:
-                    ins.append(transfer(env[v], st.device, plan.codec))
-            with torch.no_grad():
-                outs = st(*ins)
-            env.update(zip(st.spec.outputs, outs))
-        if self.emulate_links:
-            time.sleep(self._hop_s[-1])
-        return [plan.constants[v] if v in plan.constants else env[v] for v in plan.outputs]
+        return run_chain(self.plan, list(self.stages), [st.device for st in self.stages], flat,
+                         self._hop_s if self.emulate_links else None)
+
+    def step(self, kind: str, slot: int, input_ids: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
+        """One call of the ``"prefill"`` or ``"decode"`` program for sequence slot ``slot`` (its cache on every
+        stage): the logits ``[batch_size, tokens, vocab]``."""
+        gen = self.plan.generation
+        assert gen is not None and self.cached_stages, "the plan has no generation programs"
+        prog = gen.program(kind)
+        flat = {"input_ids": input_ids, "cache_position": cache_position}
+        calls = [lambda *a, st=st: st.run(kind, slot, *a) for st in self.cached_stages]
+        out = run_chain(prog, calls, [st.device for st in self.cached_stages], [flat[v] for v in prog.tensor_inputs],
+                        self._gen_hop_s[kind] if self.emulate_links else None)
+        return out[0]
+
+    def free(self, slot: int) -> None:
+        """Drop sequence slot ``slot``'s cache on every stage."""
+        for st in self.cached_stages:
+            st.free(slot)

@@ -19,7 +19,9 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import json
+import math
 import os
+import statistics
 import secrets
 import time
 from pathlib import Path
@@ -31,12 +33,15 @@ from torch.utils._pytree import tree_unflatten
 
 from ...plan.schema import check_request, read_plan
 from ...units import first_line, format_ranges
+from ..generate import GenerationError, GenerationTimings, chunks, padded, summarize, token_ids
+from ..generate import check_request as check_generation
 from ..links import LinkEmulator
 from .secret import resolve_secret
 from .store import AuthStore, StoreServer
-from .transport import (BEAT_S, DATA, EMULATE, PREFIX, STOP, CommError, DistributedError, Layout, Wire, backend_for,
-                        check_endpoint, check_links, get_key, make_group, plan_digest, post, set_quietly, shutdown,
-                        wait)
+from .transport import (BEAT_S, DATA, DECODE, EMULATE, FREE, PREFILL, PREFIX, SLOT_SHIFT, STOP, CommError,
+                        DistributedError, Layout, Wire, backend_for, check_endpoint, check_links, get_key, header_only,
+                        make_group, plan_digest, post, set_quietly, shutdown, wait, wires_of, endpoint_from_env,
+                        check_world)
 
 __all__ = ["Driver"]
 
@@ -57,13 +62,20 @@ class Driver:
     ``secret_file=`` (created with a new random secret, readable by its owner only, when it
     does not exist) or ``$ROTAFX_SECRET``; the stages read the same file
     (``rotafx serve --secret-file``) or variable. The store listens on ``master_addr`` only.
+
+    ``master_addr`` / ``master_port`` default to ``$MASTER_ADDR`` / ``$MASTER_PORT`` as ``torchrun``
+    sets them (see :func:`~.transport.endpoint_from_env`), else ``127.0.0.1:29500``; under torchrun
+    the driver is rank 0 and stage ``i`` rank ``i + 1`` (``rotafx serve --plan DIR`` takes its stage
+    from ``$RANK``), and a ``$WORLD_SIZE`` other than stages + 1 is refused.
     """
 
-    def __init__(self, plan_dir: str | os.PathLike[str], *, master_addr: str = "127.0.0.1", master_port: int = 29500,
+    def __init__(self, plan_dir: str | os.PathLike[str], *, master_addr: str | None = None,
+                 master_port: int | None = None,
                  timeout: float = 60.0, join_timeout: float = 120.0, heartbeat_timeout: float = 5.0,
                  emulate_links: bool = False, backend: str | None = None, device: Any = "cpu",
                  processes: Sequence[Any] = (), secret: str | bytes | None = None,
                  secret_file: str | os.PathLike[str] | None = None) -> None:
+        master_addr, master_port = endpoint_from_env(master_addr, master_port)
         check_endpoint(master_addr, master_port, timeout=timeout, join_timeout=join_timeout,
                        heartbeat_timeout=heartbeat_timeout)
         if heartbeat_timeout < 5 * BEAT_S:
@@ -72,6 +84,7 @@ class Driver:
         self._secret = resolve_secret(secret, secret_file, create=True, who="the driver")
         self.plan_dir = Path(plan_dir)
         self.plan = read_plan(plan_dir)
+        check_world(self.plan.num_stages, "the driver")
         self.timeout, self.heartbeat_timeout = float(timeout), float(heartbeat_timeout)
         self.device = torch.device(device)
         self.emulate_links = emulate_links
@@ -239,6 +252,85 @@ class Driver:
         self._next_id = base + len(flat)
         return [outputs[i] for i in range(len(flat))]
 
+    generates_across_processes = True  # rotafx.generate(driver, ...) calls generate
+
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 20, *, sequences: int | None = None,
+                 attention_mask: torch.Tensor | None = None, do_sample: bool = False, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, eos_token_id: int | Sequence[int] | None = None,
+                 pad_token_id: int | None = None, generator: torch.Generator | None = None, timings: bool = False,
+                 emulate_links: bool | None = None) -> torch.Tensor | tuple[torch.Tensor, GenerationTimings]:
+        """Generate tokens across the stage processes with the plan's prefill and decode programs.
+
+        Each group of ``batch_size`` rows (the plan's; one row by default) is a sequence with its own
+        KV cache slot on every stage; ``sequences`` of them (default: all) decode at once, so that
+        while sequence ``s``'s token is on stage 1, sequence ``s + 1``'s is on stage 0 and the token
+        period approaches the slowest stage's (or link's). The last stage returns the logits of each
+        step to the driver, which picks the token and sends it to stage 0 for the next step. A
+        sequence that reaches EOS or ``max_new_tokens`` frees its slot on every stage (the next
+        waiting sequence takes it).
+
+        Args:
+            input_ids: ``[B, P]`` prompt token ids (long), ``B`` a multiple of the plan's batch size.
+            max_new_tokens: tokens to add to each sequence (prompt + new at most the plan's ``max_context``).
+            sequences: how many sequences decode at once (cache slots per stage), default all.
+            attention_mask, do_sample, temperature, top_k, top_p, eos_token_id, pad_token_id, generator:
+                as :func:`rotafx.generate` (EOS and pad default to the plan's, which are the model's).
+            timings: also return a :class:`~rotafx.GenerationTimings` (TTFT: the median over sequences, from
+                the moment each was sent; TPOT: the median gap between a sequence's tokens; tokens/s: every
+                new token over the call).
+            emulate_links: delay every hop as the plan's links would (default: the driver's setting).
+
+        Returns:
+            ``[B, P + n]`` token ids as transformers' ``generate`` gives them (a sequence that stopped early is
+            padded); with ``timings``, ``(ids, timings)``.
+
+        Raises:
+            GenerationError: the plan has no generation programs, or bad ids or options (nothing is sent).
+            DistributedError: a stage failed, stopped or hung: it names the stage, and carries
+                ``completed`` (the sequences that finished), ``outputs`` (sequence -> its ids) and ``tokens``
+                (sequence -> the new tokens it got, finished or not).
+
+        >>> # with launch_local("plan") as c: ids = c.driver.generate(prompt, max_new_tokens=32, sequences=4)
+        """
+        gen = self.plan.generation
+        if gen is None:
+            raise GenerationError("rotafx: this plan has no generation programs (it was exported for one forward "
+                                  "pass); export it again with max_context=N (rotafx.export(model, (ids,), path=..., "
+                                  "max_context=256)) and restart the stages on it")
+        if self._closed:
+            raise DistributedError("rotafx: this driver is closed")
+        eos, pad = token_ids(None, eos_token_id if eos_token_id is not None else list(gen.eos_token_id) or None,
+                             pad_token_id if pad_token_id is not None else gen.pad_token_id)
+        req = check_generation(input_ids, max_new_tokens, attention_mask, do_sample, temperature, top_k, top_p, eos,
+                               pad, gen.max_context, "tokens of the plan's max_context",
+                               " or export the plan again with a larger max_context", generator)
+        B, P = (int(x) for x in input_ids.shape)
+        b = gen.batch_size
+        if B % b:
+            raise GenerationError(f"rotafx: the plan's generation programs take {b} sequence(s) per call, and "
+                                  f"input_ids has {B}; give a multiple of {b}")
+        S = B // b
+        if sequences is None:
+            sequences = S
+        if isinstance(sequences, bool) or not isinstance(sequences, int) or sequences < 1:
+            raise GenerationError(f"rotafx: sequences must be a positive number of sequences decoding at once, "
+                                  f"got {sequences!r}")
+        emulate = self.emulate_links if emulate_links is None else bool(emulate_links)
+        run = _Generation(self, req, wires_of(self.plan), S, b, min(sequences, S), emulate)
+        try:
+            run.go()
+        except DistributedError as e:
+            got = {s: t for s, t in run.tokens_of().items()}
+            done = sorted(run.finished)
+            raise DistributedError(f"{e}; generating: {len(done)} of {S} sequence(s) finished "
+                                   f"({format_ranges(done) or 'none'}), {sum(map(len, got.values()))} token(s) made",
+                                   stage=e.stage, node=e.node, completed=done,
+                                   outputs={s: run.ids(s) for s in done}, tokens=got) from None
+        ids = torch.cat([run.ids(s, pad_to=run.longest()) for s in range(S)], 0)
+        if not timings:
+            return ids
+        return ids, run.timings()
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """One request, like calling the model."""
         return self.run([{"args": args, "kwargs": kwargs}])[0]
@@ -398,6 +490,142 @@ class Driver:
             if i not in errors:
                 return i, f"stopped answering its neighbours within {self.timeout:g} s"
         return n - 1, f"passed request {rel} on but the driver did not receive it within {self.timeout:g} s"
+
+
+class _Generation:
+    """One :meth:`Driver.generate` call: the sequences' state and the messages in flight, oldest first (each
+    stage serves its messages in the order they come, so outputs return in the order they were sent)."""
+
+    def __init__(self, driver: Driver, req: Any, wires: Mapping[int, Wire], S: int, b: int, at_once: int,
+                 emulate: bool) -> None:
+        self.d, self.req, self.wires, self.S, self.b, self.at_once = driver, req, wires, S, b, at_once
+        self.flags = EMULATE if emulate else 0
+        gen = driver.plan.generation
+        assert gen is not None
+        self.gen = gen
+        self.new: dict[int, list[torch.Tensor]] = {s: [] for s in range(S)}  # sequence -> its tokens, [b] each
+        self.live = {s: torch.ones(b, dtype=torch.bool) for s in range(S)}  # rows that have not reached EOS
+        self.finished: set[int] = set()
+        self.waiting = collections.deque(range(S))
+        self.inflight: collections.deque[tuple[int, int, int, int, torch.Tensor, Any]] = collections.deque()
+        self.sends: collections.deque[tuple[Any, torch.Tensor]] = collections.deque()
+        self.sent_at: dict[int, float] = {}
+        self.times: dict[int, list[float]] = {s: [] for s in range(S)}
+        self.base = driver._base = driver._next_id
+        self.eos = torch.tensor(req.eos) if req.eos else None
+
+    def go(self) -> None:
+        d = self.d
+        fault = d._fault()
+        if fault is not None:  # a stage died or stopped while the pipeline was idle
+            raise d._failure(None, 0, {}, fault)
+        self.t0 = time.perf_counter()
+        for _ in range(self.at_once):
+            self._admit()
+        while self.inflight:
+            self._collect()
+        while self.sends:
+            d._wait(self.sends.popleft()[0], 1, "the driver: sending", d._next_id - 1 - self.base, {})
+        self.t1 = time.perf_counter()
+
+    def _admit(self) -> None:
+        """The next waiting sequence's prompt, chunk by chunk (chunks do not wait on each other)."""
+        if not self.waiting:
+            return
+        s = self.waiting.popleft()
+        ids = self.req.input_ids[s * self.b:(s + 1) * self.b]
+        self.sent_at[s] = time.perf_counter()
+        parts = chunks(ids.shape[1], self.gen.prefill_chunk, self.gen.max_context)
+        for k, (start, n) in enumerate(parts):
+            self._send(PREFILL, s, *padded(ids, start, n, self.gen.prefill_chunk), n if k == len(parts) - 1 else 0)
+
+    def _send(self, kind: int, s: int, ids: torch.Tensor, pos: torch.Tensor, take: int) -> None:
+        """Send one program call of sequence ``s``; ``take``: which token's logits pick the next token (0: none)."""
+        d = self.d
+        mid = d._next_id
+        d._next_id += 1
+        wire = self.wires[kind]
+        flags = self.flags | (s << SLOT_SHIFT)
+        out = wire.layouts[-1].empty(d.device)
+        self.inflight.append((mid, s, kind, take, out, self._post(d.pg.recv, out, d.plan.num_stages, mid)))
+        named = {"input_ids": ids, "cache_position": pos}
+        msg = wire.layouts[0].pack(kind, mid, [named[v].to(d.device) for v in wire.plan.tensor_inputs], d.device,
+                                   flags)
+        self._queue(self._post(d.pg.send, msg, 1, mid), msg)
+
+    def _queue(self, work: Any, msg: torch.Tensor) -> None:
+        self.sends.append((work, msg))
+        while len(self.sends) > 2 * self.d.plan.num_stages + self.at_once:
+            self.d._wait(self.sends.popleft()[0], 1, "the driver: sending", self.d._next_id - 1 - self.base, {})
+
+    def _post(self, op: Any, buf: torch.Tensor, peer: int, mid: int) -> Any:
+        try:
+            return post(op, [buf], peer, f"the driver: message {mid - self.base}")
+        except CommError as e:  # gloo refuses to post on a connection that is gone
+            raise self.d._failure(e, mid - self.base, {}) from None
+
+    def _collect(self) -> None:
+        """The oldest message's logits; a sequence's last prefill chunk or decode step picks its next token."""
+        d = self.d
+        mid, s, kind, take, buf, work = self.inflight.popleft()
+        d._wait(work, d.plan.num_stages, f"the driver: waiting for sequence {s}", mid - self.base, {})
+        got_kind, got, sent_at, _ = Layout.header(buf)
+        if (got_kind, got) != (kind, mid):
+            raise d._failure(RuntimeError(f"expected message {mid} of kind {kind}, got {got} of kind {got_kind}"),
+                             mid - self.base, {})
+        if not take:
+            return
+        wire = self.wires[kind]
+        if self.flags & EMULATE:
+            d._emulator.deliver(sent_at, wire.layouts[-1].payload_bytes)
+        n = d.plan.num_stages
+        outs = wire.split(n, wire.layouts[n].unpack(buf))
+        v = wire.plan.outputs[0]
+        logits = wire.decoded(v, outs[(v, False)], False, torch.device("cpu"))[:, take - 1]
+        tok = self.req.pick(logits)
+        if self.eos is not None:
+            tok = torch.where(self.live[s], tok, torch.as_tensor(self.req.pad))
+            self.live[s] &= ~torch.isin(tok, self.eos)
+        self.new[s].append(tok)
+        self.times[s].append(time.perf_counter())
+        i = len(self.new[s])
+        if i == self.req.max_new_tokens or not bool(self.live[s].any()):
+            self._finish(s)
+            return
+        P = self.req.input_ids.shape[1]
+        self._send(DECODE, s, tok[:, None], torch.tensor([P + i - 1]), 1)
+
+    def _finish(self, s: int) -> None:
+        """Sequence ``s`` is done: every stage frees its slot, and the next waiting sequence starts."""
+        d = self.d
+        self.finished.add(s)
+        mid = d._next_id
+        d._next_id += 1
+        msg = header_only(FREE, mid, self.flags | (s << SLOT_SHIFT), d.device)
+        self._queue(self._post(d.pg.send, msg, 1, mid), msg)
+        self._admit()
+
+    def tokens_of(self) -> dict[int, list[int]]:
+        """Sequence -> the new tokens of its first row, as made so far."""
+        return {s: [int(t[0]) for t in toks] for s, toks in self.new.items()}
+
+    def longest(self) -> int:
+        return max(len(t) for t in self.new.values())
+
+    def ids(self, s: int, pad_to: int = 0) -> torch.Tensor:
+        """Sequence ``s``'s prompt and new tokens ``[b, P + n]``, padded to ``pad_to`` new tokens."""
+        rows = self.req.input_ids[s * self.b:(s + 1) * self.b]
+        toks = [t[:, None].to(rows.device) for t in self.new[s]]
+        fill = [torch.full((self.b, 1), self.req.pad if self.req.pad is not None else 0, dtype=torch.long)] * \
+            max(0, pad_to - len(toks))
+        return torch.cat([rows, *toks, *fill], 1)
+
+    def timings(self) -> GenerationTimings:
+        ttft = [1e3 * (t[0] - self.sent_at[s]) for s, t in self.times.items() if t]
+        gaps = [1e3 * (b - a) for t in self.times.values() for a, b in zip(t, t[1:])]
+        total = sum(len(t) for t in self.new.values()) * self.b
+        return summarize(statistics.median(ttft) if ttft else math.nan, gaps, total / max(self.t1 - self.t0, 1e-12),
+                         self.S * self.b, self.longest())
 
 
 def _split_request(r: Any) -> tuple[tuple, dict[str, Any]]:

@@ -38,6 +38,12 @@ class LocalCluster:
         """:meth:`Driver.run` on this cluster's driver."""
         return self.driver.run(requests, **kw)
 
+    generates_across_processes = True  # rotafx.generate(cluster, ...) calls generate
+
+    def generate(self, input_ids: Any, max_new_tokens: int = 20, **kw: Any) -> Any:
+        """:meth:`Driver.generate` on this cluster's driver."""
+        return self.driver.generate(input_ids, max_new_tokens, **kw)
+
     def wait(self, timeout: float) -> list[int | None]:
         """Wait up to ``timeout`` s for every stage process to exit; their exit codes (``None``: still running)."""
         deadline = time.monotonic() + timeout

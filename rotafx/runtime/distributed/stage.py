@@ -19,15 +19,16 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.distributed as dist
 
-from ...plan.load import load
+from ...plan.load import load, load_cached_stage
 from ...plan.schema import PlanError, read_plan
 from ...units import first_line
 from ..links import LinkEmulator
 from .secret import SecretError, resolve_secret
 from .store import StoreGone, StoreRefused, connect
-from .transport import (BEAT_S, DATA, EMULATE, PREFIX, STOP, CommError, DistributedError, Layout, Wire, backend_for,
-                        check_endpoint, check_links, get_key, local_address, make_group, plan_digest, post,
-                        set_quietly, shutdown, wait, who)
+from .transport import (BEAT_S, DATA, EMULATE, FREE, PREFIX, PROGRAMS, SLOT_SHIFT, STOP, CommError, DistributedError,
+                        Layout, backend_for, check_endpoint, check_links, get_key, header_only, largest, local_address,
+                        make_group, plan_digest, post, set_quietly, shutdown, wait, who, wires_of, endpoint_from_env,
+                        stage_from_env, check_world)
 
 __all__ = ["StageServer", "serve", "main", "add_serve_args", "serve_from_args"]
 
@@ -61,6 +62,9 @@ class StageServer:
         self.plan = read_plan(plan_dir)
         self.stage = stage
         self.loaded = load(plan_dir, stage=stage, device=device)
+        # a causal LM's prefill and decode programs, a KV cache per sequence slot (Driver.generate)
+        self.cached = (load_cached_stage(self.loaded.plan, stage, self.loaded.device)
+                       if self.loaded.plan.generation is not None else None)
         self.master_addr, self.master_port = master_addr, master_port
         self.timeout, self.idle_timeout, self.join_timeout = timeout, idle_timeout, join_timeout
         self.emulate_links = emulate_links
@@ -73,6 +77,13 @@ class StageServer:
 
     def before_compute(self, request: int) -> None:
         """Called before request ``request`` is computed (after its inputs arrived); does nothing here."""
+
+    def _send(self, msg: torch.Tensor, name: str) -> None:
+        """Send ``msg`` to the next rank, keeping at most two sends in flight."""
+        peer = self.next_rank
+        self.pending.append((post(self.pg.send, [msg], peer, f"{name}: sending to {who(self.plan, peer)}"), msg))
+        while len(self.pending) > 2:
+            wait(self.pending.popleft()[0], self.timeout, peer, f"{name}: sending to {who(self.plan, peer)}")
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every send in flight has been delivered."""
@@ -136,13 +147,15 @@ class StageServer:
             if isinstance(e, DistributedError):
                 set_quietly(store, f"stage{stage}/error", json.dumps({"kind": "join", "message": str(e)}))
             raise
-        wire = Wire(plan)
-        lin, lout = wire.layouts[stage], wire.layouts[stage + 1]
+        wires = wires_of(plan)
+        size = largest(wires, stage)  # every receive fits any message this hop carries
+        lin, lout = wires[DATA].layouts[stage], wires[DATA].layouts[stage + 1]
         emulator = LinkEmulator(plan.hops[stage].links)
         store.set(f"{PREFIX}stage{stage}/status", "running")
         peer = rank - 1  # the rank we are waiting on
+        last = stage == plan.num_stages - 1
         try:
-            buf = lin.empty(dev)
+            buf = torch.empty(size, dtype=torch.uint8, device=dev)
             work = post(pg.recv, [buf], rank - 1, f"{name}: receiving from {who(plan, rank - 1)}")
             while True:
                 # idle or not, this stage cannot tell a quiet driver from a stuck neighbour: the driver's
@@ -158,31 +171,40 @@ class StageServer:
                     wait(post(pg.send, [out], peer, what), self.timeout, peer, what)
                     stop_watch.set()  # the run is over: the driver may close its store any moment now
                     break
-                incoming = wire.split(stage, lin.unpack(buf))
-                buf = lin.empty(dev)
+                wire = wires.get(kind)
+                if wire is None and kind != FREE:
+                    raise RuntimeError(f"a message of kind {kind} (request {req}), which this stage does not know"
+                                       + ("; the plan has no generation programs" if kind in PROGRAMS else ""))
+                got = wire.split(stage, wire.layouts[stage].unpack(buf)) if wire is not None else {}
+                buf = torch.empty(size, dtype=torch.uint8, device=dev)
                 # the next request arrives while this one runs
                 work = post(pg.recv, [buf], rank - 1, f"{name}: receiving from {who(plan, rank - 1)}")
+                slot = flags >> SLOT_SHIFT
+                if kind == FREE:  # a sequence ended: its cache goes, and the stages after this one are told
+                    if self.cached is not None:
+                        self.cached.free(slot)
+                    if not last:
+                        self._send(header_only(FREE, req, flags, dev), name)
+                    continue
                 if self.emulate_links or flags & EMULATE:
-                    emulator.deliver(sent_at, lin.payload_bytes)
+                    emulator.deliver(sent_at, wire.layouts[stage].payload_bytes)
                 progress["state"] = f"computing request {req}"
                 self.before_compute(req)
                 local: dict[str, torch.Tensor] = {}
                 ins = []
-                for v in st.spec.inputs:
-                    if v in plan.constants:  # baked into the program: never on the wire
-                        ins.append(plan.constants[v])
+                prog = wire.plan
+                for v in prog.stages[stage].inputs:
+                    if v in prog.constants:  # baked into the program: never on the wire
+                        ins.append(prog.constants[v])
                         continue
-                    key = (v, True) if (v, True) in incoming else (v, False)
-                    local[v] = wire.decoded(v, incoming[key], key[1], dev)
+                    key = (v, True) if (v, True) in got else (v, False)
+                    local[v] = wire.decoded(v, got[key], key[1], dev)
                     ins.append(local[v])
                 with torch.no_grad():
-                    outs = st(*ins)
-                local.update(zip(st.spec.outputs, outs))
-                msg = lout.pack(DATA, req, wire.gather(stage + 1, incoming, local), dev, flags)
-                peer = self.next_rank
-                self.pending.append((post(pg.send, [msg], peer, f"{name}: sending to {who(plan, peer)}"), msg))
-                while len(self.pending) > 2:
-                    wait(self.pending.popleft()[0], self.timeout, peer, f"{name}: sending to {who(plan, peer)}")
+                    outs = st(*ins) if kind == DATA else self.cached.run(PROGRAMS[kind], slot, *ins)  # type: ignore[union-attr]
+                local.update(zip(prog.stages[stage].outputs, outs))
+                msg = wire.layouts[stage + 1].pack(kind, req, wire.gather(stage + 1, got, local), dev, flags)
+                self._send(msg, name)
                 progress["sent"] = str(req)
             self.flush()
             try:
@@ -262,7 +284,9 @@ def _watchdog(store: Any, stage: int, name: str, where: str, stop: threading.Eve
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     """The options of ``rotafx serve`` (the CLI's and this module's)."""
     p.add_argument("--plan", required=True, help="the plan directory (the same on every host)")
-    p.add_argument("--stage", type=int, required=True, help="which stage of the plan to run (0 .. stages-1; rank = stage + 1)")
+    env_stage = stage_from_env()  # under torchrun: RANK - 1
+    p.add_argument("--stage", type=int, required=env_stage is None, default=env_stage,
+                   help="which stage of the plan to run (0 .. stages-1; rank = stage + 1; default $RANK - 1)")
     p.add_argument("--master-addr", default=None, help="the driver's host (default $MASTER_ADDR or 127.0.0.1)")
     p.add_argument("--master-port", type=int, default=None, help="the driver's port (default $MASTER_PORT or 29500)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds for each send or receive of a request under way")
@@ -295,9 +319,9 @@ def _die_with_parent() -> None:
 def serve_from_args(args: argparse.Namespace, server: type[StageServer] = StageServer, **extra: Any) -> int:
     """Serve from parsed ``rotafx serve`` arguments; a failure prints one line and returns 3."""
     _die_with_parent()
-    addr = args.master_addr or os.environ.get("MASTER_ADDR", "127.0.0.1")
-    port = int(args.master_port or os.environ.get("MASTER_PORT", 29500))
     try:
+        addr, port = endpoint_from_env(args.master_addr, args.master_port)
+        check_world(read_plan(args.plan).num_stages, f"stage {args.stage}")
         return server(args.plan, args.stage, master_addr=addr, master_port=port, timeout=args.timeout,
                       idle_timeout=args.idle_timeout, join_timeout=args.join_timeout, emulate_links=args.emulate_links,
                       device=args.device, backend=args.backend, threads=args.threads,
@@ -308,6 +332,9 @@ def serve_from_args(args: argparse.Namespace, server: type[StageServer] = StageS
     except (DistributedError, PlanError) as e:
         print(str(e), file=sys.stderr, flush=True)
         return 3
+    except ValueError as e:  # a bad port in the environment
+        print(str(e), file=sys.stderr, flush=True)
+        return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,8 +2,13 @@
 
 Each message is one flat byte buffer: a 32-byte header (kind, request id, the time it was
 handed to the link, flags) and the hop's tensors, each at a 16-byte aligned offset.
-Shapes are static (from ``plan.json``), so every receive is posted with the right size
-before the message exists. Every wait has a timeout.
+Shapes are static (from ``plan.json``), so every receive is posted before the message
+exists, sized for the largest message the hop can carry: a one-pass request (``DATA``), or,
+for a plan with generation programs, a prefill chunk (``PREFILL``), a decode step
+(``DECODE``) or a header alone (``FREE``: drop a sequence's cache); gloo delivers a shorter
+message into a larger buffer, and the header's kind says which layout it has. A generation
+message names its sequence's cache slot in the flags' upper bits (:data:`SLOT_SHIFT`).
+Every wait has a timeout.
 """
 
 from __future__ import annotations
@@ -28,12 +33,16 @@ from .secret import tag
 
 __all__ = ["DistributedError", "CommError", "Layout", "Wire", "wait", "post", "make_group", "check_links", "backend_for",
            "check_endpoint", "plan_digest", "free_port", "local_address", "get_key", "set_quietly", "shutdown", "who",
-           "HEADER_BYTES", "EMULATE", "DATA", "STOP", "PREFIX", "BEAT_S", "MAX_TIMEOUT_S"]
+           "HEADER_BYTES", "EMULATE", "DATA", "STOP", "PREFILL", "DECODE", "FREE", "SLOT_SHIFT", "PREFIX", "BEAT_S",
+           "MAX_TIMEOUT_S", "header_only", "wires_of", "largest", "PROGRAMS", "endpoint_from_env", "stage_from_env",
+           "check_world"]
 
 HEADER_BYTES = 32  # int64 kind, request id, sent-at (ns since the epoch), flags
 EMULATE = 1  # flag: apply link emulation to this request
 ALIGN = 16
-DATA, STOP = 0, 1
+DATA, STOP, PREFILL, DECODE, FREE = 0, 1, 2, 3, 4
+SLOT_SHIFT = 16  # a generation message's flags: bit 0 EMULATE, bits 16.. the sequence's cache slot
+PROGRAMS = {PREFILL: "prefill", DECODE: "decode"}
 PREFIX = "rotafx/"
 BEAT_S = 0.2  # a stage's heartbeat period
 MAX_TIMEOUT_S = 1e7  # about 115 days: longer is a mistake (and overflows thread waits)
@@ -48,12 +57,14 @@ class DistributedError(RuntimeError):
     """
 
     def __init__(self, message: str, *, stage: int | None = None, node: str | None = None,
-                 completed: Sequence[int] = (), outputs: Mapping[int, Any] | None = None) -> None:
+                 completed: Sequence[int] = (), outputs: Mapping[int, Any] | None = None,
+                 tokens: Mapping[int, Sequence[int]] | None = None) -> None:
         super().__init__(message)
         self.stage = stage
         self.node = node
         self.completed = list(completed)
         self.outputs = dict(outputs or {})
+        self.tokens = {k: list(v) for k, v in (tokens or {}).items()}  # Driver.generate: sequence -> its new tokens
 
 
 class CommError(RuntimeError):
@@ -160,6 +171,24 @@ class Wire:
         return out
 
 
+def wires_of(plan: PlanSpec) -> dict[int, "Wire"]:
+    """The wire of each message kind that carries tensors: the one-pass plan's, and its generation programs'."""
+    out = {DATA: Wire(plan)}
+    if plan.generation is not None:
+        out.update({k: Wire(plan.generation.program(name)) for k, name in PROGRAMS.items()})
+    return out
+
+
+def largest(wires: Mapping[int, "Wire"], hop: int) -> int:
+    """Bytes of the largest message hop ``hop`` carries, of any kind."""
+    return max(w.layouts[hop].nbytes for w in wires.values())
+
+
+def header_only(kind: int, request: int, flags: int, device: torch.device) -> torch.Tensor:
+    """A message that is its header alone (``FREE``)."""
+    return Layout((), (), HEADER_BYTES).pack(kind, request, [], device, flags)
+
+
 def wait(work: Any, timeout_s: float, peer: int, what: str) -> None:
     """Wait for a send or receive, or raise :class:`CommError` naming the peer (and whether it timed out)."""
     try:
@@ -217,6 +246,41 @@ def check_links(pg: Any, rank: int, size: int, secret: bytes, nonce: str, timeou
     if not hmac.compare_digest(bytes(got.cpu().tolist()), tag(secret, b"link", nonce, f"{prv}->{rank}")):
         raise DistributedError(f"rotafx: {name}: the process connected as rank {prv} does not hold the cluster's "
                                f"secret; it is not one of this run's processes (nothing was exchanged with it)")
+
+
+def endpoint_from_env(addr: str | None = None, port: int | None = None) -> tuple[str, int]:
+    """The driver's address and port: those given, else as ``torchrun`` sets them (``MASTER_ADDR``,
+    ``MASTER_PORT``), else ``127.0.0.1:29500``. ``$ROTAFX_PORT`` overrides the port; under a torchrun
+    agent that hosts its own store at ``MASTER_PORT`` (``TORCHELASTIC_USE_AGENT_STORE=True``) the driver's
+    is the next port, ``MASTER_PORT + 1``. Raises ``ValueError`` for a port that is not a number."""
+    env = os.environ
+    host = addr or env.get("MASTER_ADDR") or "127.0.0.1"
+    if port is not None:
+        return host, port
+    text, shift = env.get("ROTAFX_PORT"), 0
+    if not text:
+        text = env.get("MASTER_PORT") or "29500"
+        shift = 1 if env.get("TORCHELASTIC_USE_AGENT_STORE") == "True" else 0
+    try:
+        return host, int(text) + shift
+    except ValueError:
+        raise ValueError(f"rotafx: the driver's port ($ROTAFX_PORT or $MASTER_PORT) must be a TCP port 1..65535, "
+                         f"got {text!r}") from None
+
+
+def stage_from_env() -> int | None:
+    """The stage a ``torchrun`` worker serves: ``$RANK - 1`` (rank 0 is the driver), None without ``$RANK``."""
+    rank = os.environ.get("RANK", "")
+    return int(rank) - 1 if rank.isdigit() and int(rank) >= 1 else None
+
+
+def check_world(num_stages: int, who_: str) -> None:
+    """``$WORLD_SIZE``, when set (torchrun), is the plan's stages plus the driver."""
+    world = os.environ.get("WORLD_SIZE")
+    if world is not None and world != str(num_stages + 1):
+        raise DistributedError(f"rotafx: {who_}: WORLD_SIZE is {world!r}, but the plan has {num_stages} stage(s): "
+                               f"run {num_stages + 1} processes (torchrun --nproc-per-node {num_stages + 1}: rank 0 "
+                               f"the driver, rank i + 1 stage i)")
 
 
 def check_endpoint(addr: Any, port: Any, **timeouts: Any) -> None:
