@@ -285,6 +285,13 @@ class Calibration:
         return 0.0 if c is None else nbytes * (c["encode_s_per_byte"] + c["decode_s_per_byte"])
 
     # -- files ---------------------------------------------------------------------------------
+    @property
+    def process_message_ms(self) -> float | None:
+        """The fixed cost of a message between two processes of the machine (ms), when measured (``processes=True``):
+        the ``message_ms`` of the links between stage processes on it."""
+        hop = self.transfers.get("process")
+        return 1e3 * hop["latency_s"] if hop else None
+
     def to_dict(self) -> dict[str, Any]:
         def table(t: Mapping[str, Mapping[tuple[int, int, int], tuple[float, float]]]) -> dict[str, list[list[float]]]:
             return {dt: [[*shape, rate, spread] for shape, (rate, spread) in sorted(rows.items())] for dt, rows in t.items()}
@@ -511,7 +518,7 @@ def _machine(device: torch.device, threads: int) -> dict[str, Any]:
 
 
 def calibrate(device: str | torch.device = "cpu", *, dtypes: Sequence[str] | None = None, threads: int | None = None,
-              quick: bool = False, flop_budget: float | None = None,
+              quick: bool = False, flop_budget: float | None = None, processes: bool = False,
               progress: Callable[[str], None] | None = None) -> Calibration:
     """Measure ``device``; a :class:`Calibration` (save it with ``.save("cpu.yaml")``).
 
@@ -521,7 +528,10 @@ def calibrate(device: str | torch.device = "cpu", *, dtypes: Sequence[str] | Non
     shapes, one pass and shorter runs (about 6 s on a 2-core CPU, against about 25 s; for
     tests and a first look). ``flop_budget``:
     shapes whose one call exceeds this many FLOPs are skipped (default 2e9 on CPU, 1e13 on
-    CUDA; lookups beyond use the nearest measured shape). ``progress`` receives one line per
+    CUDA; lookups beyond use the nearest measured shape). ``processes``: also measure a hop
+    between two processes of this host over gloo (what a deployed plan's stages do), as
+    ``transfers["process"]``: its fixed cost per message and its bandwidth (a link's
+    ``message_ms``, :attr:`Calibration.process_message_ms`). ``progress`` receives one line per
     step (the CLI prints them to stderr).
 
     Returns:
@@ -669,7 +679,88 @@ def calibrate(device: str | torch.device = "cpu", *, dtypes: Sequence[str] | Non
                                                 "bandwidth_Bps": chunk.numel() * chunk.element_size() / max(tb - lat, 1e-9)}
             say(f"calibrate {dev}: to {other}: {lat * 1e6:.1f} us, "
                 f"{cal.transfers[f'{dev}->{other}']['bandwidth_Bps'] / 1e9:.1f} GB/s")
+    if processes:
+        say("calibrate: a hop between two processes over gloo ...")
+        cal.transfers["process"] = measure_process_hop(repeats=15 if quick else 40)
+        hop = cal.transfers["process"]
+        say(f"calibrate: process hop: {hop['latency_s'] * 1e6:.1f} us per message, {hop['bandwidth_Bps'] / 1e9:.2f} GB/s")
     return cal
+
+
+# the other end of measure_process_hop: receives each message and sends it back
+_ECHO = r"""
+import datetime, sys, torch, torch.distributed as dist
+port, sizes, reps = int(sys.argv[1]), [int(x) for x in sys.argv[2].split(",")], int(sys.argv[3])
+store = dist.TCPStore("127.0.0.1", port, 2, False, timeout=datetime.timedelta(seconds=60))
+pg = dist.ProcessGroupGloo(store, 1, 2, datetime.timedelta(seconds=60))
+for n in sizes:
+    buf = torch.zeros(n, dtype=torch.uint8)
+    for _ in range(reps):
+        pg.recv([buf], 0, 0).wait()
+        pg.send([buf], 0, 0).wait()
+"""
+
+PROCESS_HOP_SIZES = (64, 4096, 1 << 16, 1 << 20, 1 << 22)
+
+
+def measure_process_hop(sizes: Sequence[int] = PROCESS_HOP_SIZES, repeats: int = 40) -> dict[str, float]:
+    """One-way time of a message between two processes of this host over gloo (half a round trip, median after
+    a warm-up), for each size in ``sizes``; fitted as ``latency_s + bytes / bandwidth_Bps``.
+
+    Returns:
+        ``{"latency_s", "bandwidth_Bps"}``.
+
+    Raises:
+        CalibrationError: the second process could not start or join (its message).
+    """
+    import statistics
+    import subprocess
+    import time
+
+    import torch.distributed as dist
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    child = subprocess.Popen([sys.executable, "-c", _ECHO, str(port), ",".join(map(str, sizes)), str(repeats)],
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        store = dist.TCPStore("127.0.0.1", port, 2, True, timeout=datetime.timedelta(seconds=60))
+        pg = dist.ProcessGroupGloo(store, 0, 2, datetime.timedelta(seconds=60))
+        medians = []
+        for n in sizes:
+            buf = torch.zeros(n, dtype=torch.uint8)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                pg.send([buf], 1, 0).wait()
+                pg.recv([buf], 1, 0).wait()
+                times.append((time.perf_counter() - t0) / 2)
+            medians.append(statistics.median(times[max(1, repeats // 5):]))
+        child.wait(timeout=60)
+    except Exception as e:  # noqa: BLE001 - gloo or the store: say what the other process said
+        child.kill()
+        err = (child.communicate()[1] or "").strip().splitlines()
+        raise CalibrationError(f"rotafx: the process-hop measurement failed: {first_line(e)}"
+                               + (f" (the other process: {err[-1]})" if err else "")) from None
+    latency, bandwidth = fit_latency_bandwidth(sizes, medians)
+    return {"latency_s": latency, "bandwidth_Bps": bandwidth}
+
+
+def fit_latency_bandwidth(sizes: Sequence[float], seconds: Sequence[float]) -> tuple[float, float]:
+    """``(latency_s, bandwidth_Bps)`` of ``seconds ~ latency + size / bandwidth``, least squares; the latency no
+    lower than zero and no higher than the smallest message's time.
+
+    >>> fit_latency_bandwidth([0, 1e6, 2e6], [1e-4, 1e-4 + 1e-3, 1e-4 + 2e-3])
+    (0.0001, 1000000000.0)
+    """
+    import numpy as np
+
+    x, y = np.asarray(sizes, dtype=float), np.asarray(seconds, dtype=float)
+    slope, intercept = np.polyfit(x, y, 1)
+    slope = max(float(slope), 1e-15)
+    latency = float(min(max(intercept, 0.0), y[np.argmin(x)]))
+    return round(latency, 12), round(1.0 / slope, 3)
 
 
 def _launch_probe() -> torch.nn.Module:

@@ -126,7 +126,8 @@ def hop_coefficients(link: Link, counts_for_bandwidth: bool) -> dict[str, tuple[
     """What one hop over ``link`` adds to each objective term, as ``(per byte, constant)``: a hop of ``b``
     bytes costs ``per_byte * b + constant`` (latency in ms, period in ms, bandwidth in bytes, energy in J)."""
     per_byte_ms = transfer_ms(1.0, link)
-    return {"latency": (per_byte_ms, link.latency_ms), "period": (per_byte_ms, 0.0),
+    msg = link.message_ms  # each message's fixed cost to the transport: on the way, and keeping the link busy
+    return {"latency": (per_byte_ms, link.latency_ms + msg), "period": (per_byte_ms, msg),
             "bandwidth": (1.0 if counts_for_bandwidth else 0.0, 0.0), "energy": (link_energy_j(1.0, link), 0.0)}
 
 

@@ -258,9 +258,9 @@ def evaluate(tables: CostTables, stages: Sequence[int]) -> Estimate:
         p = cuts[b]
         nbytes = int(tables.boundary_bytes[p])
         co = tables.hop_coefficients(link)
-        t = co["period"][0] * nbytes
+        t = co["period"][0] * nbytes + co["period"][1]  # serialisation and each message's fixed cost: busy time
         transfer_by_kind[link.kind] = transfer_by_kind.get(link.kind, 0.0) + t
-        prop += co["latency"][1]
+        prop += co["latency"][1] - co["period"][1]
         energy += co["energy"][0] * nbytes
         bw_bytes += co["bandwidth"][0] * nbytes
         link_busy = max(link_busy, t)

@@ -167,7 +167,12 @@ class Device:
 
 @dataclass(frozen=True)
 class Link:
-    """A directed link. ``bandwidth_bps`` in bits/s, ``latency_ms`` one-way in ms, ``energy_per_bit_j`` in J/bit."""
+    """A directed link. ``bandwidth_bps`` in bits/s, ``latency_ms`` one-way in ms, ``energy_per_bit_j`` in J/bit.
+
+    ``message_ms``: what each message costs the transport beyond its bytes (packing, the send and the receive
+    between processes; ``rotafx calibrate --processes`` measures it on a host): it adds to the hop's latency
+    and keeps the link busy, like serialisation.
+    """
 
     src: str
     dst: str
@@ -175,6 +180,7 @@ class Link:
     latency_ms: float = 0.0
     energy_per_bit_j: float = 0.0
     kind: str = "link"  # "uplink", "downlink", "isl", "ground", "local" or a user's name
+    message_ms: float = 0.0
 
 
 LOCAL = "local"
@@ -191,6 +197,7 @@ class LinkGroup:
     latency_ms: float = 0.0
     energy_per_bit_j: float = 0.0
     kind: str = "link"
+    message_ms: float = 0.0
     _src_set: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
     _dst_set: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
 
@@ -204,7 +211,7 @@ class LinkGroup:
 
     def link(self, src: str, dst: str) -> Link:
         """The group's link from ``src`` to ``dst`` (which it :meth:`joins`)."""
-        return Link(src, dst, self.bandwidth_bps, self.latency_ms, self.energy_per_bit_j, self.kind)
+        return Link(src, dst, self.bandwidth_bps, self.latency_ms, self.energy_per_bit_j, self.kind, self.message_ms)
 
     def pairs(self) -> Iterator[tuple[str, str]]:
         """Every ``(src, dst)`` the group joins."""
@@ -442,10 +449,11 @@ class Topology:
         table = self.links if isinstance(self.links, LinkTable) else LinkTable(self.links)
         links: list[dict[str, Any]] = [
             {"src": l.src, "dst": l.dst, "kind": l.kind, "bandwidth": l.bandwidth_bps, "latency_ms": l.latency_ms,
-             "energy_per_bit": l.energy_per_bit_j, "bidirectional": False} for l in table.explicit.values()]
+             "energy_per_bit": l.energy_per_bit_j, "bidirectional": False,
+             **({"message_ms": l.message_ms} if l.message_ms else {})} for l in table.explicit.values()]
         links += [{"src": list(g.srcs), "dst": list(g.dsts), "kind": g.kind, "bandwidth": g.bandwidth_bps,
-                   "latency_ms": g.latency_ms, "energy_per_bit": g.energy_per_bit_j, "bidirectional": False}
-                  for g in table.groups]
+                   "latency_ms": g.latency_ms, "energy_per_bit": g.energy_per_bit_j, "bidirectional": False,
+                   **({"message_ms": g.message_ms} if g.message_ms else {})} for g in table.groups]
         return {"devices": devices, "links": links, "chain": list(self.chain),
                 "bypasses": [list(b) for b in self.bypasses], "capacity": self.capacity}
 
@@ -528,7 +536,7 @@ def _check_device(d: Device) -> None:
 
 def _check_link(l: Link) -> None:
     """Every figure of a link a finite number: its bandwidth positive, its latency and energy zero or more."""
-    for key in ("bandwidth_bps", "latency_ms", "energy_per_bit_j"):
+    for key in ("bandwidth_bps", "latency_ms", "energy_per_bit_j", "message_ms"):
         _check_figure(f"link {l.src!r} -> {l.dst!r} ({l.kind})", key, getattr(l, key), positive=key == "bandwidth_bps")
 
 
@@ -675,7 +683,7 @@ _DEVICE_KEYS = {
     "memory_bandwidth": "Bps", "cache_bandwidth": "Bps", "power": "W", "power_w": "W",
 }
 _LINK_KEYS = {"bandwidth": "bps", "bandwidth_bps": "bps", "latency_ms": "ms", "latency": "ms",
-              "energy_per_bit": "J/bit", "energy_per_bit_j": "J/bit"}
+              "energy_per_bit": "J/bit", "energy_per_bit_j": "J/bit", "message_ms": "ms"}
 
 
 _GENERAL_KEYS = {"devices", "links", "chain", "bypasses", "capacity"}

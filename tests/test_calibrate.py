@@ -617,3 +617,17 @@ def test_estimate_vs_measured_for_generation_sets_ttft_and_tpot_beside_the_plan(
     assert "generations (20 prompt + 12 new tokens, batch 1)" in cmp.report()
     with pytest.raises(ValueError, match=r"give the module, not a plan directory"):
         rotafx.estimate_vs_measured(tmp_path, (ids,), generation=gen)
+
+
+def test_a_process_hop_is_measured_and_fitted() -> None:
+    from rotafx.calibrate import fit_latency_bandwidth, measure_process_hop
+
+    # the fit recovers a line exactly, and keeps the latency within [0, the smallest message's time]
+    assert fit_latency_bandwidth([64, 1 << 20, 1 << 22], [5e-5 + 64 / 2e9, 5e-5 + (1 << 20) / 2e9,
+                                                         5e-5 + (1 << 22) / 2e9]) == pytest.approx((5e-5, 2e9))
+    assert fit_latency_bandwidth([1, 2, 3], [3.0, 2.0, 1.0])[0] <= 3.0
+    hop = measure_process_hop(sizes=(64, 1 << 20), repeats=8)
+    assert 0 < hop["latency_s"] < 0.05 and hop["bandwidth_Bps"] > 1e7, hop
+    cal = rotafx.Calibration("cpu", 1, bandwidth_Bps=1e10, transfers={"process": hop})
+    assert cal.process_message_ms == pytest.approx(1e3 * hop["latency_s"])
+    assert rotafx.Calibration.from_dict(cal.to_dict()).transfers["process"] == hop

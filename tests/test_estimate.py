@@ -442,3 +442,30 @@ def test_default_bytes_moved_is_weights_input_and_output():
     est = LatencyEstimator(TOPO).estimate([0], prof)
     expected = max(10**6 / G_FLOPS, (2 * params + inp + out) / G_BW) * 1e3
     assert est.ground_compute_ms == pytest.approx(expected)
+
+
+def test_a_links_message_cost_adds_to_each_hop_and_keeps_the_link_busy():
+    """``message_ms`` on a link: every hop over it pays it once on the way (transfer) and in the link's busy time
+    (period); the MILP and the DP price it as the estimator does."""
+    prof = two_layers()
+    msg = 7.0
+    topo = {"devices": [{"name": "a", "flops": G_FLOPS, "memory": 1e9, "memory_bandwidth": G_BW},
+                        {"name": "b", "flops": G_FLOPS, "memory": 1e9, "memory_bandwidth": G_BW}],
+            "links": [{"src": "a", "dst": "b", "bandwidth": UP_BPS, "latency_ms": 2.0, "message_ms": msg}],
+            "chain": ["a", "b"]}
+    est = LatencyEstimator(topo).estimate(LayerPlacement({0: "a", 1: "b"}), prof)
+    ser = ser_ms(OUT_BYTES[0], UP_BPS)
+    (hop,) = est.transfers
+    assert hop.transfer_ms == pytest.approx(ser + msg) and hop.propagation_ms == 2.0
+    assert est.total_ms == pytest.approx(tg(0) + tg(1) + ser + msg + 2.0)
+    assert est.period_ms == pytest.approx(max(tg(0), tg(1), ser + msg))
+    check_parts_add_up(est)
+    assert Topology.coerce(topo).to_dict()["links"][0]["message_ms"] == msg
+    tables = CostTables(prof, Topology.coerce(topo))
+    for name in ("minimize_latency", "maximize_throughput"):
+        obj = objective(name)
+        best = min((obj.value(evaluate(tables, s).terms()), s) for s in ([0, 0], [0, 1], [1, 1]))
+        assert solve_milp(tables, obj).value == pytest.approx(best[0], rel=1e-6), name
+        assert solve_dp(tables, obj)[1] == pytest.approx(best[0], rel=1e-6), name
+    with pytest.raises(Exception, match=r"links\[0\] .*message_ms must be zero or positive \(milliseconds\), got -1"):
+        Topology.coerce({**topo, "links": [{**topo["links"][0], "message_ms": -1}]})

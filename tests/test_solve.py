@@ -178,6 +178,7 @@ def general_problems(draw: st.DrawFn) -> Problem:
     chain = [f"d{i}" for i in range(n)] + (["d0"] if draw(st.booleans()) else [])
     links = [{"src": a, "dst": b, "bandwidth": draw(BPS), "latency_ms": draw(st.sampled_from([0, 0.01, 2, 25])),
               "energy_per_bit": draw(st.sampled_from([0, 1e-10, 1e-8])),
+              "message_ms": draw(st.sampled_from([0, 0, 0.05, 3])),
               "kind": draw(st.sampled_from(["link", "uplink", "downlink", "isl"]))}
              for a, b in zip(chain, chain[1:])]
     topo = {"devices": devices, "links": links, "chain": chain, "capacity": capacity}

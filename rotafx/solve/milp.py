@@ -166,7 +166,7 @@ def _terms(tables: CostTables, XC, ZC, U, cons, needed: set[str]):  # type: igno
         T = cp.Variable(nonneg=True)
         for dev, ss in tables.device_stages.items():
             cons.append(T >= _total([tables.stage_terms[busy][:, s] @ XC[s] for s in ss]))
-        cons.extend(T >= h for h, _ in _route_hops(tables, ZC, U, cons, term))
+        cons.extend(T >= h + c for h, c in _route_hops(tables, ZC, U, cons, term))  # c: a message's fixed cost
         if term == "token_period":  # several sequences in flight: no faster than one token per TPOT each
             cons += [T >= tables.return_period_ms, T >= out["tpot"] / tables.generation.sequences]
         out[term] = T
