@@ -254,7 +254,8 @@ def test_errors_say_what_to_change(gpt: Any, tmp_path: Any) -> None:
                                                      r"max_len\).*torch.compile"):
         rotafx.generate(rotafx.partition(mlp, (torch.randn(1, 4),)), _ids(1, 4, 4), max_new_tokens=2)
     rotafx.export(m, (_ids(1, 8, 256),), path=tmp_path / "plan")
-    with pytest.raises(rotafx.GenerationError, match=r"plan directory \(rotafx.load\) is not yet supported"):
+    with pytest.raises(rotafx.GenerationError, match=r"this plan has no generation programs .* export it again with "
+                                                     r"max_context=N"):
         rotafx.generate(rotafx.load(tmp_path / "plan"), _ids(1, 4, 256), max_new_tokens=2)
 
 

@@ -57,14 +57,16 @@ def test_a_transformers_llama_planned_for_generation_gives_its_tokens() -> None:
     m = transformers.LlamaForCausalLM(cfg).eval()
     ids = _ids(2, 8, 128, seed=0)
     weights = ModelProfile.from_pytorch(m, (ids,)).weight_bytes
-    pm = rotafx.partition(m, (ids,), topology=three_cpus(0.75 * weights), devices=ON_CPU,
-                          generation={"new_tokens": 56}, objective="maximize_tokens_per_s")
+    pm = rotafx.partition(m, (ids,), topology=three_cpus(0.9 * weights), devices=ON_CPU,
+                          generation={"new_tokens": 24}, objective="maximize_tokens_per_s")
     assert len(set(pm.generation_plan.stages)) >= 2
     assert tuple(pm.plan.partition.stages) == tuple(pm.generation_plan.stages)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        want = m.generate(ids, max_new_tokens=56, do_sample=False)
-    assert torch.equal(rotafx.generate(pm, ids, max_new_tokens=56), want)
+        want = m.generate(ids, max_new_tokens=24, do_sample=False)
+    assert torch.equal(rotafx.generate(pm, ids, max_new_tokens=24), want)
+    (progs,) = pm._generation_programs.values()
+    assert progs.max_len == 8 + 24, "the cache is as long as the plan made room for, not rounded up"
 
 
 @pytest.mark.parametrize("generation, match", [

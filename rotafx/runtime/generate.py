@@ -508,11 +508,17 @@ def generate(pipeline: Any, input_ids: torch.Tensor, max_new_tokens: int = 20, *
                         limit, f"positions of {type(source.model).__name__}", "", generator)
     B, P = input_ids.shape
     max_len = context_length(P + max_new_tokens, limit)
+    planned = pipeline.__dict__.get("generation_plan")
+    if planned is not None:  # a pipeline planned for generation: its cache is as long as the plan made room for
+        ctx = planned.estimate.generation.prompt_len + planned.estimate.generation.new_tokens
+        if P + max_new_tokens <= ctx:
+            max_len = ctx
     try:
         progs = programs_for(pipeline, B, max_len)
     except BackendError as e:
+        how = "as planned" if planned is not None and max_len == ctx else f"rounded up to a multiple of {CONTEXT_STEP}"
         raise BackendError(f"{e} (the KV cache holds {B} sequence(s) x {max_len} tokens: prompt {P} + "
-                           f"{max_new_tokens} new, rounded up to a multiple of {CONTEXT_STEP})") from e
+                           f"{max_new_tokens} new, {how})") from e
     devices = {t.device for t in progs.state}
     sync = (lambda: [torch.cuda.synchronize(d) for d in devices if d.type == "cuda"]) if timings else (lambda: None)
     with torch.no_grad():
