@@ -17,6 +17,7 @@ import torch.nn as nn
 import rotafx
 from rotafx.models import small_gpt
 from rotafx.plan.write import export_pipeline
+from tests.test_backend import ON_CPU, three_cpus
 from tests.test_generate import _family, _ids, _recompute, _split
 
 
@@ -49,7 +50,6 @@ def test_small_gpt_plan_generates_the_models_tokens(gpt_plan: Any) -> None:
     prompt = _ids(2, 11, 128)  # 11 tokens: a full chunk of 8, then a padded one
     got = rotafx.generate(loaded, prompt, max_new_tokens=20)
     assert torch.equal(got, _recompute(m, prompt, 20))
-    assert torch.equal(got, rotafx.generate(pm, prompt, max_new_tokens=20))
     # again, shorter: the slots' caches start fresh
     assert torch.equal(rotafx.generate(loaded, prompt[:1, :3], max_new_tokens=5), _recompute(m, prompt[:1, :3], 5))
     # a prompt that fills the context up to its last position: the last chunk runs the last 8 tokens again
@@ -122,17 +122,32 @@ def test_an_altered_plan_is_refused(gpt_plan: Any, tmp_path: Path) -> None:
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2"])
-def test_transformers_plan_equals_its_greedy_generate(name: str, tmp_path: Path) -> None:
-    m = _family(name)
+@pytest.mark.slow
+def test_llama_plan_equals_its_greedy_generate(tmp_path: Path) -> None:
+    m = _family("llama")
     example = _ids(1, 8, 128, seed=0)
-    pm = _split(m, example, batch=1)
-    if name == "llama":  # the default: asked for by partitioning for generation? no: by max_context
-        export_pipeline(pm, (example,), path=tmp_path / name, max_context=32)
-    else:
-        export_pipeline(pm, (example,), path=tmp_path / name, max_context=64)
+    export_pipeline(_split(m, example, batch=1), (example,), path=tmp_path / "llama", max_context=32)
     prompt = _ids(2, 12, 128)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         want = m.generate(prompt, max_new_tokens=8, do_sample=False)
-    assert torch.equal(rotafx.generate(rotafx.load(tmp_path / name), prompt, max_new_tokens=8), want)
+    assert torch.equal(rotafx.generate(rotafx.load(tmp_path / "llama"), prompt, max_new_tokens=8), want)
+
+
+def test_gpt2_exported_for_generation_equals_its_greedy_generate(tmp_path: Path) -> None:
+    """rotafx.export(..., generation=) places the layers for generating and writes the programs by default, as long
+    as the plan made room for (prompt 8 + 16 new tokens), and keeps the model's EOS id (0), the default of
+    rotafx.generate on the plan as of transformers' generate."""
+    m = _family("gpt2")
+    example = _ids(1, 8, 128, seed=0)
+    memory = 0.45 * rotafx.ModelProfile.from_pytorch(m, (example,)).weight_bytes + 2 * 3 * 2 * 64 * 24 * 4 + 1e6
+    rotafx.export(m, (example,), path=tmp_path / "gpt2", topology=three_cpus(memory), devices=ON_CPU,
+                  generation={"new_tokens": 16})
+    gen = json.loads((tmp_path / "gpt2" / "plan.json").read_text())["generation"]
+    assert (gen["max_context"], gen["eos_token_id"]) == (24, [0])
+    loaded = rotafx.load(tmp_path / "gpt2")
+    prompt = _ids(2, 12, 128)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = m.generate(prompt, max_new_tokens=12, do_sample=False)
+    assert torch.equal(rotafx.generate(loaded, prompt, max_new_tokens=12), want)

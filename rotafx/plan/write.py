@@ -83,8 +83,8 @@ def export_pipeline(pm: Any, example_inputs: Any, *, path: str | os.PathLike[str
     prefill and decode programs (``plan.json``'s ``"generation"``), placed by the same cut, each
     stage's KV cache a buffer of its programs: ``max_context`` tokens per sequence (prompt + new
     tokens at most, up to the model's positions). They are written when ``max_context`` is given,
-    or when ``pm`` was partitioned with ``generation={...}`` (then prompt + new tokens, rounded up to
-    a multiple of 64); the prefill takes the example's tokens per call, one sequence per call.
+    or when ``pm`` was partitioned with ``generation={...}`` (then the prompt and new tokens the plan
+    made room for); the prefill takes the example's tokens per call, one sequence per call.
 
     Args:
         pm: what :func:`rotafx.partition` returned.
@@ -232,10 +232,9 @@ def _generation_programs(pm: Any, max_context: int | None) -> Any:
         raise PlanError("rotafx: generation programs are exported from a module made by rotafx.partition (it keeps "
                         "the model); this one has none: leave out max_context")
     limit = max_positions(source.model)
-    if max_context is None:
+    if max_context is None:  # as long as the plan made room for (what rotafx.generate on ``pm`` builds too)
         gen = planned.profile.generation
-        total = (gen.prompt_len + gen.new_tokens) if gen is not None else CONTEXT_STEP
-        max_context = context_length(total, limit)
+        max_context = gen.prompt_len + gen.new_tokens if gen is not None else context_length(CONTEXT_STEP, limit)
     if isinstance(max_context, bool) or not isinstance(max_context, int) or max_context < 1:
         raise PlanError(f"rotafx: max_context must be a positive number of tokens per sequence, got {max_context!r}")
     if limit is not None and max_context > limit:
