@@ -99,6 +99,8 @@ def test_three_processes_generate_the_models_tokens_until_a_stage_dies(plan: Any
         padded = want.clone()
         padded[r, 11 + j + 1:] = pad
         assert torch.equal(cluster.generate(prompt, max_new_tokens=12, eos_token_id=eos, pad_token_id=pad), padded)
+        # the plan's links emulated on every hop (the stages wait as the links would): the same tokens
+        assert torch.equal(d.generate(prompt[:2], max_new_tokens=4, emulate_links=True), want[:2, :15])
         # the one-pass plan still runs beside it
         x = _ids(1, 8, 128, seed=5)
         torch.testing.assert_close(d(x), m(x), rtol=0, atol=0)
