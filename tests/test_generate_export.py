@@ -46,6 +46,9 @@ def test_small_gpt_plan_generates_the_models_tokens(gpt_plan: Any) -> None:
         # a decode step ships one token's hidden state per hop, never a cache
         if kind == "decode":
             assert all(h["bytes"] <= 32 * 4 + 16 for h in gen[kind]["hops"][1:-1]), gen[kind]["hops"]
+    # the sampled token's way back from the last node to the first (three_cpus: the chain's links reversed)
+    assert [(l["src"], l["dst"], l["latency_ms"]) for l in gen["return_links"]] == [("cpu2", "cpu1", 0.01),
+                                                                                   ("cpu1", "cpu0", 0.01)]
     loaded = rotafx.load(path)
     prompt = _ids(2, 11, 128)  # 11 tokens: a full chunk of 8, then a padded one
     got = rotafx.generate(loaded, prompt, max_new_tokens=20)

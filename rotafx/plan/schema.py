@@ -309,10 +309,14 @@ class GenerationSpec:
     decode: PlanSpec
     eos_token_id: tuple[int, ...] = ()
     pad_token_id: int | None = None
+    # the links a sampled token takes from the last node back to the first (the cost model's token_return), as
+    # the hops list theirs: stage 0 waits for them before a decode step when links are emulated
+    return_links: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"max_context": self.max_context, "prefill_chunk": self.prefill_chunk, "batch_size": self.batch_size,
                 "eos_token_id": list(self.eos_token_id), "pad_token_id": self.pad_token_id,
+                "return_links": [dict(l) for l in self.return_links],
                 "prefill": self.prefill.to_json(), "decode": self.decode.to_json()}
 
     @classmethod
@@ -335,7 +339,11 @@ class GenerationSpec:
                  for k in ("prefill", "decode")]
         if progs[0] is None or progs[1] is None:
             raise PlanError(f"rotafx: {where}: generation lacks its prefill or decode program; export the plan again")
-        return cls(prefill=progs[0], decode=progs[1], eos_token_id=tuple(eos), pad_token_id=pad, **ints)
+        links = data.get("return_links") or []
+        if not isinstance(links, list) or not all(isinstance(l, Mapping) for l in links):
+            raise PlanError(f"rotafx: {where}: generation.return_links must be a list of links, got {links!r}")
+        return cls(prefill=progs[0], decode=progs[1], eos_token_id=tuple(eos), pad_token_id=pad,
+                   return_links=tuple(dict(l) for l in links), **ints)
 
     def program(self, kind: str) -> PlanSpec:
         """The ``"prefill"`` or ``"decode"`` program's plan."""

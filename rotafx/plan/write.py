@@ -28,10 +28,10 @@ import torch.fx as fx
 from torch.utils._pytree import tree_flatten
 
 from ..backend import partition
-from ..costmodel import Route, route
+from ..costmodel import Route, route, token_return
 from ..frontends.pytorch import as_args
 from ..ops import move_value, transfer_value
-from ..topology import Topology
+from ..topology import Topology, TopologyError
 from ..runtime.generate import CONTEXT_STEP, context_length, max_positions, programs_for, token_ids
 from .schema import (DRIVER, PLAN_FILE, GenerationSpec, HopSpec, PlanError, PlanSpec, StageSpec, TensorSpec, WireEntry,
                      is_constant, rotafx_version, sha256_of, spec_json)
@@ -256,8 +256,13 @@ def _export_generation(found: Any, tmp: Path, plan: PlanSpec) -> GenerationSpec:
     for t in progs.state:  # the export wrote example keys and values: no later call may read them
         t.zero_()
     eos, pad = token_ids(model, None, None)
+    try:
+        back = token_return(progs.prefill.plan.partition.topology)
+    except TopologyError:  # no way back in the topology: nothing to emulate for the token's trip
+        back = ()
     return GenerationSpec(max_context=progs.max_len, prefill_chunk=C, batch_size=1, prefill=specs[0], decode=specs[1],
-                          eos_token_id=tuple(eos), pad_token_id=pad)
+                          eos_token_id=tuple(eos), pad_token_id=pad,
+                          return_links=tuple(_link_dict(l) for l in back if l.kind != "local"))
 
 
 def _tmp_prefix(out_dir: Path) -> str:
@@ -412,8 +417,13 @@ def _hops(flow: _Flow, chain_of: list[int], inputs: tuple[str, ...], topo: Topol
 
 def _links_between(route: Route, a: int, b: int) -> list[dict[str, Any]]:
     """The topology links of ``route`` from chain stage ``a`` up to chain stage ``b``, as plan.json lists them."""
-    return [{"src": link.src, "dst": link.dst, "kind": link.kind, "bandwidth_bps": link.bandwidth_bps,
-             "latency_ms": link.latency_ms} for c, link in route.hops if a <= c < b and link.kind != "local"]
+    return [_link_dict(link) for c, link in route.hops if a <= c < b and link.kind != "local"]
+
+
+def _link_dict(link: Any) -> dict[str, Any]:
+    """A topology link as plan.json lists it."""
+    return {"src": link.src, "dst": link.dst, "kind": link.kind, "bandwidth_bps": link.bandwidth_bps,
+            "latency_ms": link.latency_ms}
 
 
 def _num(x: float) -> float | None:

@@ -109,7 +109,9 @@ class LoadedPipeline(torch.nn.Module):
         self.cached_stages = list(cached_stages)
         self._hop_s = [hop_delay_s(h.links, plan.hop_bytes(h)) for h in plan.hops]
         gen = plan.generation
-        self._gen_hop_s = {k: [hop_delay_s(h.links, p.hop_bytes(h)) for h in p.hops]
+        # a decode step's first hop also carries the sampled token back from the last node (generation.return_links)
+        self._gen_hop_s = {k: [hop_delay_s((*h.links, *(gen.return_links if k == "decode" and h.index == 0 else ())),
+                                           p.hop_bytes(h)) for h in p.hops]
                            for k, p in (("prefill", gen.prefill), ("decode", gen.decode))} if gen else {}
 
     def flatten_inputs(self, args: tuple, kwargs: Mapping[str, Any]) -> list[torch.Tensor]:

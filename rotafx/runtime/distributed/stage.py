@@ -25,7 +25,7 @@ from ...units import first_line
 from ..links import LinkEmulator
 from .secret import SecretError, resolve_secret
 from .store import StoreGone, StoreRefused, connect
-from .transport import (BEAT_S, DATA, EMULATE, FREE, PREFIX, PROGRAMS, SLOT_SHIFT, STOP, CommError, DistributedError,
+from .transport import (BEAT_S, DATA, DECODE, EMULATE, FREE, PREFIX, PROGRAMS, SLOT_SHIFT, STOP, CommError, DistributedError,
                         Layout, backend_for, check_endpoint, check_links, get_key, header_only, largest, local_address,
                         make_group, plan_digest, post, set_quietly, shutdown, wait, who, wires_of, endpoint_from_env,
                         stage_from_env, check_world)
@@ -150,7 +150,10 @@ class StageServer:
         wires = wires_of(plan)
         size = largest(wires, stage)  # every receive fits any message this hop carries
         lin, lout = wires[DATA].layouts[stage], wires[DATA].layouts[stage + 1]
-        emulator = LinkEmulator(plan.hops[stage].links)
+        # what each kind of message waits for when links are emulated: this hop's links; a decode step at stage 0
+        # also the sampled token's trip back from the last node (the cost model's token_return)
+        back = tuple(plan.generation.return_links) if plan.generation is not None and stage == 0 else ()
+        emulators = {k: LinkEmulator((*plan.hops[stage].links, *(back if k == DECODE else ()))) for k in wires}
         store.set(f"{PREFIX}stage{stage}/status", "running")
         peer = rank - 1  # the rank we are waiting on
         last = stage == plan.num_stages - 1
@@ -187,7 +190,7 @@ class StageServer:
                         self._send(header_only(FREE, req, flags, dev), name)
                     continue
                 if self.emulate_links or flags & EMULATE:
-                    emulator.deliver(sent_at, wire.layouts[stage].payload_bytes)
+                    emulators[kind].deliver(sent_at, wire.layouts[stage].payload_bytes)
                 progress["state"] = f"computing request {req}"
                 self.before_compute(req)
                 local: dict[str, torch.Tensor] = {}
