@@ -26,6 +26,7 @@ from .plan.write import export
 from .profile import ModelProfile
 from .rewrite import RewriteError
 from .runtime.distributed.stage import add_serve_args, serve_from_args
+from .runtime.distributed.transport import endpoint_from_env
 from .solve import SOLVERS, InfeasibleError, PartitionOptimizer
 from .topology import PRESETS, Topology
 from .wire import CODECS
@@ -233,13 +234,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {"codec": args.codec, "memory_rule": args.memory_rule, "solver": args.solver,
                                "time_limit": args.time_limit}
     plan = export(model.eval(), inputs, path=args.path, topology=args.topology, objective=args.objective,
-                  overwrite=args.overwrite, **options)
+                  overwrite=args.overwrite, max_context=args.max_context, **options)
     est = plan.estimate
     print(f"wrote {args.path}: {plan.num_stages} stage(s), objective {plan.objective}, "
           f"estimated {est.get('total_ms', float('nan')):.3f} ms per request")
     for st in plan.stages:
         print(f"  stage {st.index}: {st.node:<12} {st.file:<12} {len(st.inputs)} in, {len(st.outputs)} out, "
               f"{st.weight_bytes / 1e6:.3f} MB of weights")
+    if plan.generation is not None:
+        g = plan.generation
+        print(f"  generation: prefill and decode programs per stage, max context {g.max_context} tokens, "
+              f"prefill chunk {g.prefill_chunk}; each stage keeps its layers' KV cache")
     return 0
 
 
@@ -249,14 +254,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.stage < plan.num_stages:
         raise UsageError(f"rotafx: --stage {args.stage} is not a stage of the plan at {args.plan!r}: it has "
                          f"{plan.num_stages} stage(s), 0..{plan.num_stages - 1}")
-    port_text = args.master_port if args.master_port is not None else os.environ.get("MASTER_PORT", "29500")
-    try:
-        port = int(port_text)
-    except ValueError:
-        port = -1
+    try:  # --master-port, $ROTAFX_PORT, or torchrun's MASTER_PORT (+1 under its agent store)
+        port = endpoint_from_env(None, args.master_port)[1]
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if not 1 <= port <= 65535:
-        where = "--master-port" if args.master_port is not None else "MASTER_PORT"
-        raise UsageError(f"rotafx: {where} must be a TCP port 1..65535, got {port_text!r}")
+        where = "--master-port" if args.master_port is not None else "the driver's port"
+        raise UsageError(f"rotafx: {where} must be a TCP port 1..65535, got {port}")
     args.master_port = port
     for name in ("timeout", "idle_timeout", "join_timeout"):
         value = getattr(args, name)
@@ -400,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-limit", type=float, default=60.0, help="wall-clock seconds for the whole optimization (default 60)")
     p.add_argument("--path", required=True, help="the plan directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing plan directory")
+    p.add_argument("--max-context", type=_positive_int, default=None,
+                   help="also write each stage's prefill and decode programs for up to N tokens per sequence")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("serve", help="run one stage of a plan in this process (the driver is rank 0 at MASTER_ADDR:MASTER_PORT)")
     add_serve_args(p)

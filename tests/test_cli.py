@@ -116,3 +116,12 @@ def test_optimize_for_generation_prints_the_brute_force_tpot(capsys):
 def test_sequences_without_a_generation_workload_is_a_usage_error(capsys):
     assert main(["profile", "small-gpt", "--quiet", "--sequences", "4"]) == 2
     assert "--sequences 4" in capsys.readouterr().err
+
+
+def test_export_with_max_context_writes_the_generation_programs(tmp_path, capsys):
+    assert main(["export", "small-gpt", "--quiet", "--topology", "seed", "--path", str(tmp_path / "p"),
+                 "--max-context", "24", "--seq-len", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "generation: prefill and decode programs per stage, max context 24 tokens" in out
+    plan = json.loads((tmp_path / "p" / "plan.json").read_text())
+    assert plan["generation"]["max_context"] == 24
