@@ -96,3 +96,28 @@ def test_partition_option_and_bad_trace_files(split, tmp_path: Path) -> None:
         read_trace(tmp_path / "other.json")
     with pytest.raises(ValueError, match=r"is a directory"):
         pm.trace(tmp_path)
+
+
+def test_a_loaded_plan_traces_its_stages_and_emulated_links(tmp_path: Path) -> None:
+    from tests.test_export import build, three_stage_topology
+
+    model, x = build("small-gpt")
+    spec = rotafx.export(model, x, path=tmp_path / "plan", topology=three_stage_topology(model, x, latency_ms=5.0))
+    pipe = rotafx.load(tmp_path / "plan", emulate_links=True, trace=tmp_path / "run.json")
+    for _ in range(4):
+        out = pipe(*x)
+    torch.testing.assert_close(out, model(*x), rtol=0, atol=0)
+    spans = read_trace(tmp_path / "run.json")
+    names = {s.track for s in spans if s.process == "measured"}
+    for st in spec.stages:
+        assert any(n.startswith(f"stage {st.chain_index}: {st.node} (") for n in names), (st.node, names)
+    for r in range(1, 4):
+        mine = [s for s in spans if s.request == r]
+        (call,) = [s for s in mine if s.process == "measured" and s.track == "requests"]
+        parts = [s for s in mine if s.process == "measured" and s.track != "requests"]
+        assert sum(s.ms for s in parts) >= 0.95 * call.ms
+        delays = sum(s.ms for s in parts if s.name == "emulated link delay")
+        # the emulation sleeps what the links take: at least the estimate's transfers and propagation
+        assert delays >= 0.99 * (spec.estimate["transfer_ms"] + spec.estimate["propagation_ms"]) - 0.5
+        predicted = [s for s in mine if s.process == "estimate" and s.track != "requests"]
+        assert sum(s.ms for s in predicted) == pytest.approx(spec.estimate["total_ms"], rel=1e-4)

@@ -55,7 +55,7 @@ class LoadedStage(torch.nn.Module):
 
 def load(path: str | os.PathLike[str], stage: int | None = None, *, device: Any = None,
          devices: Sequence[Any] | Mapping[str, Any] | None = None, verify: bool = True,
-         emulate_links: bool = False) -> "LoadedPipeline | LoadedStage":
+         emulate_links: bool = False, trace: str | os.PathLike[str] | None = None) -> "LoadedPipeline | LoadedStage":
     """Load a plan directory: the whole pipeline in this process, or with ``stage=i`` stage ``i`` alone.
 
     ``device`` puts every stage on one torch device, ``devices`` gives one per stage (a
@@ -64,7 +64,8 @@ def load(path: str | os.PathLike[str], stage: int | None = None, *, device: Any 
     read and checked before anything is returned: a newer schema, a missing file or a
     program that does not match the plan raises :class:`PlanError`.
     ``emulate_links`` makes the pipeline wait, at each hop, as long as the topology's
-    links would take (see :mod:`rotafx.runtime.links`).
+    links would take (see :mod:`rotafx.runtime.links`). ``trace="run.json"`` records every call of the
+    pipeline as Chrome trace events (:meth:`LoadedPipeline.trace`).
     """
     plan = read_plan(path)
     if stage is not None:
@@ -75,7 +76,10 @@ def load(path: str | os.PathLike[str], stage: int | None = None, *, device: Any 
     where = [_stage_device(plan, s, device, devices) for s in plan.stages]
     loaded = [_load_stage(plan, s, d, verify) for s, d in zip(plan.stages, where)]
     cached = [load_cached_stage(plan, s.index, d, verify) for s, d in zip(plan.stages, where)] if plan.generation else []
-    return LoadedPipeline(plan, loaded, emulate_links=emulate_links, cached_stages=cached)
+    pipe = LoadedPipeline(plan, loaded, emulate_links=emulate_links, cached_stages=cached)
+    if trace is not None:
+        pipe.trace(trace)
+    return pipe
 
 
 def load_cached_stage(plan: PlanSpec, stage: int, device: torch.device, verify: bool = True) -> CachedStage:

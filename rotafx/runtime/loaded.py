@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -11,20 +13,41 @@ from torch.utils._pytree import tree_unflatten
 from ..ops import transfer
 from ..plan.schema import PlanSpec, TensorSpec, check_request
 from .links import hop_delay_s
+from .tracing import Trace, link_track, predicted_spans, stage_track
 
 __all__ = ["LoadedPipeline", "CachedStage", "run_chain"]
 
 
+@dataclass(frozen=True)
+class _Track:
+    """A stage as the trace names it: chain index, node, device."""
+
+    index: int
+    node: str
+    device: torch.device
+
+
 def run_chain(plan: PlanSpec, stages: Sequence[Callable[..., tuple]], devices: Sequence[torch.device],
-              flat: Sequence[torch.Tensor], hop_s: Sequence[float] | None = None) -> list[Any]:
+              flat: Sequence[torch.Tensor], hop_s: Sequence[float] | None = None,
+              trace: tuple[Trace, int] | None = None) -> list[Any]:
     """Run ``plan``'s stages (``stages[i]`` called with stage ``i``'s inputs, on ``devices[i]``) on the flat input
     tensors; the flat outputs, each tensor on the device of the stage that made it, the constants as they are.
-    ``hop_s``: the time to wait at each hop (link emulation), or None."""
+    ``hop_s``: the time to wait at each hop (link emulation), or None. ``trace``: a trace and the request's
+    number: each hop's wait and moves, and each stage's compute, are recorded in it."""
     env: dict[str, Any] = dict(zip(plan.tensor_inputs, flat))
     first_read: set[str] = set()
+    prev = "input"
+
+    def hop(into: str, t0: float, what: str) -> None:
+        if trace is not None:
+            trace[0].span(link_track(prev, into), what, trace[1], t0, trace[0].now())
+
     for spec, call, dev in zip(plan.stages, stages, devices):
+        t0 = trace[0].now() if trace is not None else 0.0
         if hop_s is not None:
             time.sleep(hop_s[spec.index])
+            hop(spec.node, t0, "emulated link delay")
+        t0 = trace[0].now() if trace is not None else 0.0
         ins = []
         for v in spec.inputs:
             if v in plan.constants:
@@ -35,11 +58,20 @@ def run_chain(plan: PlanSpec, stages: Sequence[Callable[..., tuple]], devices: S
                 ins.append(env[v])
             else:
                 ins.append(transfer(env[v], dev, plan.codec))
+        hop(spec.node, t0, "transfer")
+        t0 = trace[0].now() if trace is not None else 0.0
         with torch.no_grad():
             outs = call(*ins)
+        if trace is not None:
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            trace[0].span(stage_track(spec.chain_index, spec.node, dev), "compute", trace[1], t0, trace[0].now())
         env.update(zip(spec.outputs, outs))
+        prev = spec.node
     if hop_s is not None:
+        t0 = trace[0].now() if trace is not None else 0.0
         time.sleep(hop_s[-1])
+        hop("output", t0, "emulated link delay")
     return [plan.constants[v] if v in plan.constants else env[v] for v in plan.outputs]
 
 
@@ -123,11 +155,27 @@ class LoadedPipeline(torch.nn.Module):
         out = self.run_flat(flat)
         return tree_unflatten(out, self.plan.out_spec) if self.plan.out_spec is not None else tuple(out)
 
+    def trace(self, path: str | os.PathLike[str] | None) -> Trace | None:
+        """Record every later call in a Chrome trace at ``path`` (``None``: stop), as
+        :meth:`rotafx.PipelineModule.trace` does: each stage's compute, each hop's transfer and emulated
+        delay, and the plan's estimate beside them; the file is complete after each call."""
+        self.__dict__["_trace"] = None if path is None else Trace(path)
+        return self.__dict__["_trace"]
+
     def run_flat(self, flat: Sequence[torch.Tensor]) -> list[Any]:
         """Run the stages on the flat input tensors (``plan.tensor_inputs``); the flat outputs, each tensor on the
         device of the stage that made it, the plan's constants as they are."""
-        return run_chain(self.plan, list(self.stages), [st.device for st in self.stages], flat,
-                         self._hop_s if self.emulate_links else None)
+        trace = self.__dict__.get("_trace")
+        devices = [st.device for st in self.stages]
+        if trace is None:
+            return run_chain(self.plan, list(self.stages), devices, flat, self._hop_s if self.emulate_links else None)
+        request = trace.begin()
+        out = run_chain(self.plan, list(self.stages), devices, flat, self._hop_s if self.emulate_links else None,
+                        (trace, request))
+        done = trace.now()
+        tracks = [_Track(s.chain_index, s.node, d) for s, d in zip(self.plan.stages, devices)]
+        trace.end(request, predicted_spans(self.plan.estimate or {}, tracks), end_s=done)
+        return out
 
     def step(self, kind: str, slot: int, input_ids: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
         """One call of the ``"prefill"`` or ``"decode"`` program for sequence slot ``slot`` (its cache on every

@@ -145,18 +145,24 @@ def predicted_spans(estimate: Any, stages: Sequence[Any]) -> list[tuple[str, str
     """The cost model's spans ``(track, name, ms)`` of one request, in the order it runs them: each stage's
     compute where its first layer is, each hop at the cut it crosses (before the layer after the cut).
 
-    ``estimate``: an :class:`~rotafx.estimate.Estimate`; ``stages``: objects with ``.index`` (chain
-    stage), ``.node`` and ``.device``: the stages that run.
+    ``estimate``: an :class:`~rotafx.estimate.Estimate` or a plan's ``estimate`` dict; ``stages``: objects
+    with ``.index`` (chain stage), ``.node`` and ``.device``: the stages that run.
     """
     track = {st.index: stage_track(st.index, st.node, st.device) for st in stages}
     first: dict[int, int] = {}
     ms: dict[int, float] = {}
-    for le in estimate.by_layer:
-        first.setdefault(le.stage, le.index)
-        ms[le.stage] = ms.get(le.stage, 0.0) + le.total_ms
+    if isinstance(estimate, dict):  # a plan.json's estimate
+        layers = [(int(r["index"]), int(r["stage"]), float(r["ms"])) for r in estimate.get("by_layer", [])]
+        hops = [(int(h["boundary"]), h["src"], h["dst"], int(h["bytes"]), float(h["transfer_ms"]) +
+                 float(h["propagation_ms"])) for h in estimate.get("transfers", [])]
+    else:
+        layers = [(le.index, le.stage, le.total_ms) for le in estimate.by_layer]
+        hops = [(h.boundary, h.src, h.dst, h.bytes, h.transfer_ms + h.propagation_ms) for h in estimate.transfers]
+    for index, stage, t in layers:
+        first.setdefault(stage, index)
+        ms[stage] = ms.get(stage, 0.0) + t
     events = [(first[s], 1, track.get(s, f"stage {s}"), "compute", ms[s]) for s in first]
-    events += [(h.boundary, 0, link_track(h.src, h.dst), f"transfer {h.bytes:,} B", h.transfer_ms + h.propagation_ms)
-               for h in estimate.transfers]
+    events += [(b, 0, link_track(src, dst), f"transfer {n:,} B", t) for b, src, dst, n, t in hops]
     return [(t, name, v) for _, _, t, name, v in sorted(events, key=lambda e: (e[0], e[1]))]
 
 
