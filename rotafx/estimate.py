@@ -216,6 +216,34 @@ class GenerationEstimate:
         return "\n".join(lines)
 
 
+def estimate_from_dict(d: Mapping[str, Any]) -> Estimate:
+    """The :class:`Estimate` a plan's ``plan.json`` keeps (``estimate``), without what it does not keep (the
+    tensors of each hop, the generation figures); for pictures and reports of a plan directory.
+
+    Raises:
+        ValueError: the mapping lacks a figure an estimate needs, naming it.
+    """
+    try:
+        parts = {str(k): float(v) for k, v in d["parts"].items()}
+        by_layer = tuple(LayerEstimate(int(r["index"]), str(r["name"]), str(r["node"]), int(r["stage"]), float(r["ms"]))
+                         for r in d["by_layer"])
+        transfers = tuple(TransferEstimate(int(t["boundary"]), str(t["src"]), str(t["dst"]), str(t["link_kind"]),
+                                           int(t["bytes"]), float(t["transfer_ms"]), float(t["propagation_ms"]))
+                          for t in d["transfers"])
+        return Estimate(
+            total_ms=float(d["total_ms"]),
+            compute_ms_by_kind={k[:-len("_compute_ms")]: v for k, v in parts.items() if k.endswith("_compute_ms")},
+            transfer_ms_by_kind={k[:-len("_transfer_ms")]: v for k, v in parts.items() if k.endswith("_transfer_ms")},
+            propagation_ms=float(d["propagation_ms"]), by_layer=by_layer, transfers=transfers,
+            period_ms=float(d["period_ms"]), energy_j=float(d["energy_j"]),
+            bandwidth_bytes=int(d.get("bandwidth_bytes", d.get("transfer_bytes", 0))),
+            memory_bytes={str(k): float(v) for k, v in (d.get("memory_bytes") or {}).items()},
+            stages=tuple(l.stage for l in by_layer), codec=d.get("codec"))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"rotafx: the plan's estimate cannot be read back: {type(e).__name__} {e}; export the plan "
+                         f"again with this rotafx") from None
+
+
 def evaluate(tables: CostTables, stages: Sequence[int]) -> Estimate:
     """Price a placement given as the chain stage of every layer (non-decreasing).
 

@@ -363,3 +363,19 @@ def test_an_output_type_this_process_has_not_registered_is_named(tmp_path: Path)
     with pytest.raises(PlanError, match=r"outputs are structured as somepkg.Output, a type this process has not "
                                         r"registered .*import the package that defines it"):
         plan.out_spec
+
+
+def test_a_plans_estimate_reads_back_as_an_estimate(tmp_path: Path) -> None:
+    from rotafx.estimate import estimate_from_dict
+
+    model, x = build("small-gpt")
+    topo = three_stage_topology(model, x)
+    spec = rotafx.export(model, x, path=tmp_path / "p", topology=topo)
+    want = rotafx.partition(model, x, topology=topo).plan.partition.estimate
+    got = estimate_from_dict(rotafx.plan.schema.read_plan(tmp_path / "p").estimate)
+    assert got.total_ms == pytest.approx(want.total_ms) and got.parts() == pytest.approx(want.parts())
+    assert got.stages == want.stages and got.memory_bytes == pytest.approx(want.memory_bytes)
+    assert [(t.src, t.dst, t.bytes) for t in got.transfers] == [(t.src, t.dst, t.bytes) for t in want.transfers]
+    assert spec.estimate["memory_bytes"]
+    with pytest.raises(ValueError, match=r"the plan's estimate cannot be read back: KeyError 'parts'"):
+        estimate_from_dict({"total_ms": 1.0})
