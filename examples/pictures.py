@@ -2,8 +2,8 @@
 
 docs/placement.png (and .svg): the optimizer's minimize_latency plan; docs/breakdown.png: that plan, all-ground
 and the hand placement (ground0: layers 0-5, orbital: 6-75, ground1: 76-82), TTFT and TPOT; docs/timeline.png:
-4 pipelined requests of the hand placement; docs/tradeoffs.png: latency vs energy of a small GPT on 'seed'
-(every point a proven-optimal plan). Needs matplotlib (pip install rotafx[plot]).
+4 pipelined requests of the hand placement; docs/tradeoffs.png: TPOT vs energy per token of LLaMA-70B on
+'seed' (every point a proven-optimal balance plan). Needs matplotlib (pip install rotafx[plot]).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 
 from rotafx import LatencyEstimator, LayerPlacement, ModelProfile, PartitionOptimizer, preset
 from rotafx import plot
-from rotafx.models import llama70b, small_gpt
+from rotafx.models import llama70b
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -38,11 +38,9 @@ def main() -> None:
                              DOCS / "breakdown.png"))
     print("wrote", plot.save(plot.timeline(plans["ground-orbit-ground"], 4), DOCS / "timeline.png"))
 
-    torch.manual_seed(0)
-    small = ModelProfile.from_pytorch(small_gpt(layers=6), torch.randint(0, 256, (1, 32)))
-    chosen = PartitionOptimizer(solver="dp").optimize(small, topology, "minimize_latency")
-    print("wrote", plot.save(plot.tradeoffs(small, topology, "latency", "energy", 9, chosen=chosen,
-                                            title="small GPT on 'seed': latency vs energy"), DOCS / "tradeoffs.png"))
+    print("wrote", plot.save(plot.tradeoffs(profile, topology, "tpot", "energy_per_token", 15, chosen=best,
+                                            title="LLaMA-70B on 'seed': TPOT vs energy per token "
+                                                  "(star: the minimize_latency plan)"), DOCS / "tradeoffs.png"))
 
 
 if __name__ == "__main__":
