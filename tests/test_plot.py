@@ -247,3 +247,25 @@ def test_save_refuses_other_suffixes_and_missing_matplotlib(zoo, tmp_path, monke
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(ImportError, match=r"rotafx: plotting needs matplotlib: pip install rotafx\[plot\]"):
         plot.breakdown(est)
+
+
+def test_tradeoffs_drop_dominated_and_unproven_plans(monkeypatch):
+    """Hand-made solver answers: a dominated plan, a duplicate and a plan not proven optimal are left out."""
+    from types import SimpleNamespace
+
+    import rotafx.plot.data as data_mod
+    answers = iter([(10.0, 5.0, "optimal"), (10.0, 7.0, "optimal"), (12.0, 3.0, "time_limit"),
+                    (14.0, 2.0, "optimal"), (14.0, 2.0, "optimal")])
+
+    class Fake:
+        def __init__(self, **kw):
+            pass
+
+        def optimize(self, profile, topology, objective, weights):
+            lat, en, status = next(answers)
+            est = SimpleNamespace(terms=lambda: {"latency": lat, "energy": en})
+            return SimpleNamespace(status=status, estimate=est, stages=(0,))
+
+    monkeypatch.setattr(data_mod, "PartitionOptimizer", Fake)
+    d = plot.tradeoffs_data(None, "seed", "latency", "energy", 5)
+    assert [(p.x, p.y) for p in d.points] == [(10.0, 5.0), (14.0, 2.0)]
