@@ -7,12 +7,15 @@ Every figure printed comes from rotafx's cost model (see the README, "Cost model
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from rotafx import LatencyEstimator, LayerPlacement, ModelProfile, PartitionOptimizer, preset
 from rotafx.models import llama70b
 
 PROMPT, NEW = 128, 128  # tokens of the prompt, tokens generated
+OUT = Path("demo-pictures")  # where the pictures go, beside the printed text
 
 
 def main() -> None:
@@ -74,6 +77,20 @@ def main() -> None:
         g = est.generation
         print(f"  {name:<34} {g.ttft_ms:>9,.1f} {g.tpot_ms:>9,.1f} {g.tokens_per_s:>9,.2f} {g.energy_per_token_j:>9,.2f}")
     print(f"  the orbital plan's {estimate.generation.report().splitlines()[1].strip()}")
+
+    # the pictures, next to this text (matplotlib: the plot extra, which `make demo` installs)
+    try:
+        from rotafx import plot
+    except ImportError:
+        print("\n(no pictures: pip install rotafx[plot])")
+        return
+    OUT.mkdir(exist_ok=True)
+    wrote = [plot.save(plot.placement(part, title=f"LLaMA-70B on 'seed', minimize_latency: "
+                                                   f"{part.estimated_latency_ms:,.1f} ms"), OUT / "placement.png"),
+             plot.save(plot.breakdown({"optimizer (latency)": part.estimate, "all ground": estimator.estimate(ground),
+                                       "ground-orbit-ground": estimate},
+                                      title=f"LLaMA-70B on 'seed' ({PROMPT} + {NEW} tokens)"), OUT / "breakdown.png")]
+    print("\npictures: " + ", ".join(str(p) for p in wrote))
 
 if __name__ == "__main__":
     main()

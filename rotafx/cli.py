@@ -332,6 +332,40 @@ def _read_data_file(path: str, what: str) -> Any:
                          f"{e.colno}") from None
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Draw a plan directory's placement, breakdown or timeline, or a trace's timeline, to a PNG or SVG file."""
+    try:
+        from .plot import breakdown, placement, save, timeline
+        from .plot.trace import plan_figures, trace_timeline
+    except ImportError as e:
+        raise UsageError(f"rotafx: plotting needs matplotlib: pip install rotafx[plot] ({e})") from None
+    from .runtime.tracing import read_trace
+
+    src = Path(args.source)
+    out = Path(args.output or f"{args.what}.png")
+    if out.suffix.lower() not in (".png", ".svg"):
+        raise UsageError(f"rotafx: -o {out}: write a .png or a .svg file")
+    if src.is_file():  # a trace
+        if args.what != "timeline":
+            raise UsageError(f"rotafx: {src} is a file (a trace); only 'timeline' draws a trace, '{args.what}' draws "
+                             f"a plan directory")
+        fig = trace_timeline(read_trace(src), requests=args.requests)
+    elif src.is_dir():
+        est, topo, prof = plan_figures(src)
+        if args.what == "placement":
+            fig = placement(est, topo, prof)
+        elif args.what == "breakdown":
+            fig = breakdown({src.name: est})
+        else:
+            fig = timeline(est, requests=args.requests or 4)
+    else:
+        raise UsageError(f"rotafx: {src} does not exist; give a plan directory (rotafx export) or a trace file "
+                         f"(trace='run.json')")
+    save(fig, out)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Measure a device, with one progress line per step on stderr, and write the calibration file."""
     from .calibrate import Calibration, CalibrationError, calibrate
@@ -441,6 +475,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait", type=float, default=600.0, help="seconds a request waits for a route (default 600)")
     p.add_argument("--time-limit", type=float, default=60.0, help="wall-clock seconds for the horizon's solve")
     p.set_defaults(func=cmd_simulate)
+    p = sub.add_parser("plot", help="draw a plan directory's placement, breakdown or timeline, or a trace's timeline")
+    p.add_argument("what", choices=("placement", "breakdown", "timeline"))
+    p.add_argument("source", help="a plan directory (rotafx export), or for timeline a trace file (trace='run.json')")
+    p.add_argument("-o", "--output", default=None, help="the picture to write, .png or .svg (default WHAT.png)")
+    p.add_argument("--requests", type=_positive_int, default=None, help="requests to draw on a timeline")
+    p.set_defaults(func=cmd_plot)
     p = sub.add_parser("topology", help="describe a topology preset or file")
     p.add_argument("topology", help="preset name or file")
     p.set_defaults(func=cmd_topology)

@@ -225,7 +225,7 @@ def save(fig: Any, path: str | Path) -> Path:
 
     Args:
         fig: a ``matplotlib.figure.Figure``.
-        path: where, ending in ``.png`` or ``.svg``.
+        path: where, ending in ``.png`` or ``.svg`` (an SVG keeps its labels as text).
     Returns:
         the path written.
     Raises:
@@ -243,5 +243,9 @@ def save(fig: Any, path: str | Path) -> Path:
     if fmt not in ("png", "svg"):
         raise ValueError(f"rotafx: save() writes .png or .svg, not {p.suffix or 'a path without a suffix'!r} "
                          f"({p}); name the file e.g. {p.with_suffix('.png').name}")
-    fig.savefig(p, format=fmt, dpi=fig.dpi)
+    import matplotlib
+
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # an SVG's labels stay text: searchable, checkable
+        fig.savefig(p, format=fmt, dpi=fig.dpi)
     return p

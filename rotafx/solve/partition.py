@@ -144,5 +144,12 @@ class Partition:
             lines.append(self.baseline.report(f"all on the input node {self.topology.chain[0]}{fits_note}"))
         return "\n".join(lines)
 
+    def plot(self, **options: Any) -> Any:
+        """The placement picture (:func:`rotafx.plot.placement`): a ``matplotlib.figure.Figure`` (needs
+        ``pip install rotafx[plot]``)."""
+        from ..plot import placement
+
+        return placement(self, **options)
+
     def __str__(self) -> str:
         return self.report()
