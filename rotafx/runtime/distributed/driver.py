@@ -33,8 +33,8 @@ from torch.utils._pytree import tree_unflatten
 
 from ...plan.schema import check_request, read_plan
 from ...units import first_line, format_ranges
-from ..generate import GenerationError, GenerationTimings, chunks, padded, summarize, token_ids
-from ..generate import check_request as check_generation
+from ..sampling import GenerationError, GenerationTimings, chunks, padded, summarize, token_ids
+from ..sampling import check_request as check_generation
 from ..links import LinkEmulator
 from .secret import resolve_secret
 from .store import AuthStore, StoreServer
