@@ -254,7 +254,7 @@ def endpoint_from_env(addr: str | None = None, port: int | None = None) -> tuple
     agent that hosts its own store at ``MASTER_PORT`` (``TORCHELASTIC_USE_AGENT_STORE=True``) the driver's
     is the next port, ``MASTER_PORT + 1``. Raises ``ValueError`` for a port that is not a number."""
     env = os.environ
-    host = addr or env.get("MASTER_ADDR") or "127.0.0.1"
+    host = addr if addr is not None else (env.get("MASTER_ADDR") or "127.0.0.1")  # a given "" is checked, not replaced
     if port is not None:
         return host, port
     text, shift = env.get("ROTAFX_PORT"), 0
