@@ -4,6 +4,7 @@ CPU nodes into two or more stages, with eager's outputs; greedy generation throu
 from __future__ import annotations
 
 import functools
+import types
 import warnings
 from typing import Any, Callable
 
@@ -121,6 +122,40 @@ def test_decorated_forward_is_grouped_by_its_modules(how: str) -> None:
     assert layers == ["layers.0", "layers.1", "layers.2", "layers.3", "head"], layers
     assert len(be.plan.stages) >= 2
     assert {w for st in be.plan.stages for w in st.weight_names} == {n for n, _ in model.named_parameters()}
+
+
+# a module no model owns, reached through a global as transformers 5.25 reaches apply_rotary_pos_emb (a function it
+# wraps as a module): dynamo's module stack names it G['_LIBRARY'].act, below the block that calls it
+_LIBRARY = types.SimpleNamespace(act=nn.GELU())
+
+
+class _BlockCallingAGlobalModule(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(32, 32), nn.Linear(32, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(_LIBRARY.act(self.fc1(x)) * 2.0) + x
+
+
+class _BlocksCallingAGlobalModule(_Blocks):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([_BlockCallingAGlobalModule() for _ in range(4)])
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_module_the_model_does_not_own_stays_in_the_block_that_calls_it(compiled: bool) -> None:
+    model = _BlocksCallingAGlobalModule().eval()
+    x = torch.randn(3, 32)
+    topo = tight_topology(model, (x,))
+    if compiled:
+        be = rotafx.backend(topology=topo, devices=ON_CPU, inner="eager")
+        torch.testing.assert_close(torch.compile(model, backend=be, fullgraph=True)(x), model(x), rtol=0, atol=0)
+        layers = [l.name for l in be.plan.profile.layers]
+    else:
+        layers = [l.name for l in rotafx.ModelProfile.from_pytorch(model, (x,)).layers]
+    assert layers == ["layers.0", "layers.1", "layers.2", "layers.3", "head"], layers
 
 
 # ---------------------------------------------------------------------------

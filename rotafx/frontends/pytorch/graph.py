@@ -36,12 +36,25 @@ def source_path(source: str) -> str:
     return ".".join(a or b or c for a, b, c in _SOURCE_PART.findall(_SOURCE_ROOT.sub("", source)))
 
 
+def _root(source: str) -> str:
+    m = _SOURCE_ROOT.match(source)
+    return m.group(0) if m else ""
+
+
 def module_path(node: fx.Node) -> str:
-    """The dotted module path a node was traced under ('' at the root)."""
+    """The dotted module path a node was traced under ('' at the root): the innermost module of the object compiled.
+
+    A module that is not reached from the object compiled (a global, such as a function that a library wraps as a
+    module: transformers' ``apply_rotary_pos_emb``) does not start a path of its own; its ops belong to the module
+    that called it.
+    """
     stack = node.meta.get("nn_module_stack")
     if not stack:
         return ""
-    return re.sub(r"@\d+$", "", source_path(str(list(stack.values())[-1][0])))
+    sources = [str(v[0]) for v in stack.values()]
+    root = _root(sources[0])
+    inner = [s for s in sources if _root(s) == root][-1]
+    return re.sub(r"@\d+$", "", source_path(inner))
 
 
 def _tensors(value: Any) -> list[torch.Tensor]:
