@@ -30,7 +30,7 @@ from tests.test_solve import ABS, REL, SLOW, Problem, feasible_exists, general_p
 # KV bytes per token, from the attention ops
 
 
-def _hf(name: str) -> torch.nn.Module:
+def _hf(name: str, attention: str = "sdpa") -> torch.nn.Module:
     transformers = pytest.importorskip("transformers")
     common = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
                   max_position_embeddings=64, use_cache=False)
@@ -41,20 +41,26 @@ def _hf(name: str) -> torch.nn.Module:
         "qwen2": lambda: transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, num_key_value_heads=2)),
         "gpt2": lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=128, n_embd=64, n_layer=3, n_head=4,
                                                                              n_positions=64, use_cache=False)),
+        # attention as baddbmm + softmax + bmm over batch x heads, with ALiBi
+        "bloom": lambda: transformers.BloomForCausalLM(transformers.BloomConfig(vocab_size=128, hidden_size=64, n_layer=3,
+                                                                                n_head=4, use_cache=False)),
     }
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m = make[name]().eval()
-    m.config._attn_implementation = "sdpa"
+    m.config._attn_implementation = attention
     return m
 
 
-@pytest.mark.parametrize("name, kv_heads", [("llama", 2), ("mistral", 1), ("qwen2", 2), ("gpt2", 4)])
-def test_kv_bytes_per_token_is_two_kv_heads_head_dim_itemsize_per_attention_layer(name: str, kv_heads: int) -> None:
-    """MHA (GPT2), GQA (Llama, Qwen2) and MQA (Mistral with one KV head): what reaches attention is repeated per
-    query head, what a cache holds is not."""
-    model = _hf(name)
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("name, kv_heads", [("llama", 2), ("mistral", 1), ("qwen2", 2), ("gpt2", 4), ("bloom", 4)])
+def test_kv_bytes_per_token_is_two_kv_heads_head_dim_itemsize_per_attention_layer(name: str, kv_heads: int,
+                                                                                   attention: str) -> None:
+    """MHA (GPT2, Bloom), GQA (Llama, Qwen2) and MQA (Mistral with one KV head): what reaches attention is repeated
+    per query head, what a cache holds is not; found in scaled_dot_product_attention and in attention written as
+    matmul, softmax, matmul (transformers' "eager", Bloom's baddbmm over batch x heads)."""
+    model = _hf(name, attention)
     prof = ModelProfile.from_pytorch(model, (torch.zeros(2, 10, dtype=torch.long),))
     head_dim = 64 // 4
     per_layer = 2 * kv_heads * head_dim * 4
@@ -62,6 +68,39 @@ def test_kv_bytes_per_token_is_two_kv_heads_head_dim_itemsize_per_attention_laye
     assert len(attn) == 3 and all(l.kv_bytes_per_token == per_layer for l in attn), [
         (l.name, l.kv_bytes_per_token) for l in prof.layers]
     assert prof.kv_bytes_per_token == 3 * per_layer
+
+
+class _HandWrittenAttention(torch.nn.Module):
+    """Self-attention as users write it: scores, a causal mask, softmax, dropout, the values; MQA keys."""
+
+    def __init__(self, d: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.heads, self.hd = heads, d // heads
+        self.q, self.kv, self.o = torch.nn.Linear(d, d), torch.nn.Linear(d, 2 * self.hd), torch.nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, d = x.shape
+        q = self.q(x).view(b, s, self.heads, self.hd).transpose(1, 2)
+        k, v = self.kv(x).view(b, s, 1, 2 * self.hd).transpose(1, 2).chunk(2, dim=-1)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.hd)
+        scores = scores.masked_fill(torch.ones(s, s, dtype=torch.bool).triu(1), float("-inf"))
+        a = torch.nn.functional.dropout(scores.softmax(-1), 0.1, self.training) @ v
+        return x + self.o(a.transpose(1, 2).reshape(b, s, d))
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_kv_bytes_of_attention_written_by_hand(compiled: bool) -> None:
+    """One KV head of 8 dims at fp32: 2 x 1 x 8 x 4 = 64 bytes per token per block, exported or compiled; the MLP
+    after it, a matmul without a softmax before it, holds no cache."""
+    model = torch.nn.Sequential(_HandWrittenAttention(), torch.nn.Linear(32, 32), _HandWrittenAttention()).eval()
+    x = torch.randn(3, 6, 32)
+    if compiled:
+        be = rotafx.backend(inner="eager")
+        torch.compile(model, backend=be)(x)
+        layers = be.plan.profile.layers
+    else:
+        layers = ModelProfile.from_pytorch(model, (x,)).layers
+    assert [l.kv_bytes_per_token for l in layers] == [64, 0, 64]
 
 
 def test_kv_bytes_of_llama70b_on_meta_at_fp16() -> None:

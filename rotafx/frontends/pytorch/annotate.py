@@ -33,7 +33,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.flop_counter import flop_registry
 
-from ...layers import report_unknown_ops
+from ...layers import ProfileError, report_unknown_ops
+from ...units import first_line
 
 __all__ = ["NodeCost", "annotate", "PER_ELEMENT_FLOPS", "tensor_bytes", "node_cost", "node_value"]
 
@@ -327,6 +328,73 @@ def _kv_bytes_per_token(node: fx.Node, env: Mapping[fx.Node, Any], itemsize: int
     return (_kv_source_numel(kn, env) + _kv_source_numel(vn, env)) * size // tokens
 
 
+# eager attention (matmul, softmax, matmul): what lies between the scores' matmul and the softmax (scale, mask,
+# soft-capping, casts), and between the softmax and the matmul with the values (casts, dropout)
+_SCORE_OPS = {"add", "sub", "mul", "div", "where", "masked_fill", "tanh", "to", "_to_copy", "type_as", "float", "view",
+              "reshape", "_unsafe_view", "clone", "contiguous", "alias", "__add__", "__mul__", "__truediv__", "truediv",
+              "add_", "mul_", "div_", "masked_fill_", "clamp", "clamp_min", "clamp_max", "detach"}
+_PROB_OPS = {"to", "type", "_to_copy", "type_as", "float", "dropout", "native_dropout", "getitem", "__getitem__", "view",
+             "reshape", "_unsafe_view", "clone", "contiguous", "alias", "detach"}
+_SOFTMAX = {"softmax", "_softmax", "_safe_softmax"}
+_MATMUL = {"matmul", "bmm", "__matmul__", "baddbmm"}
+
+
+def _tensor_args(node: fx.Node) -> list[fx.Node]:
+    return [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, fx.Node)]
+
+
+def _eager_attention_kv(node: fx.Node, env: Mapping[fx.Node, Any], itemsize: int | None) -> int:
+    """:func:`_kv_bytes_per_token` of attention written as ops (``softmax(q @ k^T * scale + mask) @ v``, as
+    transformers' ``eager`` attention, GPT2 and Bloom's ``baddbmm`` run it), found at the matmul with the values."""
+    if node.op not in ("call_function", "call_method") or _base_name(node) not in ("matmul", "bmm", "__matmul__"):
+        return 0
+    probs = node.kwargs.get("input", node.args[0] if node.args else None)
+    vn = node.kwargs.get("other", node.kwargs.get("mat2", node.args[1] if len(node.args) > 1 else None))
+    while isinstance(probs, fx.Node) and _base_name(probs) in _PROB_OPS and probs.args:
+        probs = probs.args[0]
+    if not isinstance(probs, fx.Node) or _base_name(probs) not in _SOFTMAX or not probs.args:
+        return 0
+    scores = env.get(probs)
+    if not isinstance(scores, torch.Tensor) or scores.dim() < 3 or scores.shape[-1] != scores.shape[-2]:
+        return 0  # not self-attention over one sequence (a cross-attention, a decode step)
+    frontier, seen, kt = [probs.args[0]], set(), None
+    while frontier and kt is None and len(seen) < 64:  # back to the matmul that made the scores
+        n = frontier.pop(0)
+        if not isinstance(n, fx.Node) or n in seen:
+            continue
+        seen.add(n)
+        val = env.get(n)
+        if not isinstance(val, torch.Tensor) or tuple(val.shape[-2:]) != tuple(scores.shape[-2:]):
+            continue
+        name = _base_name(n)
+        if name in _MATMUL:
+            kt = n.kwargs.get("batch2", n.args[2] if len(n.args) > 2 else None) if name == "baddbmm" \
+                else n.kwargs.get("other", n.kwargs.get("mat2", n.args[1] if len(n.args) > 1 else None))
+        elif name in _SCORE_OPS:
+            frontier.extend(_tensor_args(n))
+    k, v = env.get(kt) if isinstance(kt, fx.Node) else None, env.get(vn)
+    if not isinstance(k, torch.Tensor) or not isinstance(v, torch.Tensor):
+        return 0
+    batch = math.prod(scores.shape[:-3]) if scores.dim() >= 4 else _leading_batch(kt, env)
+    tokens = int(scores.shape[-1]) * batch
+    size = itemsize if (itemsize is not None and k.is_floating_point()) else k.element_size()
+    return (_kv_source_numel(kt, env) + _kv_source_numel(vn, env)) * size // tokens if tokens else 0
+
+
+def _leading_batch(node: Any, env: Mapping[fx.Node, Any]) -> int:
+    """The leading dim of the first 4-d tensor up the chain of pass-through ops to ``node`` (attention run as
+    ``bmm`` over batch x heads folds the batch in), else 1."""
+    while isinstance(node, fx.Node):
+        val = env.get(node)
+        if isinstance(val, torch.Tensor) and val.dim() >= 4:
+            return int(val.shape[0])
+        if node.op not in ("call_function", "call_method") or _base_name(node) not in _KV_PASS_THROUGH | {"select"} \
+                or not node.args:
+            break
+        node = node.args[0]
+    return 1
+
+
 def _to_meta(x: Any) -> Any:
     def conv(t: Any) -> Any:
         if isinstance(t, torch.Tensor):
@@ -383,7 +451,7 @@ def annotate(
     env: dict[fx.Node, Any] = {}
     nodes = list(gm.graph.nodes)
     moved = [0, 0]  # bytes moved by the nodes with an op of no rule, and by all nodes
-    with torch.no_grad(), mode:
+    with torch.no_grad(), torch.device("meta"), mode:  # a factory with no device makes a meta tensor too
         for i, node in enumerate(nodes):
             if progress is not None and (i % 256 == 0 or i == len(nodes) - 1):
                 progress(i + 1, len(nodes))
@@ -439,8 +507,15 @@ def _run_node(gm: fx.GraphModule, node: fx.Node, env: dict[fx.Node, Any], weight
             if recorded is None:
                 raise RuntimeError(f"rotafx: cannot run node {node.format_node()} on meta tensors: {e}") from e
             mode.unknown.setdefault(f"{_target_name(node)} (no meta kernel)", node.name)
-            out = _to_meta(recorded)
+            try:
+                out = _to_meta(recorded)
+            except RuntimeError as unknown_size:  # a number read from a tensor's values (.item(), nonzero)
+                raise ProfileError(
+                    f"rotafx: node {node.name} ({_target_name(node)}) gives a number read from a tensor's values, "
+                    f"which a profile on meta tensors cannot know ({first_line(unknown_size)}); compute that number "
+                    f"from sizes or pass it in as an argument") from unknown_size
             mode.allocates = True
+        kv_per_token = _eager_attention_kv(node, {**env, node: out}, itemsize)
     env[node] = out
     val = recorded if recorded is not None else out
     out_bytes = sum(nb(t) for t in _tensors(val))
