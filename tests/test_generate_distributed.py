@@ -21,7 +21,7 @@ from rotafx.plan.write import export_pipeline
 from rotafx.runtime.distributed import Driver, DistributedError, LocalCluster, free_port
 from rotafx.runtime.distributed.secret import ENV, new_secret
 from tests import faulty_stage
-from tests.test_generate import _ids, _recompute, _split
+from tests.test_generate import _ids, _recompute, _split, left_padded
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="torch.distributed with gloo is needed")
@@ -101,6 +101,10 @@ def test_three_processes_generate_the_models_tokens_until_a_stage_dies(plan: Any
         assert torch.equal(cluster.generate(prompt, max_new_tokens=12, eos_token_id=eos, pad_token_id=pad), padded)
         # the plan's links emulated on every hop (the stages wait as the links would): the same tokens
         assert torch.equal(d.generate(prompt[:2], max_new_tokens=4, emulate_links=True), want[:2, :15])
+        # prompts of 11 and 6 tokens padded on the left: each row's own tokens after its padding
+        ids, mask = left_padded(prompt[:2], [11, 6], pad=7)
+        rows = torch.cat([want[:1, 11:15], _recompute(m, prompt[1:2, 5:], 4)[:, 6:]])
+        assert torch.equal(d.generate(ids, attention_mask=mask, max_new_tokens=4), torch.cat([ids, rows], 1))
         # the one-pass plan still runs beside it
         x = _ids(1, 8, 128, seed=5)
         torch.testing.assert_close(d(x), m(x), rtol=0, atol=0)

@@ -18,7 +18,7 @@ import rotafx
 from rotafx.models import small_gpt
 from rotafx.plan.write import export_pipeline
 from tests.test_backend import ON_CPU, three_cpus
-from tests.test_generate import _family, _ids, _recompute, _split
+from tests.test_generate import _family, _ids, _recompute, _split, left_padded
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,10 @@ def test_small_gpt_plan_generates_the_models_tokens(gpt_plan: Any) -> None:
     # a prompt that fills the context up to its last position: the last chunk runs the last 8 tokens again
     long = _ids(1, 44, 128, seed=3)
     assert torch.equal(rotafx.generate(loaded, long, max_new_tokens=4), _recompute(m, long, 4))
+    # prompts of 11 and 4 tokens padded on the left: each row's own tokens after its padding
+    ids, mask = left_padded(prompt, [11, 4], pad=7)
+    want = torch.cat([ids, torch.cat([_recompute(m, prompt[:1], 6)[:, 11:], _recompute(m, prompt[1:, 7:], 6)[:, 4:]])], 1)
+    assert torch.equal(rotafx.generate(loaded, ids, attention_mask=mask, max_new_tokens=6), want)
 
 
 def test_over_the_max_context_and_no_programs_say_what_to_do(gpt_plan: Any, tmp_path: Path) -> None:

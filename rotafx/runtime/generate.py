@@ -29,11 +29,13 @@ from ..backend.options import Config
 from ..backend.partition import PartitionSource
 from ..backend.plan import plan_graph
 from ..frontends.pytorch import trace
+from ..frontends.pytorch.module import check_traced
 from ..layers import ProfileError
 from ..profile import ModelProfile
 from .loaded import LoadedPipeline
 from .sampling import (GenerationError, GenerationTimings, Request, _is_transformers, check_request,  # noqa: F401
-                       chunks, decode_loop, filtered_logits, next_tokens, padded, summarize, token_ids)
+                       chunks, decode_loop, filtered_logits, generate_left_padded, next_tokens, padded, prompt_groups,
+                       summarize, token_ids)
 from .local import PipelineModule, _set
 
 __all__ = ["generate", "GenerationTimings", "GenerationError", "next_tokens", "decoder_of", "context_length",
@@ -106,11 +108,18 @@ class _TransformersDecoder(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, batch_size: int, max_len: int) -> None:
         super().__init__()
         from transformers import StaticCache  # an optional dependency: only a transformers model brings it
+        from transformers.cache_utils import StaticLayer, StaticSlidingWindowLayer
         from transformers.integrations.executorch import get_head_shapes
 
         self.model = model
         cfg = model.config.get_text_config()
         self.cache = StaticCache(config=cfg, max_cache_len=max_len)
+        for i, layer in enumerate(self.cache.layers):
+            # a sliding-window layer keeps its length in a Python int, which a traced program would hold at 0 (its
+            # mask then covers the first position only); a full-length static layer gives the same attention, as
+            # the model's sliding-window mask hides what lies outside the window
+            if isinstance(layer, StaticSlidingWindowLayer):
+                self.cache.layers[i] = StaticLayer(max_cache_len=max_len)
         heads, head_dim = get_head_shapes(cfg)
         self.cache.early_initialization(batch_size, heads, head_dim, model.dtype, model.device)
         for i, layer in enumerate(self.cache.layers):
@@ -232,9 +241,10 @@ def _build(pipeline: PipelineModule, source: PartitionSource, batch: int, max_le
                   "cache_position": torch.arange(n, device=device)}
         try:
             traced = trace(decoder, (), kwargs)
+            check_traced(traced.graph_module, traced.weights, type(model).__name__)
         except ProfileError as e:
             raise GenerationError(f"rotafx: the static-cache decoder of {type(model).__name__} does not trace: "
-                                  f"{str(e).removeprefix('rotafx: ')}") from e.__cause__
+                                  f"{str(e).removeprefix('rotafx: ')}{_COMPILE_INSTEAD}") from (e.__cause__ or e)
         state = _mutated(traced.graph_module, traced.weights)
         if not programs:  # the prefill: the pipeline's tensors, where it holds them
             held = {(q, d): t for q, v in traced.values.items() for d, t in by_source.get(id(v), {}).items()}
@@ -242,15 +252,23 @@ def _build(pipeline: PipelineModule, source: PartitionSource, batch: int, max_le
         values = dict(traced.values)
         for (q, _), t in held.items():
             values[q] = t
-        plan = plan_graph(traced.graph_module, traced.weights, traced.params, values, cfg,
-                          name=f"{type(model).__name__} {'decode' if n == 1 and programs else 'prefill'}",
-                          in_spec=traced.in_spec, out_spec=traced.out_spec,
-                          assignment=_assignment(pipeline, traced.values), state=state)
+        try:
+            plan = plan_graph(traced.graph_module, traced.weights, traced.params, values, cfg,
+                              name=f"{type(model).__name__} {'decode' if n == 1 and programs else 'prefill'}",
+                              in_spec=traced.in_spec, out_spec=traced.out_spec,
+                              assignment=_assignment(pipeline, traced.values), state=state)
+        except ProfileError as e:
+            raise GenerationError(f"rotafx: the static-cache decoder of {type(model).__name__} cannot be profiled: "
+                                  f"{str(e).removeprefix('rotafx: ')}{_COMPILE_INSTEAD}") from e
         _share(plan.module, held)
         programs.append(plan.module)
         held = _held(plan.module)  # the decode program holds the prefill's tensors
     cache = {id(t): t for (q, _), t in _held(programs[0]).items() if q in state}
     return _Programs(prefill=programs[0], decode=programs[1], chunk=chunk, max_len=max_len, state=tuple(cache.values()))
+
+
+_COMPILE_INSTEAD = ("; to generate with this model across stages anyway, compile its forward with the backend "
+                    "(model.forward = torch.compile(model.forward, backend='rotastellar')) and call model.generate")
 
 
 def programs_for(pipeline: PipelineModule, batch: int, max_len: int) -> _Programs:
@@ -313,7 +331,9 @@ def generate(pipeline: Any, input_ids: torch.Tensor, max_new_tokens: int = 20, *
             :class:`~rotafx.runtime.loaded.LoadedPipeline`, or a ``Driver``.
         input_ids: ``[B, P]`` prompt token ids (long), every row a real prompt of ``P`` tokens.
         max_new_tokens: tokens to add to each sequence.
-        attention_mask: ``[B, P]``; must be all ones (padded prompts are not supported).
+        attention_mask: ``[B, P]``, 1 for a token and 0 for padding; a batch padded on the left (as a tokenizer
+            with ``padding_side='left'`` gives it) is generated one prompt length at a time and returned as
+            transformers returns it (the padding kept, new tokens after it).
         do_sample: sample instead of taking the most likely token (:func:`next_tokens`).
         temperature, top_k, top_p: sampling filters (with ``do_sample``).
         eos_token_id: a sequence stops at it (an int or a list); ``None``: a transformers model's
@@ -331,7 +351,7 @@ def generate(pipeline: Any, input_ids: torch.Tensor, max_new_tokens: int = 20, *
     Raises:
         GenerationError: a pipeline without a model to generate from (a compiled graph, a plan without
             generation programs), a model without a decoder or not causal, bad token ids or options,
-            a padded attention mask, or prompt + new tokens over the model's positions or the plan's max context.
+            a mask padded on the right, or prompt + new tokens over the model's positions or the plan's max context.
         BackendError: the cache does not fit a node's memory (naming the node, the bytes and the fix).
 
     >>> import torch, rotafx
@@ -355,6 +375,11 @@ def generate(pipeline: Any, input_ids: torch.Tensor, max_new_tokens: int = 20, *
         return _generate_loaded(pipeline, input_ids, max_new_tokens, **sampling)
     source = _source(pipeline)
     eos, pad = token_ids(source.model, eos_token_id, pad_token_id)
+    groups = prompt_groups(input_ids, attention_mask)
+    if groups is not None:  # left padding: each prompt length on its own, the rows put back as they came
+        return generate_left_padded(input_ids, groups, pad, timings, lambda ids: generate(
+            pipeline, ids, max_new_tokens, **{**sampling, "attention_mask": None, "eos_token_id": eos,
+                                              "pad_token_id": pad}))
     limit = max_positions(source.model)
     req = check_request(input_ids, max_new_tokens, attention_mask, do_sample, temperature, top_k, top_p, eos, pad,
                         limit, f"positions of {type(source.model).__name__}", "", generator)
@@ -395,6 +420,11 @@ def _generate_loaded(pipeline: LoadedPipeline, input_ids: torch.Tensor, max_new_
                               "max_context=256)) to generate from it")
     eos, pad = token_ids(None, eos_token_id if eos_token_id is not None else list(gen.eos_token_id) or None,
                          pad_token_id if pad_token_id is not None else gen.pad_token_id)
+    groups = prompt_groups(input_ids, attention_mask)
+    if groups is not None:
+        return generate_left_padded(input_ids, groups, pad, timings, lambda ids: _generate_loaded(
+            pipeline, ids, max_new_tokens, attention_mask=None, do_sample=do_sample, temperature=temperature,
+            top_k=top_k, top_p=top_p, eos_token_id=eos, pad_token_id=pad, generator=generator, timings=timings))
     req = check_request(input_ids, max_new_tokens, attention_mask, do_sample, temperature, top_k, top_p, eos, pad,
                         gen.max_context, "tokens of the plan's max_context", "or export the plan again with a larger "
                         "max_context", generator)

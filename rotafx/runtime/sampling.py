@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 
 __all__ = ["GenerationError", "GenerationTimings", "next_tokens", "filtered_logits", "token_ids", "Request",
-           "check_request", "decode_loop", "summarize", "chunks", "padded"]
+           "check_request", "decode_loop", "summarize", "chunks", "padded", "prompt_groups", "generate_left_padded"]
 
 
 class GenerationError(ValueError):
@@ -154,10 +154,9 @@ def check_request(input_ids: Any, max_new_tokens: Any, attention_mask: Any, do_s
         raise GenerationError(f"rotafx: input_ids of shape {(B, P)} has no prompt; give at least one token per sequence")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise GenerationError(f"rotafx: max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    if attention_mask is not None and not bool((attention_mask != 0).all()):
-        raise GenerationError(f"rotafx: the attention_mask pads {int((attention_mask == 0).sum())} prompt position(s); "
-                              f"rotafx.generate does not support padded prompts yet: generate prompts of one length "
-                              f"together (or each alone) without padding")
+    if prompt_groups(input_ids, attention_mask) is not None:  # the callers generate a padded batch by lengths
+        raise GenerationError("rotafx: a padded prompt reached the generation loop; generate it through "
+                              "generate_left_padded")
     _check_sampling(do_sample, temperature, top_k, top_p)
     total = P + max_new_tokens
     if limit is not None and total > limit:
@@ -167,6 +166,72 @@ def check_request(input_ids: Any, max_new_tokens: Any, attention_mask: Any, do_s
     pick = lambda lg: next_tokens(lg, do_sample=do_sample, temperature=temperature, top_k=top_k,  # noqa: E731
                                   top_p=top_p, generator=generator)
     return Request(input_ids, max_new_tokens, tuple(eos), pad, pick)
+
+
+def prompt_groups(input_ids: Any, attention_mask: Any) -> list[tuple[int, torch.Tensor]] | None:
+    """The rows of a left-padded batch by prompt length: ``[(length, rows), ...]``, longest first; ``None`` when
+    nothing is padded (no mask, or all ones).
+
+    >>> ids = torch.tensor([[0, 5, 6], [7, 8, 9], [0, 0, 4]])
+    >>> prompt_groups(ids, torch.tensor([[0, 1, 1], [1, 1, 1], [0, 0, 1]]))
+    [(3, tensor([1])), (2, tensor([0])), (1, tensor([2]))]
+
+    Raises:
+        GenerationError: the mask's shape is not the ids', a row is padded on the right or in the middle, or a
+            row has no token.
+    """
+    if attention_mask is None or not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        return None  # check_request says what is wrong with the ids
+    if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(input_ids.shape):
+        what = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+        raise GenerationError(f"rotafx: attention_mask must be a tensor of the shape of input_ids "
+                              f"{tuple(input_ids.shape)}, got {what}")
+    real = (attention_mask != 0).cpu()
+    if bool(real.all()):
+        return None
+    B, P = real.shape
+    lengths = real.sum(1)
+    left = torch.arange(P)[None, :] >= (P - lengths)[:, None]
+    bad = (real != left).any(1).nonzero().flatten().tolist()
+    if bad:
+        raise GenerationError(f"rotafx: row {bad[0]} of the attention_mask ({real[bad[0]].int().tolist()}) is not padded "
+                              f"on the left; a decoder-only model generates after the last token of each row, so pad "
+                              f"prompts on the left (tokenizer.padding_side = 'left'), as transformers' generate wants")
+    empty = (lengths == 0).nonzero().flatten().tolist()
+    if empty:
+        raise GenerationError(f"rotafx: row {empty[0]} of the attention_mask has no token (all zeros); drop that row")
+    groups: dict[int, list[int]] = {}
+    for r, n in enumerate(lengths.tolist()):
+        groups.setdefault(int(n), []).append(r)
+    return [(n, torch.tensor(rows)) for n, rows in sorted(groups.items(), reverse=True)]
+
+
+def generate_left_padded(input_ids: torch.Tensor, groups: Sequence[tuple[int, torch.Tensor]], pad: int | None,
+                         timings: bool, run: Any) -> Any:
+    """A left-padded batch generated one prompt length at a time (``run(ids) -> ids`` or ``(ids, timings)`` on the
+    unpadded rows of a length), put back as transformers returns it: each row's ids as given (its padding too), then
+    its new tokens, a row that stopped early filled with ``pad``. Timings: the first group's TTFT, every group's
+    decode steps, tokens/s over the whole call."""
+    B, P = (int(x) for x in input_ids.shape)
+    t0 = time.perf_counter()
+    made: list[tuple[torch.Tensor, torch.Tensor]] = []
+    measured: list[GenerationTimings] = []
+    for n, rows in groups:
+        got = run(input_ids[rows.to(input_ids.device)][:, P - n:])
+        ids, t = got if timings else (got, None)
+        made.append((rows, ids[:, n:]))
+        if t is not None:
+            measured.append(t)
+    new = max(m.shape[1] for _, m in made)
+    out = torch.full((B, new), pad if pad is not None else 0, dtype=input_ids.dtype)
+    for rows, m in made:
+        out[rows, :m.shape[1]] = m.to(out.device)
+    ids = torch.cat([input_ids, out.to(input_ids.device)], 1)
+    if not timings:
+        return ids
+    elapsed = time.perf_counter() - t0
+    return ids, summarize(measured[0].ttft_ms, [d for t in measured for d in t.decode_ms],
+                          sum(t.batch_size * t.new_tokens for t in measured) / max(elapsed, 1e-12), B, new)
 
 
 def decode_loop(req: Request, prefill: Any, decode: Any, sync: Any, timings: bool) -> Any:

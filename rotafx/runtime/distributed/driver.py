@@ -33,7 +33,8 @@ from torch.utils._pytree import tree_unflatten
 
 from ...plan.schema import check_request, read_plan
 from ...units import first_line, format_ranges
-from ..sampling import GenerationError, GenerationTimings, chunks, padded, summarize, token_ids
+from ..sampling import (GenerationError, GenerationTimings, chunks, generate_left_padded, padded, prompt_groups,
+                        summarize, token_ids)
 from ..sampling import check_request as check_generation
 from ..links import LinkEmulator
 from .secret import resolve_secret
@@ -301,6 +302,12 @@ class Driver:
             raise DistributedError("rotafx: this driver is closed")
         eos, pad = token_ids(None, eos_token_id if eos_token_id is not None else list(gen.eos_token_id) or None,
                              pad_token_id if pad_token_id is not None else gen.pad_token_id)
+        groups = prompt_groups(input_ids, attention_mask)
+        if groups is not None:  # left padding: each prompt length on its own, the rows put back as they came
+            return generate_left_padded(input_ids, groups, pad, timings, lambda ids: self.generate(
+                ids, max_new_tokens, sequences=sequences, do_sample=do_sample, temperature=temperature, top_k=top_k,
+                top_p=top_p, eos_token_id=eos, pad_token_id=pad, generator=generator, timings=timings,
+                emulate_links=emulate_links))
         req = check_generation(input_ids, max_new_tokens, attention_mask, do_sample, temperature, top_k, top_p, eos,
                                pad, gen.max_context, "tokens of the plan's max_context",
                                " or export the plan again with a larger max_context", generator)
