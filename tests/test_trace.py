@@ -121,3 +121,52 @@ def test_a_loaded_plan_traces_its_stages_and_emulated_links(tmp_path: Path) -> N
         assert delays >= 0.99 * (spec.estimate["transfer_ms"] + spec.estimate["propagation_ms"]) - 0.5
         predicted = [s for s in mine if s.process == "estimate" and s.track != "requests"]
         assert sum(s.ms for s in predicted) == pytest.approx(spec.estimate["total_ms"], rel=1e-4)
+
+
+def _generation_steps(spans: list, kind: str) -> list:
+    return [s for s in spans if s.process == "measured" and s.track == "requests" and s.name.startswith(kind + " ")]
+
+
+def test_generation_steps_are_traced_as_prefill_and_decode(split, tmp_path: Path) -> None:
+    """rotafx.generate on a traced pipeline: each prefill chunk and decode step a request of its own, named by its
+    program, with each stage's compute and the decode program's estimate beside it."""
+    m, _, pm = split
+    prompt = torch.randint(0, 256, (1, 20), generator=torch.Generator().manual_seed(2))
+    pm.trace(tmp_path / "gen.json")
+    try:
+        out = rotafx.generate(pm, prompt, max_new_tokens=6)
+    finally:
+        pm.trace(None)
+    spans = read_trace(tmp_path / "gen.json")
+    prefill, decode = _generation_steps(spans, "prefill"), _generation_steps(spans, "decode")
+    assert len(prefill) == 1 and len(decode) == 5, [s.name for s in spans if s.track == "requests"]
+    assert all(a.end_ms <= b.start_ms + 1e-3 for a, b in zip(prefill + decode, (prefill + decode)[1:]))
+    stages = {s.track for s in spans if s.process == "measured" and s.track.startswith("stage ")}
+    assert len(stages) == len(pm.stages)
+    for step in decode:
+        mine = [s for s in spans if s.request == step.request]
+        assert {s.track for s in mine if s.process == "measured"} >= stages
+        assert any(s.process == "estimate" and s.track.startswith("stage ") for s in mine)
+    # a pipeline no longer traced records nothing more, and the tokens are the model's
+    rotafx.generate(pm, prompt, max_new_tokens=2)
+    assert len(read_trace(tmp_path / "gen.json")) == len(spans)
+    with torch.no_grad():
+        ids = prompt
+        for _ in range(6):
+            ids = torch.cat([ids, m(ids)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(out, ids)
+
+
+def test_a_loaded_plan_traces_its_generation_steps(tmp_path: Path) -> None:
+    from rotafx.plan.write import export_pipeline
+    from tests.test_generate import _ids, _split
+
+    torch.manual_seed(0)
+    m = small_gpt(vocab=128, d=32, layers=3, seq=64).eval()
+    pm = _split(m, _ids(1, 8, 128, seed=0), batch=1)
+    export_pipeline(pm, (_ids(1, 8, 128, seed=0),), path=tmp_path / "plan", max_context=32)
+    pipe = rotafx.load(tmp_path / "plan", trace=tmp_path / "run.json")
+    rotafx.generate(pipe, _ids(1, 11, 128), max_new_tokens=4)
+    spans = read_trace(tmp_path / "run.json")
+    assert len(_generation_steps(spans, "prefill")) == 2 and len(_generation_steps(spans, "decode")) == 3
+    assert len({s.track for s in spans if s.process == "measured" and s.track.startswith("stage ")}) == len(pm.stages)

@@ -396,6 +396,9 @@ def generate(pipeline: Any, input_ids: torch.Tensor, max_new_tokens: int = 20, *
         how = "as planned" if planned is not None and max_len == ctx else f"rounded up to a multiple of {CONTEXT_STEP}"
         raise BackendError(f"{e} (the KV cache holds {B} sequence(s) x {max_len} tokens: prompt {P} + "
                            f"{max_new_tokens} new, {how})") from e
+    for program, kind in ((progs.prefill, "prefill"), (progs.decode, "decode")):  # pipeline.trace(path) records them
+        program.__dict__["_trace"] = pipeline.__dict__.get("_trace")
+        program.__dict__["_trace_kind"] = kind
     devices = {t.device for t in progs.state}
     sync = (lambda: [torch.cuda.synchronize(d) for d in devices if d.type == "cuda"]) if timings else (lambda: None)
     with torch.no_grad():

@@ -185,8 +185,16 @@ class LoadedPipeline(torch.nn.Module):
         prog = gen.program(kind)
         flat = {"input_ids": input_ids, "cache_position": cache_position}
         calls = [lambda *a, st=st: st.run(kind, slot, *a) for st in self.cached_stages]
-        out = run_chain(prog, calls, [st.device for st in self.cached_stages], [flat[v] for v in prog.tensor_inputs],
-                        self._gen_hop_s[kind] if self.emulate_links else None)
+        devices = [st.device for st in self.cached_stages]
+        trace = self.__dict__.get("_trace")
+        request = trace.begin() if trace is not None else -1
+        out = run_chain(prog, calls, devices, [flat[v] for v in prog.tensor_inputs],
+                        self._gen_hop_s[kind] if self.emulate_links else None,
+                        (trace, request) if trace is not None else None)
+        if trace is not None:
+            done = trace.now()
+            tracks = [_Track(s.chain_index, s.node, d) for s, d in zip(prog.stages, devices)]
+            trace.end(request, predicted_spans(getattr(prog, "estimate", None) or {}, tracks), end_s=done, kind=kind)
         return out[0]
 
     def free(self, slot: int) -> None:

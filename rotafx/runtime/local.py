@@ -161,7 +161,7 @@ class PipelineModule(torch.nn.Module):
         done = trace.now()
         plan = getattr(self, "plan", None)
         predicted = predicted_spans(plan.partition.estimate, self.rewritten.stages) if plan is not None else ()
-        trace.end(timed.request, predicted, end_s=done)
+        trace.end(timed.request, predicted, end_s=done, kind=self.__dict__.get("_trace_kind", "request"))
         return tuple(out)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:

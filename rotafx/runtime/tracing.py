@@ -113,18 +113,21 @@ class Trace:
                              "tid": self._tid(process, track), "ts": round(1e6 * start_s, 3),
                              "dur": round(1e6 * max(end_s - start_s, 0.0), 3), "args": {"request": request, **args}})
 
-    def end(self, request: int, predicted: Sequence[tuple[str, str, float]] = (), *, end_s: float | None = None) -> None:
-        """Close ``request`` (its span on the ``requests`` track, up to ``end_s`` or now), lay the ``predicted``
+    def end(self, request: int, predicted: Sequence[tuple[str, str, float]] = (), *, end_s: float | None = None,
+            kind: str = "request") -> None:
+        """Close ``request`` (its span ``"{kind} {request}"`` on the ``requests`` track, up to ``end_s`` or now;
+        ``kind``: ``request``, or a generation step's program, ``prefill`` or ``decode``), lay the ``predicted``
         spans ``(track, name, ms)`` end to end from its start on the estimate's tracks, and write the file."""
         start = self._starts.pop(request)
-        self.span(REQUESTS, f"request {request}", request, start, self.now() if end_s is None else end_s)
+        label = f"{kind} {request}"
+        self.span(REQUESTS, label, request, start, self.now() if end_s is None else end_s)
         t = start
         for track, name, ms in predicted:
             if not math.isfinite(ms) or ms <= 0:
                 continue
             self.span(track, name, request, t, t + ms / 1e3, process=ESTIMATE)
             t += ms / 1e3
-        self.span(REQUESTS, f"request {request}", request, start, t, process=ESTIMATE)
+        self.span(REQUESTS, label, request, start, t, process=ESTIMATE)
         self.write()
 
     def write(self) -> None:
