@@ -9,7 +9,10 @@ token; the ground-only plan is the same planner with the uplink never up. Both s
 day of requests (128-token prompt, 128 new tokens). Every figure printed comes from rotafx's cost
 model and its schedule.
 
-    .venv/bin/python examples/orbits_day.py [--hours 24] [--rate 0.02] [--seed 0]
+    .venv/bin/python examples/orbits_day.py [--hours 24] [--rate 0.02] [--seed 0] [--plot day.png]
+
+``--plot PATH`` (.png or .svg) also draws the day with orbit: windows and sunlight, each interval's route,
+the batteries and every request's TPOT (``rotafx.plot.day``).
 """
 
 from __future__ import annotations
@@ -47,7 +50,10 @@ def main(argv: list[str] | None = None, model: torch.nn.Module | None = None) ->
     ap.add_argument("--hours", type=float, default=24.0)
     ap.add_argument("--rate", type=float, default=0.02, help="requests per second")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--plot", default=None, metavar="PATH", help="draw the day with orbit to a .png or .svg")
     args = ap.parse_args(argv)
+    if args.plot is not None and not args.plot.lower().endswith((".png", ".svg")):
+        ap.error(f"--plot {args.plot}: write a .png or a .svg file")
     sched = day(args.hours)
     up = [w for w in sched.windows[("ground0", "orbital0")]]
     down = [w for w in sched.windows[("orbital3", "ground1")]]
@@ -75,6 +81,10 @@ def main(argv: list[str] | None = None, model: torch.nn.Module | None = None) ->
           f"ground-only ({1 - a['ground_j_per_request'] / b['ground_j_per_request']:.1%} saved); TPOT p50 "
           f"{a['sim'].quantile('tpot_ms', 0.5):,.1f} ms / p99 {a['sim'].quantile('tpot_ms', 0.99):,.1f} ms against "
           f"{b['sim'].quantile('tpot_ms', 0.5):,.1f} / {b['sim'].quantile('tpot_ms', 0.99):,.1f} ms")
+    if args.plot is not None:
+        from rotafx import plot
+
+        print(f"wrote {plot.save(plot.day(a['sim'], sched, a['plan']), args.plot)}")
     return results
 
 

@@ -295,6 +295,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from .orbits.horizon import plan_horizon
     from .orbits.simulate import simulate
 
+    if args.plot is not None:  # a bad picture name or a missing matplotlib is said before the horizon's solve
+        if Path(args.plot).suffix.lower() not in (".png", ".svg"):
+            raise UsageError(f"rotafx: --plot {args.plot}: write a .png or a .svg file")
+        try:
+            from .plot import day, save
+        except ImportError as e:
+            raise UsageError(f"rotafx: --plot needs matplotlib: pip install rotafx[plot] ({e})") from None
     topo = Topology.coerce(args.topology)
     sched = Schedule.from_dict(_read_data_file(args.schedule, "schedule"))
     unknown = sorted({n for link in sched.windows for n in link} - set(topo.devices))
@@ -305,7 +312,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     plan = plan_horizon(prof, topo, sched, objective=args.objective, aggregate=args.aggregate,
                         codec=args.codec, memory_rule=args.memory_rule, time_limit=args.time_limit)
     print(plan.report())
-    print(simulate(plan, rate_per_s=args.rate, seed=args.seed, max_wait_s=args.max_wait, schedule=sched).report())
+    sim = simulate(plan, rate_per_s=args.rate, seed=args.seed, max_wait_s=args.max_wait, schedule=sched)
+    print(sim.report())
+    if args.plot is not None:
+        print(f"wrote {save(day(sim, sched, plan), args.plot)}")
     return 0
 
 
@@ -474,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the arrival trace (default 0)")
     p.add_argument("--max-wait", type=float, default=600.0, help="seconds a request waits for a route (default 600)")
     p.add_argument("--time-limit", type=float, default=60.0, help="wall-clock seconds for the horizon's solve")
+    p.add_argument("--plot", default=None, metavar="FILE",
+                   help="also draw the day (windows, sunlight, routes, batteries, requests) to a .png or .svg")
     p.set_defaults(func=cmd_simulate)
     p = sub.add_parser("plot", help="draw a plan directory's placement, breakdown or timeline, or a trace's timeline")
     p.add_argument("what", choices=("placement", "breakdown", "timeline"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -15,7 +16,8 @@ from ..topology import Topology
 from ..units import fmt_bytes
 
 __all__ = ["NodeBar", "LinkLabel", "PlacementData", "BreakdownBar", "BreakdownData", "Span", "TimelineData",
-           "TradeoffPoint", "TradeoffData", "placement_data", "breakdown_data", "timeline_data", "tradeoffs_data"]
+           "TradeoffPoint", "TradeoffData", "RouteSpan", "RequestPoint", "DayData", "placement_data", "breakdown_data",
+           "timeline_data", "tradeoffs_data", "day_data"]
 
 
 @dataclass(frozen=True)
@@ -411,3 +413,159 @@ def _dominates(q: TradeoffPoint, p: TradeoffPoint, x: str, y: str) -> bool:
     lt = any(u < v - t for u, v, t in zip(a, b, tol))
     return le and lt
 
+
+
+# -- a simulated day ---------------------------------------------------------------------------------------------
+
+Spans = tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True)
+class RouteSpan:
+    """One interval of a horizon plan: ``start_s``..``end_s`` and the nodes its route computes on, in chain order
+    (``None``: no route in that interval)."""
+
+    start_s: float
+    end_s: float
+    nodes: tuple[str, ...] | None
+    via_orbit: bool
+
+    @property
+    def label(self) -> str:
+        """``"ground0 -> orbital0 -> ground1 (orbit)"``, ``"ground0 (ground only)"`` or ``"no route"``."""
+        if self.nodes is None:
+            return "no route"
+        return " -> ".join(self.nodes) + (" (orbit)" if self.via_orbit else " (ground only)")
+
+
+@dataclass(frozen=True)
+class RequestPoint:
+    """A served request: its arrival (s from the horizon's start), its latency or TPOT (ms) and its route's kind."""
+
+    arrival_s: float
+    value_ms: float
+    via_orbit: bool
+
+
+@dataclass(frozen=True)
+class DayData:
+    """What :func:`rotafx.plot.day` draws, in seconds from the horizon's start (the figure shows hours).
+
+    ``windows``: each scheduled link's contact windows; ``sunlit`` and ``eclipse``: each satellite's
+    spans in and out of sunlight; ``routes``: each interval of the plan; ``battery``: each battery's
+    times (s) and charge (Wh); ``requests``: the served requests with ``metric`` (``"tpot_ms"`` for a
+    generation profile, else ``"latency_ms"``); ``rejected``: rejected arrivals; ``delayed``: the
+    arrivals of requests that waited for a route (known with the plan; ``delayed_count`` always)."""
+
+    horizon_s: float
+    satellites: tuple[str, ...]
+    windows: dict[tuple[str, str], Spans]
+    sunlit: dict[str, Spans]
+    eclipse: dict[str, Spans]
+    routes: tuple[RouteSpan, ...]
+    battery: dict[str, tuple[np.ndarray, np.ndarray]]
+    metric: str
+    requests: tuple[RequestPoint, ...]
+    rejected: tuple[float, ...]
+    delayed: tuple[float, ...]
+    delayed_count: int
+
+    @property
+    def rows(self) -> tuple[tuple[str, tuple[tuple[str, Spans], ...]], ...]:
+        """The windows panel top to bottom, ``(label, ((kind, spans), ...))``: each satellite's sunlight row
+        (``sunlight`` and ``eclipse`` spans) then its links not drawn yet, then the links between other nodes."""
+        sats = set(self.satellites)
+
+        def kind(src: str, dst: str) -> str:
+            return "isl" if {src, dst} <= sats else "uplink" if dst in sats else "downlink" if src in sats else "link"
+
+        out, drawn = [], set()
+        for s in self.satellites:
+            if s in self.sunlit:
+                out.append((f"{s} sunlight", (("sunlight", self.sunlit[s]), ("eclipse", self.eclipse[s]))))
+            for link in self.windows:
+                if s in link and link not in drawn:
+                    drawn.add(link)
+                    out.append((f"{link[0]} -> {link[1]}", ((kind(*link), self.windows[link]),)))
+        out += [(f"{a} -> {b}", ((kind(a, b), ws),)) for (a, b), ws in self.windows.items() if (a, b) not in drawn]
+        return tuple(out)
+
+
+def _complement(spans: Sequence[tuple[float, float]], horizon_s: float) -> Spans:
+    """The parts of ``[0, horizon_s]`` outside ``spans`` (sorted, not overlapping)."""
+    out, t = [], 0.0
+    for a, b in sorted(spans):
+        if a > t:
+            out.append((t, a))
+        t = max(t, b)
+    if t < horizon_s:
+        out.append((t, horizon_s))
+    return tuple(out)
+
+
+def _routes(plan: Any) -> tuple[RouteSpan, ...]:
+    """Each interval of a horizon plan with the nodes its route computes on."""
+    out = []
+    for p in plan.plans:
+        nodes, orbit = None, False
+        if p.stages is not None:
+            topo = p.condition.topology
+            nodes = tuple(topo.chain[s] for s in sorted(set(p.stages)))
+            orbit = any(topo.devices[n].kind == "orbital" for n in nodes)
+        out += [RouteSpan(iv.start_s, iv.end_s, nodes, orbit) for iv in p.condition.intervals]
+    return tuple(sorted(out, key=lambda r: r.start_s))
+
+
+def day_data(simulation: Any, schedule: Any = None, plan: Any = None) -> DayData:
+    """A simulated day as plain data: contact windows, sunlight, each interval's route, batteries and requests.
+
+    Args:
+        simulation: a :class:`~rotafx.orbits.simulate.Simulation` (``simulate(plan, ..., schedule=sched)``
+            carries the batteries).
+        schedule: its :class:`~rotafx.orbits.Schedule` (windows, sunlight; batteries the simulation lacks).
+        plan: its :class:`~rotafx.orbits.horizon.HorizonPlan` (the routes, and which requests were delayed).
+    Returns:
+        :class:`DayData`.
+    Raises:
+        TypeError: not a Simulation. ValueError: a schedule or plan of another horizon.
+
+    >>> from rotafx.orbits.simulate import Served, Simulation
+    >>> sim = Simulation([Served(5.0, 5.0, 120.0, float("nan"), True, {})], 0, [9.0], 60.0, 0)
+    >>> d = day_data(sim)
+    >>> d.metric, d.requests[0].value_ms, d.rejected
+    ('latency_ms', 120.0, (9.0,))
+    """
+    if not all(hasattr(simulation, k) for k in ("served", "rejected", "delayed", "horizon_s", "battery")):
+        raise TypeError(f"rotafx: day() draws a Simulation, got {type(simulation).__name__}; pass "
+                        f"rotafx.orbits.simulate.simulate(plan, rate_per_s=..., schedule=schedule)")
+    horizon = float(simulation.horizon_s)
+    for what, other in (("schedule", schedule), ("plan", plan)):
+        if other is not None and not math.isclose(float(other.horizon_s), horizon, rel_tol=1e-9, abs_tol=1e-6):
+            raise ValueError(f"rotafx: the {what} covers {other.horizon_s:g} s but the simulation {horizon:g} s; pass "
+                             f"the {what} the day was simulated with")
+    battery = {k: (np.asarray(t, float), np.asarray(c, float)) for k, (t, c) in simulation.battery.items()}
+    windows: dict[tuple[str, str], Spans] = {}
+    sunlit: dict[str, Spans] = {}
+    sats = list(battery)
+    if schedule is not None:
+        windows = {k: tuple((w.start_s, w.end_s) for w in ws) for k, ws in schedule.windows.items()}
+        sunlit = {k: tuple((float(a), float(b)) for a, b in v) for k, v in schedule.sunlit.items()}
+        for name in schedule.power:
+            if name not in battery:
+                times, charge, _ = schedule.battery(name)
+                battery[name] = (times, charge)
+        sats += [*schedule.sunlit, *schedule.power]
+    routes = _routes(plan) if plan is not None else ()
+    if plan is not None:
+        sats += [n for p in plan.plans if p.condition.topology is not None
+                 for n, d in p.condition.topology.devices.items() if d.kind == "orbital"]
+    satellites = tuple(n for n in dict.fromkeys(sats) if n in sunlit or n in battery
+                       or any(n in link for link in windows))
+    served = simulation.served
+    metric = "tpot_ms" if any(math.isfinite(s.tpot_ms) for s in served) else "latency_ms"
+    requests = tuple(RequestPoint(s.arrival_s, getattr(s, metric), s.via_orbit) for s in served)
+    delayed: tuple[float, ...] = ()
+    if plan is not None:
+        delayed = tuple(s.arrival_s for s in served if plan.route_at(s.arrival_s).stages is None)
+    return DayData(horizon, satellites, windows, sunlit, {k: _complement(v, horizon) for k, v in sunlit.items()},
+                   routes, battery, metric, requests, tuple(simulation.rejected), delayed, int(simulation.delayed))

@@ -8,14 +8,16 @@ from typing import Any, Mapping, Sequence
 from ..estimate import Estimate
 from ..profile import ModelProfile
 from ..topology import Topology
-from .data import AXES, breakdown_data, placement_data, timeline_data, tradeoffs_data
+from .data import AXES, breakdown_data, day_data, placement_data, timeline_data, tradeoffs_data
 
-__all__ = ["placement", "breakdown", "timeline", "tradeoffs", "save"]
+__all__ = ["placement", "breakdown", "timeline", "tradeoffs", "day", "save"]
 
 _KIND_COLOR = {"ground": "#4c72b0", "orbital": "#dd8452", "uplink": "#55a868", "downlink": "#c44e52",
                "isl": "#8172b3", "link": "#937860", "propagation": "#bbbbbb", "token return": "#da8bc3",
                "ground compute": "#4c72b0", "orbital compute": "#dd8452", "ground transfer": "#937860",
-               "uplink transfer": "#55a868", "downlink transfer": "#c44e52", "isl transfer": "#8172b3"}
+               "uplink transfer": "#55a868", "downlink transfer": "#c44e52", "isl transfer": "#8172b3",
+               "sunlight": "#f2c14e", "eclipse": "#555555", "no route": "#bbbbbb", "rejected": "#c44e52",
+               "delayed": "#8172b3"}
 _MEM = (("weights", "#4c72b0"), ("KV cache", "#dd8452"), ("activations", "#55a868"))
 
 
@@ -218,6 +220,110 @@ def tradeoffs(profile: ModelProfile, topology: Topology | Mapping[str, Any] | st
     ax.legend(fontsize=8)
     ax.set_title(title or f"{AXES[y]} vs {AXES[x]}: the Pareto front", fontsize=10)
     return fig
+
+
+_DAY_PANELS = ("windows and sunlight", "route", "battery (Wh)", "per request")
+
+
+def day(simulation: Any, schedule: Any = None, plan: Any = None, ax: Sequence[Any] | None = None, *,
+        title: str | None = None) -> Any:
+    """A simulated day in four panels over the same time axis (hours): each satellite's sunlight and each link's
+    contact windows, the route in force (ground only or through which satellites), each battery's charge (Wh),
+    and each served request's TPOT (or latency, without generation) coloured by ground or orbit, with the
+    rejected (and, given the plan, delayed) arrivals marked.
+
+    Args:
+        simulation: a :class:`~rotafx.orbits.simulate.Simulation`.
+        schedule, plan: the day's :class:`~rotafx.orbits.Schedule` and
+            :class:`~rotafx.orbits.horizon.HorizonPlan` (see :func:`rotafx.plot.day_data`); a panel
+            without its data says so.
+        ax: four matplotlib Axes to draw into (top to bottom), else a new figure.
+    Returns:
+        a ``matplotlib.figure.Figure``.
+    Raises:
+        TypeError, ValueError: see :func:`rotafx.plot.day_data`; ``ax`` not four Axes. ImportError: matplotlib.
+
+    >>> from rotafx.orbits.simulate import Served, Simulation
+    >>> sim = Simulation([Served(5.0, 5.0, 120.0, float("nan"), False, {})], 0, [], 3600.0, 0)
+    >>> len(day(sim).axes)
+    4
+    """
+    data = day_data(simulation, schedule, plan)
+    rows = data.rows
+    labels = list(dict.fromkeys(r.label for r in data.routes))  # one row per distinct route
+    if ax is None:
+        fig = _new_figure(11.0, 5.5 + 0.3 * (len(rows) + len(labels)))
+        axes = fig.subplots(4, 1, sharex=True, height_ratios=[max(1.0, 0.45 * len(rows)),
+                                                               max(0.7, 0.4 * len(labels)), 1.2, 1.6])
+    else:
+        axes = list(ax)
+        if len(axes) != 4:
+            raise ValueError(f"rotafx: day() draws four panels ({', '.join(_DAY_PANELS)}); ax= must be four Axes, "
+                             f"got {len(axes)}")
+        fig = axes[0].figure
+    h = 1 / 3600.0
+    win, route, bat, req = axes
+    for i, (label, parts) in enumerate(rows):
+        for kind, spans in parts:
+            win.broken_barh([(a * h, (b - a) * h) for a, b in spans], (i - 0.35, 0.7),
+                            color=_color(kind, i), lw=0, gid=f"{kind}:{label}", label=kind)
+    win.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=7)
+    win.set_ylim(max(len(rows), 1) - 0.5, -0.5)
+    _legend_once(win)
+    for r in data.routes:
+        i = labels.index(r.label)
+        kind = "no route" if r.nodes is None else "orbital" if r.via_orbit else "ground"
+        route.broken_barh([(r.start_s * h, (r.end_s - r.start_s) * h)], (i - 0.35, 0.7), color=_color(kind, i),
+                          lw=0, gid=f"route:{r.label}")
+    route.set_yticks(range(len(labels)), labels, fontsize=7)
+    route.set_ylim(max(len(labels), 1) - 0.5, -0.5)
+    for i, (name, (times, charge)) in enumerate(data.battery.items()):
+        bat.plot(times * h, charge, color=f"C{i % 10}", lw=1.2, label=name, gid=f"battery:{name}")
+    bat.set_ylabel("charge (Wh)", fontsize=8)
+    if data.battery:
+        bat.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    for orbit, kind in ((False, "ground"), (True, "orbital")):
+        pts = [p for p in data.requests if p.via_orbit == orbit]
+        if pts:
+            req.scatter([p.arrival_s * h for p in pts], [p.value_ms for p in pts], s=6, color=_color(kind, 0),
+                        label=f"{'through orbit' if orbit else 'ground'} ({len(pts)})", gid=f"requests:{kind}")
+    marks = req.get_xaxis_transform()  # x in hours, y in the panel's height
+    for what, times, y in (("rejected", data.rejected, 0.96), ("delayed", data.delayed, 0.9)):
+        if times:
+            req.scatter([t * h for t in times], [y] * len(times), marker="x" if what == "rejected" else "|",
+                        s=14, color=_color(what, 0), transform=marks, label=f"{what} ({len(times)})", gid=what)
+    req.set_ylabel("TPOT (ms)" if data.metric == "tpot_ms" else "latency (ms)", fontsize=8)
+    if data.requests and data.metric == "latency_ms" and min(p.value_ms for p in data.requests) > 0 and (
+            max(p.value_ms for p in data.requests) > 100 * min(p.value_ms for p in data.requests)):
+        req.set_yscale("log")  # a wait for a route dwarfs the route's own latency
+    if data.requests or data.rejected or data.delayed:
+        req.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    req.margins(y=0.15)  # room for the marks along the top
+    req.set_xlabel("time (hours)")
+    req.set_xlim(0, data.horizon_s * h)
+    missing = {win: None if rows else "no schedule given" if schedule is None else "no scheduled link or sunlight",
+               route: None if data.routes else "no plan given",
+               bat: None if data.battery else "no battery in the schedule",
+               req: None if data.requests or data.rejected else "no request"}
+    for a, name in zip(axes, _DAY_PANELS):
+        a.set_title(name, fontsize=9, loc="left")
+        if missing[a]:
+            a.text(0.5, 0.5, missing[a], transform=a.transAxes, ha="center", va="center", fontsize=8,
+                   color="#888888")
+            a.set_yticks([])
+    n = len(data.requests)
+    orbit = sum(p.via_orbit for p in data.requests)
+    fig.suptitle(title or f"{data.horizon_s * h:,.3g} h simulated: {n} served ({orbit} through orbit), "
+                          f"{data.delayed_count} delayed, {len(data.rejected)} rejected", fontsize=10)
+    return fig
+
+
+def _legend_once(ax: Any) -> None:
+    """A legend of the panel's kinds, each once."""
+    handles, names = ax.get_legend_handles_labels()
+    keep = dict(zip(names, handles))
+    if keep:
+        ax.legend(list(keep.values()), list(keep), fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
 def save(fig: Any, path: str | Path) -> Path:
