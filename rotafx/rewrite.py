@@ -87,6 +87,11 @@ def stage_map(layer_ops: Sequence[Sequence[str]], stages: Sequence[int]) -> dict
     return {n: int(s) for ns, s in zip(layer_ops, stages) for n in ns}
 
 
+def _is_tensor(node: fx.Node) -> bool:
+    """Whether the node's traced value is one tensor (dynamo's ``example_value``, export's ``val``)."""
+    return isinstance(node.meta.get("example_value", node.meta.get("val")), torch.Tensor)
+
+
 def rewrite(
     gm: fx.GraphModule,
     stage_of: Mapping[str, int],
@@ -119,14 +124,15 @@ def rewrite(
     work = fx.GraphModule(gm, graph)
     nodes = list(work.graph.nodes)
 
-    # every compute node gets a stage: getitem follows its source (tuples never cross), unknown nodes the previous one
+    # every compute node gets a stage: a getitem of a tuple follows its source (tuples never cross; indexing a
+    # tensor is an op like any other), unknown nodes the previous one
     stage: dict[fx.Node, int] = {}
     last = None
     for n in nodes:
         if n.op in ("placeholder", "get_attr", "output"):
             continue
         src = n.args[0] if n.op == "call_function" and n.target is operator.getitem and n.args else None
-        if isinstance(src, fx.Node) and src in stage:
+        if isinstance(src, fx.Node) and src in stage and not _is_tensor(src):
             s = stage[src]
         elif n.name in stage_of:
             s = int(stage_of[n.name])

@@ -33,6 +33,10 @@ FAMILIES: dict[str, Callable[[], nn.Module]] = {
     "qwen2": lambda: transformers.Qwen2ForCausalLM(_config(transformers.Qwen2Config, **COMMON)),
     "gpt2": lambda: transformers.GPT2LMHeadModel(_config(transformers.GPT2Config, vocab_size=128, n_embd=64, n_layer=3,
                                                          n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0)),
+    # rotary sin/cos made once for the model and indexed in every block: that indexing runs on the block's stage
+    "gptj": lambda: transformers.GPTJForCausalLM(_config(transformers.GPTJConfig, vocab_size=128, n_embd=64, n_layer=3,
+                                                         n_head=4, n_positions=64, rotary_dim=8, bos_token_id=0,
+                                                         eos_token_id=0)),
     "mixtral": lambda: transformers.MixtralForCausalLM(_config(transformers.MixtralConfig, **COMMON, num_local_experts=4,
                                                                num_experts_per_tok=2)),
 }
@@ -75,7 +79,7 @@ def test_compiled_family_splits_and_equals_eager(name: str) -> None:
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2"])
+@pytest.mark.parametrize("name", ["llama", "gpt2", "gptj"])
 def test_generate_through_the_backend_gives_eager_tokens(name: str) -> None:
     """The supported way: compile ``model.forward``; generate() calls it for the prompt and for every new token."""
     model = build(name)
