@@ -21,6 +21,7 @@ from rotafx.plan.write import export_pipeline
 from rotafx.runtime.distributed import Driver, DistributedError, LocalCluster, free_port
 from rotafx.runtime.distributed.secret import ENV, new_secret
 from tests import faulty_stage
+from rotafx.runtime.tracing import read_trace
 from tests.test_generate import _ids, _recompute, _split, left_padded
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -75,6 +76,23 @@ def _torchrun_style(path: Path, port: int, commands: dict[int, list[str]]) -> Lo
     return LocalCluster(driver, procs, logs)
 
 
+def _check_generation_trace(spans: list, plan: Any, sequences: int, new: int) -> None:
+    """Every prefill chunk and decode step a request, each with every stage's compute from its process and each
+    hop's time in flight, inside the request's span; the estimate's tracks beside them."""
+    steps = [s for s in spans if s.process == "measured" and s.track == "requests"]
+    kinds = [s.name.split()[0] for s in steps]
+    assert kinds.count("prefill") == 2 * sequences and kinds.count("decode") == (new - 1) * sequences, kinds
+    stage_tracks = {f"stage {st.chain_index}: {st.node} (cpu)" for st in plan.stages}
+    for step in steps:
+        mine = [s for s in spans if s.request == step.request and s.process == "measured" and s is not step]
+        assert {s.track for s in mine if s.name in ("prefill", "decode")} == stage_tracks, (step, mine)
+        assert {s.name for s in mine if s.track in stage_tracks} == {"receive", step.name.split()[0], "send"}
+        assert sum(s.name == "in flight" for s in mine) == len(plan.stages) + 1  # every hop, the driver's last too
+        for s in mine:  # the stages' wall clock, put on the driver's: within the request (1 ms of slack)
+            assert step.start_ms - 1 <= s.start_ms <= s.end_ms <= step.end_ms + 1, (step, s)
+    assert any(s.process == "estimate" and s.track in stage_tracks for s in spans)
+
+
 DIES_AT = 250  # stage 1 dies before computing message 250: in the test's last generate call
 
 
@@ -86,9 +104,12 @@ def test_three_processes_generate_the_models_tokens_until_a_stage_dies(plan: Any
         d = cluster.driver
         # four sequences, two at a time: a finished sequence's slot goes to the next one
         assert torch.equal(d.generate(prompt, max_new_tokens=12, sequences=2), want)
-        # all four at once, through rotafx.generate, with timings
+        # all four at once, through rotafx.generate, with timings and a trace
+        d.trace(path.parent / "gen.json")
         got, t = rotafx.generate(d, prompt, max_new_tokens=12, timings=True)
+        d.trace(None)
         assert torch.equal(got, want)
+        _check_generation_trace(read_trace(path.parent / "gen.json"), d.plan, sequences=4, new=12)
         assert t.batch_size == 4 and t.new_tokens == 12 and len(t.decode_ms) == 4 * 11
         assert 0 < t.ttft_ms and 0 < t.tpot_ms and t.tokens_per_s > 0
         # EOS: the one sequence that makes it stops there and is padded, as transformers' generate pads it
@@ -107,7 +128,16 @@ def test_three_processes_generate_the_models_tokens_until_a_stage_dies(plan: Any
         assert torch.equal(d.generate(ids, attention_mask=mask, max_new_tokens=4), torch.cat([ids, rows], 1))
         # the one-pass plan still runs beside it
         x = _ids(1, 8, 128, seed=5)
+        with_trace = d.trace(path.parent / "run.json")
         torch.testing.assert_close(d(x), m(x), rtol=0, atol=0)
+        d.trace(None)
+        spans = read_trace(with_trace.path)
+        (call,) = [s for s in spans if s.track == "requests" and s.process == "measured"]
+        computed = {s.track for s in spans if s.name == "compute" and s.process == "measured"}
+        assert call.name == "request 0" and len(computed) == len(d.plan.stages)
+        # one request alone: its hops and each stage's receive, compute and send follow each other, end to end
+        covered = sum(s.ms for s in spans if s.process == "measured" and s.track != "requests")
+        assert 0.95 * call.ms <= covered <= 1.05 * call.ms, (covered, call.ms)
         with pytest.raises(rotafx.GenerationError, match=r"over the 48 tokens of the plan's max_context"):
             d.generate(_ids(1, 40, 128), max_new_tokens=10)
         # stage 1 dies mid-generation: named, with the tokens each sequence had so far

@@ -114,10 +114,11 @@ class Trace:
                              "dur": round(1e6 * max(end_s - start_s, 0.0), 3), "args": {"request": request, **args}})
 
     def end(self, request: int, predicted: Sequence[tuple[str, str, float]] = (), *, end_s: float | None = None,
-            kind: str = "request") -> None:
+            kind: str = "request", write: bool = True) -> None:
         """Close ``request`` (its span ``"{kind} {request}"`` on the ``requests`` track, up to ``end_s`` or now;
         ``kind``: ``request``, or a generation step's program, ``prefill`` or ``decode``), lay the ``predicted``
-        spans ``(track, name, ms)`` end to end from its start on the estimate's tracks, and write the file."""
+        spans ``(track, name, ms)`` end to end from its start on the estimate's tracks, and write the file (unless
+        ``write`` is false: a caller closing many requests at once writes once, with :meth:`write`)."""
         start = self._starts.pop(request)
         label = f"{kind} {request}"
         self.span(REQUESTS, label, request, start, self.now() if end_s is None else end_s)
@@ -128,7 +129,8 @@ class Trace:
             self.span(track, name, request, t, t + ms / 1e3, process=ESTIMATE)
             t += ms / 1e3
         self.span(REQUESTS, label, request, start, t, process=ESTIMATE)
-        self.write()
+        if write:
+            self.write()
 
     def write(self) -> None:
         """Write every event so far to ``path`` (a temporary file renamed into place: never half a file)."""

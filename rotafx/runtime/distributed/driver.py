@@ -25,6 +25,7 @@ import statistics
 import secrets
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
@@ -39,7 +40,9 @@ from ..sampling import check_request as check_generation
 from ..links import LinkEmulator
 from .secret import resolve_secret
 from .store import AuthStore, StoreServer
-from .transport import (BEAT_S, DATA, DECODE, EMULATE, FREE, PREFILL, PREFIX, SLOT_SHIFT, STOP, CommError,
+from ..tracing import Trace, link_track, predicted_spans
+from .transport import (BEAT_S, DATA, DECODE, EMULATE, FREE, PREFILL, PREFIX, PROGRAMS, SLOT_SHIFT, STOP, TRACE,
+                        CommError,
                         DistributedError, Layout, Wire, backend_for, check_endpoint, check_links, get_key, header_only,
                         make_group, plan_digest, post, set_quietly, shutdown, wait, wires_of, endpoint_from_env,
                         check_world)
@@ -75,7 +78,8 @@ class Driver:
                  timeout: float = 60.0, join_timeout: float = 120.0, heartbeat_timeout: float = 5.0,
                  emulate_links: bool = False, backend: str | None = None, device: Any = "cpu",
                  processes: Sequence[Any] = (), secret: str | bytes | None = None,
-                 secret_file: str | os.PathLike[str] | None = None) -> None:
+                 secret_file: str | os.PathLike[str] | None = None,
+                 trace: str | os.PathLike[str] | None = None) -> None:
         master_addr, master_port = endpoint_from_env(master_addr, master_port)
         check_endpoint(master_addr, master_port, timeout=timeout, join_timeout=join_timeout,
                        heartbeat_timeout=heartbeat_timeout)
@@ -96,6 +100,12 @@ class Driver:
         self._emulator = LinkEmulator(self.plan.hops[n].links)
         self._next_id = self._base = 0
         self._closed = False
+        self._trace: Trace | None = None
+        self._span_read = [0] * n  # span batches read per stage
+        self._span_seen = [-1] * n  # the last message each stage reported a span of
+        self._spans: dict[int, list[tuple[str, str, float, float]]] = {}  # message id -> (track, name, start, end)
+        if trace is not None:
+            self.trace(trace)
         self.pg: Any = None
         self._waiter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rotafx-driver-wait")
         where = f"{master_addr}:{master_port}"
@@ -210,6 +220,8 @@ class Driver:
             raise ValueError(f"rotafx: window must be a positive number of requests in flight, got {window!r}")
         last = n  # the rank of the last stage
         outputs: dict[int, Any] = {}
+        traced: dict[int, tuple[int, float, str]] = {}  # message id -> (trace request, end, kind)
+        begun: dict[int, int] = {}
         inflight: collections.deque[tuple[int, int, torch.Tensor, Any]] = collections.deque()
         sends: collections.deque[tuple[Any, torch.Tensor]] = collections.deque()
         base = self._base = self._next_id
@@ -229,8 +241,10 @@ class Driver:
             kind, got, sent_at, flags = Layout.header(buf)
             if got != req:
                 raise self._failure(RuntimeError(f"expected the output of request {req}, got {got}"), i, outputs)
-            if emulate:
-                self._emulator.deliver(sent_at, self._out.payload_bytes)
+            slept = self._emulator.deliver(sent_at, self._out.payload_bytes) if emulate else 0.0
+            if req in begun:
+                self._record_output(req, sent_at, slept)
+                traced[req] = (begun.pop(req), self._trace.now(), "request")  # type: ignore[union-attr]
             wires = self.wire.split(n, self._out.unpack(buf))
             vals = [self.plan.constants[v] if v in self.plan.constants else
                     self.wire.decoded(v, wires[(v, False)], False, self.device).clone() for v in self.plan.outputs]
@@ -242,7 +256,10 @@ class Driver:
             req = base + i
             out_buf = self._out.empty(self.device)
             inflight.append((i, req, out_buf, start(self.pg.recv, out_buf, last, i)))
-            msg = self._in.pack(DATA, req, [t.to(self.device) for t in tensors], self.device, EMULATE if emulate else 0)
+            if self._trace is not None:
+                begun[req] = self._trace.begin()
+            msg = self._in.pack(DATA, req, [t.to(self.device) for t in tensors], self.device,
+                                (EMULATE if emulate else 0) | self._trace_flag())
             sends.append((start(self.pg.send, msg, 1, i), msg))
             while len(sends) > window:
                 self._wait(sends.popleft()[0], 1, f"the driver: sending request {i}", i, outputs)
@@ -251,6 +268,7 @@ class Driver:
         while sends:
             self._wait(sends.popleft()[0], 1, "the driver: sending", len(flat) - 1, outputs)
         self._next_id = base + len(flat)
+        self._write_trace(traced)
         return [outputs[i] for i in range(len(flat))]
 
     generates_across_processes = True  # rotafx.generate(driver, ...) calls generate
@@ -341,6 +359,58 @@ class Driver:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """One request, like calling the model."""
         return self.run([{"args": args, "kwargs": kwargs}])[0]
+
+    def trace(self, path: str | os.PathLike[str] | None) -> Trace | None:
+        """Record every later request and generation step in a Chrome trace at ``path`` (``None``: stop), as
+        :meth:`rotafx.PipelineModule.trace` does in one process: a ``requests`` track (each request from its send
+        to its output, or each ``prefill``/``decode`` step), each stage's compute, each hop's time in flight and
+        emulated delay (recorded by the stage processes, sent to the driver with their heartbeats), and the plan's
+        estimate beside them. The file is complete when each call returns. Stage times are wall clock: on several
+        hosts, keep their clocks synchronised (NTP) or the spans shift by the skew."""
+        self._trace = None if path is None else Trace(path)
+        return self._trace
+
+    def _trace_flag(self) -> int:
+        return TRACE if self._trace is not None else 0
+
+    def _record_output(self, mid: int, sent_at: float, emulated_s: float) -> None:
+        """The last hop's span (the last stage to the driver), measured here."""
+        now = time.time()
+        hop = link_track(self.plan.stages[-1].node, "output")
+        self._spans.setdefault(mid, []).append((hop, "in flight", sent_at, now - emulated_s))
+        if emulated_s > 0:
+            self._spans[mid].append((hop, "emulated link delay", now - emulated_s, now))
+
+    def _gather_spans(self, last: int) -> None:
+        """Read the stages' span batches until each has reported message ``last`` (or ten heartbeats pass)."""
+        n = self.plan.num_stages
+        deadline = time.monotonic() + 10 * BEAT_S
+        while True:
+            for i in range(n):
+                count = _count(get_key(self.store, f"stage{i}/spans"))
+                for k in range(self._span_read[i], count):
+                    for mid, track, name, t0, t1 in _spans_of(get_key(self.store, f"stage{i}/spans/{k}")):
+                        self._spans.setdefault(mid, []).append((track, name, t0, t1))
+                        self._span_seen[i] = max(self._span_seen[i], mid)
+                self._span_read[i] = max(self._span_read[i], count)
+            if all(seen >= last for seen in self._span_seen) or time.monotonic() > deadline:
+                return
+            time.sleep(BEAT_S / 4)
+
+    def _write_trace(self, traced: Mapping[int, tuple[int, float, str]]) -> None:
+        """Put the spans of the messages ``traced`` (id -> (trace request, end, kind)) in the trace and write it."""
+        tr = self._trace
+        if tr is None or not traced:
+            return
+        self._gather_spans(max(traced))
+        offset = time.time() - tr.now()  # stage spans are wall clock; the trace counts from its start
+        for mid, (r, end_s, kind) in sorted(traced.items()):
+            for track, name, t0, t1 in self._spans.pop(mid, ()):
+                tr.span(track, name, r, t0 - offset, t1 - offset)
+            prog = self.plan if kind == "request" else self.plan.generation.program(kind)  # type: ignore[union-attr]
+            tracks = [SimpleNamespace(index=st.chain_index, node=st.node, device=st.device) for st in prog.stages]
+            tr.end(r, predicted_spans(prog.estimate or {}, tracks), end_s=end_s, kind=kind, write=False)
+        tr.write()
 
     def close(self, stop: bool = True) -> None:
         """Tell the stages to stop (they exit), then leave the process group and close the store."""
@@ -506,7 +576,9 @@ class _Generation:
     def __init__(self, driver: Driver, req: Any, wires: Mapping[int, Wire], S: int, b: int, at_once: int,
                  emulate: bool) -> None:
         self.d, self.req, self.wires, self.S, self.b, self.at_once = driver, req, wires, S, b, at_once
-        self.flags = EMULATE if emulate else 0
+        self.flags = (EMULATE if emulate else 0) | driver._trace_flag()
+        self.begun: dict[int, int] = {}  # traced: message id -> its trace request
+        self.traced: dict[int, tuple[int, float, str]] = {}  # message id -> (trace request, end, kind)
         gen = driver.plan.generation
         assert gen is not None
         self.gen = gen
@@ -534,6 +606,7 @@ class _Generation:
         while self.sends:
             d._wait(self.sends.popleft()[0], 1, "the driver: sending", d._next_id - 1 - self.base, {})
         self.t1 = time.perf_counter()
+        d._write_trace(self.traced)
 
     def _admit(self) -> None:
         """The next waiting sequence's prompt, chunk by chunk (chunks do not wait on each other)."""
@@ -555,6 +628,8 @@ class _Generation:
         flags = self.flags | (s << SLOT_SHIFT)
         out = wire.layouts[-1].empty(d.device)
         self.inflight.append((mid, s, kind, take, out, self._post(d.pg.recv, out, d.plan.num_stages, mid)))
+        if d._trace is not None:
+            self.begun[mid] = d._trace.begin()
         named = {"input_ids": ids, "cache_position": pos}
         msg = wire.layouts[0].pack(kind, mid, [named[v].to(d.device) for v in wire.plan.tensor_inputs], d.device,
                                    flags)
@@ -580,11 +655,13 @@ class _Generation:
         if (got_kind, got) != (kind, mid):
             raise d._failure(RuntimeError(f"expected message {mid} of kind {kind}, got {got} of kind {got_kind}"),
                              mid - self.base, {})
+        wire = self.wires[kind]
+        slept = d._emulator.deliver(sent_at, wire.layouts[-1].payload_bytes) if take and self.flags & EMULATE else 0.0
+        if mid in self.begun:
+            d._record_output(mid, sent_at, slept)
+            self.traced[mid] = (self.begun.pop(mid), d._trace.now(), PROGRAMS[kind])  # type: ignore[union-attr]
         if not take:
             return
-        wire = self.wires[kind]
-        if self.flags & EMULATE:
-            d._emulator.deliver(sent_at, wire.layouts[-1].payload_bytes)
         n = d.plan.num_stages
         outs = wire.split(n, wire.layouts[n].unpack(buf))
         v = wire.plan.outputs[0]
@@ -644,3 +721,26 @@ def _split_request(r: Any) -> tuple[tuple, dict[str, Any]]:
     if isinstance(r, list):
         return tuple(r), {}
     return (r,), {}
+
+
+def _count(raw: str | None) -> int:
+    """A stage's count of span batches (0 when none or not a number: a stage's word is checked, not trusted)."""
+    try:
+        return max(0, min(int(raw), 1 << 30)) if raw is not None else 0
+    except ValueError:
+        return 0
+
+
+def _spans_of(raw: str | None) -> list[tuple[int, str, str, float, float]]:
+    """The well-formed spans of a stage's batch ``[[request, track, name, start, end], ...]``; the rest is dropped."""
+    try:
+        batch = json.loads(raw) if raw is not None else []
+    except ValueError:
+        return []
+    out = []
+    for e in batch if isinstance(batch, list) else []:
+        if (isinstance(e, list) and len(e) == 5 and isinstance(e[0], int) and isinstance(e[1], str)
+                and isinstance(e[2], str) and all(isinstance(x, (int, float)) for x in e[3:])
+                and all(math.isfinite(x) for x in e[3:])):
+            out.append((e[0], e[1][:200], e[2][:200], float(e[3]), float(e[4])))
+    return out

@@ -80,7 +80,8 @@ def launch_local(plan_dir: str | os.PathLike[str], *, port: int | None = None, t
                  join_timeout: float = 60.0, heartbeat_timeout: float = 5.0, emulate_links: bool = False,
                  threads: int = 1,
                  log_dir: str | os.PathLike[str] | None = None, python: str = sys.executable,
-                 stage_commands: Mapping[int, Sequence[str]] | None = None) -> LocalCluster:
+                 stage_commands: Mapping[int, Sequence[str]] | None = None,
+                 trace: str | os.PathLike[str] | None = None) -> LocalCluster:
     """Start ``rotafx serve`` for every stage of the plan on 127.0.0.1 and connect a :class:`Driver` to them.
 
     Each stage process runs ``python -m rotafx.runtime.distributed`` (``stage_commands``
@@ -88,7 +89,8 @@ def launch_local(plan_dir: str | os.PathLike[str], *, port: int | None = None, t
     ``OMP_NUM_THREADS=threads``; its stderr goes to ``log_dir/stage{i}.log`` (a temporary
     directory by default). Use as a context manager: leaving it stops the stages and kills
     any that did not exit. A fresh secret is generated for the run and given to the stage
-    processes in their environment (``ROTAFX_SECRET``), never on a command line.
+    processes in their environment (``ROTAFX_SECRET``), never on a command line. ``trace``: record a Chrome
+    trace there (:meth:`Driver.trace`).
     """
     plan = read_plan(plan_dir)
     port = port or free_port()
@@ -112,7 +114,7 @@ def launch_local(plan_dir: str | os.PathLike[str], *, port: int | None = None, t
                 procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=f, env=env))
         driver = Driver(plan_dir, master_addr="127.0.0.1", master_port=port, timeout=timeout,
                         join_timeout=join_timeout, heartbeat_timeout=heartbeat_timeout, emulate_links=emulate_links,
-                        processes=procs, secret=secret)
+                        processes=procs, secret=secret, trace=trace)
     except BaseException:
         for p in procs:
             p.kill()

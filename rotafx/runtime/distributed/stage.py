@@ -25,7 +25,9 @@ from ...units import first_line
 from ..links import LinkEmulator
 from .secret import SecretError, resolve_secret
 from .store import StoreGone, StoreRefused, connect
-from .transport import (BEAT_S, DATA, DECODE, EMULATE, FREE, PREFIX, PROGRAMS, SLOT_SHIFT, STOP, CommError, DistributedError,
+from ..tracing import link_track, stage_track
+from .transport import (BEAT_S, DATA, DECODE, EMULATE, FREE, PREFIX, PROGRAMS, SLOT_SHIFT, STOP, TRACE, CommError,
+                        DistributedError,
                         Layout, backend_for, check_endpoint, check_links, get_key, header_only, largest, local_address,
                         make_group, plan_digest, post, set_quietly, shutdown, wait, who, wires_of, endpoint_from_env,
                         stage_from_env, check_world)
@@ -74,6 +76,24 @@ class StageServer:
         self.next_rank = self.rank + 1 if self.rank + 1 < self.size else 0
         self.pending: collections.deque[tuple[Any, torch.Tensor]] = collections.deque()  # sends in flight
         self.pg: Any = None
+        # the spans of traced requests, [request, track, name, start, end] (wall clock, s), until the watchdog
+        # publishes them to the driver's store as batch ``stage{i}/spans/{k}`` (``stage{i}/spans``: batches so far)
+        self.spans: collections.deque[list[Any]] = collections.deque()  # appended here, taken by the watchdog
+        self._span_lock = threading.Lock()
+        self._span_batches = 0
+
+    def publish_spans(self, store: Any) -> None:
+        """Put the spans recorded since the last call in the driver's store, as one batch."""
+        with self._span_lock:
+            batch = []
+            while self.spans:  # deque appends and pops are atomic: a span appended meanwhile waits for the next batch
+                batch.append(self.spans.popleft())
+            if not batch:
+                return
+            k = self._span_batches
+            store.set(f"{PREFIX}stage{self.stage}/spans/{k}", json.dumps(batch))
+            self._span_batches = k + 1
+            store.set(f"{PREFIX}stage{self.stage}/spans", str(k + 1))
 
     def before_compute(self, request: int) -> None:
         """Called before request ``request`` is computed (after its inputs arrived); does nothing here."""
@@ -114,7 +134,8 @@ class StageServer:
         watch.add(f"{PREFIX}stage{stage}/beat", 1)  # the first heartbeat, before the driver counts on them
         # from here an abort (a stage that never joins, a wrong plan) ends this process too
         progress = self.progress = {"state": "joining", "sent": "-1"}  # what the watchdog reports with each beat
-        threading.Thread(target=_watchdog, args=(watch, stage, name, where, stop_watch, progress), daemon=True).start()
+        threading.Thread(target=_watchdog, args=(watch, stage, name, where, stop_watch, progress),
+                         kwargs={"publish": lambda: self.publish_spans(watch)}, daemon=True).start()
         try:
             store.set(f"{PREFIX}stage{stage}/plan", plan_digest(self.plan_dir))
             store.set(f"{PREFIX}stage{stage}/status", f"joining pid {os.getpid()} on {socket.gethostname()}")
@@ -153,6 +174,9 @@ class StageServer:
         # what each kind of message waits for when links are emulated: this hop's links; a decode step at stage 0
         # also the sampled token's trip back from the last node (the cost model's token_return)
         back = tuple(plan.generation.return_links) if plan.generation is not None and stage == 0 else ()
+        me = plan.stages[stage]
+        compute_track = stage_track(me.chain_index, me.node, dev)
+        in_track = link_track(plan.stages[stage - 1].node if stage else "input", me.node)
         emulators = {k: LinkEmulator((*plan.hops[stage].links, *(back if k == DECODE else ()))) for k in wires}
         store.set(f"{PREFIX}stage{stage}/status", "running")
         peer = rank - 1  # the rank we are waiting on
@@ -166,7 +190,11 @@ class StageServer:
                 progress["state"] = "waiting for the next request"
                 peer = rank - 1
                 wait(work, self.idle_timeout, peer, f"{name}: receiving from {who(plan, peer)}")
+                arrived = time.time()
                 kind, req, sent_at, flags = Layout.header(buf)
+                traced = bool(flags & TRACE) and kind in (DATA, *PROGRAMS)
+                if traced:  # from the moment the sender handed it over until this stage took it
+                    self.spans.append([req, in_track, "in flight", sent_at, arrived])
                 if kind == STOP:
                     out = lout.pack(STOP, req, [torch.zeros(s.shape, dtype=s.torch_dtype, device=dev) for s in lout.specs], dev)
                     peer = self.next_rank
@@ -189,8 +217,14 @@ class StageServer:
                     if not last:
                         self._send(header_only(FREE, req, flags, dev), name)
                     continue
+                ready = arrived  # the end of what this stage last recorded of the request
                 if self.emulate_links or flags & EMULATE:
+                    t0 = time.time()
                     emulators[kind].deliver(sent_at, wire.layouts[stage].payload_bytes)
+                    if traced:
+                        self.spans.append([req, compute_track, "receive", arrived, t0])
+                        ready = time.time()
+                        self.spans.append([req, in_track, "emulated link delay", t0, ready])
                 progress["state"] = f"computing request {req}"
                 self.before_compute(req)
                 local: dict[str, torch.Tensor] = {}
@@ -203,14 +237,24 @@ class StageServer:
                     key = (v, True) if (v, True) in got else (v, False)
                     local[v] = wire.decoded(v, got[key], key[1], dev)
                     ins.append(local[v])
+                t0 = time.time()
                 with torch.no_grad():
                     outs = st(*ins) if kind == DATA else self.cached.run(PROGRAMS[kind], slot, *ins)  # type: ignore[union-attr]
+                if traced:
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize(dev)
+                    self.spans.append([req, compute_track, "receive", ready, t0])  # unpack and decode the inputs
+                    ready = time.time()
+                    self.spans.append([req, compute_track, "compute" if kind == DATA else PROGRAMS[kind], t0, ready])
                 local.update(zip(prog.stages[stage].outputs, outs))
                 msg = wire.layouts[stage + 1].pack(kind, req, wire.gather(stage + 1, got, local), dev, flags)
+                if traced:  # pack the outputs (gloo sends them in the background)
+                    self.spans.append([req, compute_track, "send", ready, time.time()])
                 self._send(msg, name)
                 progress["sent"] = str(req)
             self.flush()
             try:
+                self.publish_spans(store)  # before "done": the driver reads them when it closes
                 store.set(f"{PREFIX}stage{stage}/status", "done")
             except StoreGone:  # the driver got the stop back and left first: a normal end
                 pass
@@ -256,7 +300,7 @@ def serve(plan_dir: str | os.PathLike[str], stage: int, **options: Any) -> int:
 
 
 def _watchdog(store: Any, stage: int, name: str, where: str, stop: threading.Event, progress: Mapping[str, str],
-              period_s: float = BEAT_S) -> None:
+              period_s: float = BEAT_S, publish: Any = None) -> None:
     """Send a heartbeat every ``period_s``, with the stage's ``progress`` (its state and the last request it sent on:
     what the driver reads to find a hang, kept off the request path); exit the process when the driver aborts the
     run or its store is gone."""
@@ -267,6 +311,8 @@ def _watchdog(store: Any, stage: int, name: str, where: str, stop: threading.Eve
                 if said.get(key) != value:
                     store.set(f"{PREFIX}stage{stage}/{key}", value)
                     said[key] = value
+            if publish is not None:  # a traced request's spans, with the beat
+                publish()
             store.add(f"{PREFIX}stage{stage}/beat", 1)
             if store.check([PREFIX + "abort"]):
                 msg = store.get(PREFIX + "abort").decode()

@@ -33,15 +33,16 @@ from .secret import tag
 
 __all__ = ["DistributedError", "CommError", "Layout", "Wire", "wait", "post", "make_group", "check_links", "backend_for",
            "check_endpoint", "plan_digest", "free_port", "local_address", "get_key", "set_quietly", "shutdown", "who",
-           "HEADER_BYTES", "EMULATE", "DATA", "STOP", "PREFILL", "DECODE", "FREE", "SLOT_SHIFT", "PREFIX", "BEAT_S",
+           "HEADER_BYTES", "EMULATE", "TRACE", "DATA", "STOP", "PREFILL", "DECODE", "FREE", "SLOT_SHIFT", "PREFIX", "BEAT_S",
            "MAX_TIMEOUT_S", "header_only", "wires_of", "largest", "PROGRAMS", "endpoint_from_env", "stage_from_env",
            "check_world"]
 
 HEADER_BYTES = 32  # int64 kind, request id, sent-at (ns since the epoch), flags
 EMULATE = 1  # flag: apply link emulation to this request
+TRACE = 2  # flag: the stages record this request's spans for the driver's trace
 ALIGN = 16
 DATA, STOP, PREFILL, DECODE, FREE = 0, 1, 2, 3, 4
-SLOT_SHIFT = 16  # a generation message's flags: bit 0 EMULATE, bits 16.. the sequence's cache slot
+SLOT_SHIFT = 16  # a generation message's flags: bit 0 EMULATE, bit 1 TRACE, bits 16.. the sequence's cache slot
 PROGRAMS = {PREFILL: "prefill", DECODE: "decode"}
 PREFIX = "rotafx/"
 BEAT_S = 0.2  # a stage's heartbeat period
