@@ -1,0 +1,192 @@
+"""Failover: requests and token generation over an ordered list of routes, switching when one fails or its links close.
+
+A *route* is a running pipeline of one plan (a :class:`~.driver.Driver`, or a
+:class:`~.launch.LocalCluster`): the route through orbit first, say, and the ground-only
+route after it, each over the stages that hold its layers' weights. :class:`Failover` sends
+every call to the first route that has not failed and whose links are up (by a
+:class:`~rotafx.orbits.Schedule`, in emulated time). When a route fails (a stage dies, stops
+or hangs: :class:`~.transport.DistributedError`), the requests it had not answered are sent
+again on the next route, and each sequence it was generating is prefilled again there with its
+prompt and the tokens it had made (as Petals rebuilds a lost cache on another server), then
+continues. Every request is answered once; every sequence gets ``max_new_tokens`` (or stops at
+EOS) as if nothing had happened, greedy tokens equal to the model's.
+
+With a schedule, time runs from ``start_s`` at ``time_scale`` schedule seconds per wall second
+(a day in minutes), and the route is checked before every ``batch`` requests and every
+``recheck_tokens`` tokens: a route whose window closes takes no new work (what it has under
+way finishes), so the switch happens at that granularity.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..sampling import GenerationError, token_ids
+from .transport import DistributedError
+
+__all__ = ["Failover", "FailoverEvent"]
+
+
+@dataclass(frozen=True)
+class FailoverEvent:
+    """A switch of route: at schedule time ``t_s``, from route ``src`` to ``dst`` (``None``: no route left), and why."""
+
+    t_s: float
+    src: int | None
+    dst: int | None
+    why: str
+
+
+def _driver(route: Any) -> Any:
+    return getattr(route, "driver", route)
+
+
+class Failover:
+    """Calls over ``routes`` in order of preference; see the module docstring.
+
+    Args:
+        routes: running pipelines (``Driver`` or ``LocalCluster``), the preferred first; for
+            :meth:`generate`, plans exported with generation programs for one sequence per call.
+        schedule: a :class:`~rotafx.orbits.Schedule`; a route is up at ``t`` when every link its plan's
+            hops cross is in a window at ``t``. ``None``: every route is always up.
+        start_s: the schedule time of the first call; ``time_scale``: schedule seconds per wall second.
+        batch: requests sent between checks of the route (with a schedule).
+        recheck_tokens: tokens generated between checks of the route (with a schedule).
+        clock: wall seconds (tests pass their own).
+
+    >>> # with launch_local("orbit-plan") as a, launch_local("ground-plan") as b:
+    >>> #     f = Failover([a, b], schedule=day, time_scale=600); outs = f.run(requests)
+    """
+
+    def __init__(self, routes: Sequence[Any], *, schedule: Any = None, start_s: float = 0.0, time_scale: float = 1.0,
+                 batch: int = 8, recheck_tokens: int = 16, clock: Callable[[], float] = time.monotonic) -> None:
+        if not routes:
+            raise ValueError("rotafx: Failover needs at least one route (a Driver or LocalCluster)")
+        for name, v in (("batch", batch), ("recheck_tokens", recheck_tokens)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"rotafx: {name} must be a positive integer, got {v!r}")
+        if not (isinstance(time_scale, (int, float)) and time_scale > 0):
+            raise ValueError(f"rotafx: time_scale must be a positive number of schedule seconds per second, "
+                             f"got {time_scale!r}")
+        self.routes = list(routes)
+        self.schedule, self.start_s, self.time_scale = schedule, float(start_s), float(time_scale)
+        self.batch, self.recheck_tokens = batch, recheck_tokens
+        self.clock = clock
+        self._t0 = clock()
+        self.failed: set[int] = set()
+        self.events: list[FailoverEvent] = []
+        self.current: int | None = None
+
+    # -- routes ---------------------------------------------------------------------------------------------------
+
+    def now_s(self) -> float:
+        """Schedule time now."""
+        return self.start_s + (self.clock() - self._t0) * self.time_scale
+
+    def up(self, i: int, t: float) -> bool:
+        """Whether every link route ``i``'s hops cross is up at schedule time ``t``."""
+        if self.schedule is None:
+            return True
+        plan = _driver(self.routes[i]).plan
+        return all(self.schedule.link_up(str(l["src"]), str(l["dst"]), t) is not None
+                   for hop in plan.hops for l in hop.links)
+
+    def route(self) -> int:
+        """The route to use now: the first that has not failed and is up; raises :class:`DistributedError` when
+        none is."""
+        t = self.now_s()
+        pick = next((i for i in range(len(self.routes)) if i not in self.failed and self.up(i, t)), None)
+        if pick != self.current:
+            why = "first call" if self.current is None else ("failed" if self.current in self.failed else
+                                                           "links down")
+            self.events.append(FailoverEvent(t, self.current, pick, why))
+            self.current = pick
+        if pick is None:
+            down = [i for i in range(len(self.routes)) if i not in self.failed]
+            raise DistributedError(f"rotafx: no route at schedule time {t:,.1f} s: route(s) "
+                                   f"{sorted(self.failed) or 'none'} failed, {down or 'none'} have a link down")
+        return pick
+
+    def _fail(self, i: int, e: DistributedError) -> None:
+        self.failed.add(i)
+        self.events.append(FailoverEvent(self.now_s(), i, None, f"failed: {e}"))
+        self.current = None
+
+    # -- calls ----------------------------------------------------------------------------------------------------
+
+    def run(self, requests: Sequence[Any], **kw: Any) -> list[Any]:
+        """Every request's output, in order, each answered once (``kw`` as :meth:`Driver.run`)."""
+        outputs: dict[int, Any] = {}
+        pending = list(range(len(requests)))
+        while pending:
+            i = self.route()
+            chunk = pending[:self.batch] if self.schedule is not None else pending
+            try:
+                got = _driver(self.routes[i]).run([requests[k] for k in chunk], **kw)
+            except DistributedError as e:
+                self._fail(i, e)
+                for j, out in e.outputs.items():  # what the failed route answered stands
+                    outputs[chunk[j]] = out
+            else:
+                outputs.update(zip(chunk, got))
+            pending = [k for k in pending if k not in outputs]
+        return [outputs[k] for k in range(len(requests))]
+
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 20, *, eos_token_id: Any = None,
+                 pad_token_id: Any = None, **kw: Any) -> torch.Tensor:
+        """``[B, P + n]`` token ids as :meth:`Driver.generate` gives them; a sequence whose route fails continues on
+        the next one from its prompt and the tokens it had (``kw``: the other options of ``Driver.generate``)."""
+        first = _driver(self.routes[0]).plan.generation
+        if first is None:
+            raise GenerationError("rotafx: route 0's plan has no generation programs; export it with max_context=N")
+        for i, r in enumerate(self.routes):
+            gen = _driver(r).plan.generation
+            if gen is None or gen.batch_size != 1:
+                raise GenerationError(f"rotafx: route {i}'s plan must have generation programs for one sequence per "
+                                      f"call (export with max_context=N and a batch-1 example) to fail over")
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            raise GenerationError("rotafx: input_ids must be a [batch, prompt] tensor of token ids")
+        eos, pad = token_ids(None, eos_token_id if eos_token_id is not None else list(first.eos_token_id) or None,
+                             pad_token_id if pad_token_id is not None else first.pad_token_id)
+        B = int(input_ids.shape[0])
+        made: dict[int, list[int]] = {s: [] for s in range(B)}
+        done: set[int] = set()
+
+        def take(s: int, toks: Sequence[int]) -> None:
+            for t in toks:
+                made[s].append(int(t))
+                if int(t) in eos or len(made[s]) >= max_new_tokens:
+                    done.add(s)
+                    return
+
+        while len(done) < B:
+            i = self.route()
+            groups: dict[int, list[int]] = {}
+            for s in range(B):
+                if s not in done:
+                    groups.setdefault(len(made[s]), []).append(s)
+            k, seqs = min(groups.items())
+            n = max_new_tokens - k
+            if self.schedule is not None:
+                n = min(n, self.recheck_tokens)
+            prompt = torch.cat([input_ids[seqs], torch.tensor([made[s] for s in seqs], dtype=input_ids.dtype)
+                                .reshape(len(seqs), k)], 1)
+            try:
+                out = _driver(self.routes[i]).generate(prompt, n, eos_token_id=eos, pad_token_id=pad, **kw)
+            except DistributedError as e:
+                self._fail(i, e)
+                for j, s in enumerate(seqs):  # the tokens made before the fault, finished or not, stand
+                    take(s, e.tokens.get(j, []))
+                continue
+            for j, s in enumerate(seqs):
+                take(s, out[j, prompt.shape[1]:].tolist())
+                if len(made[s]) - k < n:  # the route stopped it early: EOS
+                    done.add(s)
+        longest = max(len(t) for t in made.values())
+        fill = pad if pad is not None else 0
+        new = torch.tensor([t + [fill] * (longest - len(t)) for t in made.values()], dtype=input_ids.dtype)
+        return torch.cat([input_ids, new.reshape(B, longest)], 1)
