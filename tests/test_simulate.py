@@ -123,3 +123,33 @@ def test_a_generation_request_costs_its_prefill_and_every_decode_step() -> None:
         assert sum(s.energy_j.values()) == pytest.approx(total)
         # the test topology's links cost no energy: the nodes spend it all, the prefill and every decode step
         assert sum(j for n, j in s.energy_j.items() if n != "links") == pytest.approx(total, rel=1e-6)
+
+
+def test_the_battery_drains_by_the_compute_the_requests_ask_for(profile) -> None:  # noqa: F811
+    """In the dark all day, orbital0 draws 5 W idle and 50 W while it computes: its charge at the end is what the
+    served requests' compute there (each its route's layers on that node) and the idle draw take, by hand."""
+    from rotafx.orbits import Power
+
+    up = [Window(100, 400, 1e8, 20.0), Window(700, 800, 5e7, 30.0)]
+    power = Power(battery_wh=100.0, solar_w=0.0, compute_w=50.0, idle_w=5.0, reserve=0.0)
+    sched = Schedule(START, 1000.0, windows={("ground0", "orbital0"): up, ("orbital0", "ground1"): list(up)},
+                     power={"orbital0": power}, sunlit={"orbital0": []})
+    plan = plan_horizon(profile, _topology(profile, 1.0, 1.0), sched, objective="minimize_energy")
+    sim = simulate(plan, rate_per_s=20.0, seed=5, schedule=sched)
+    busy = 0.0
+    for s in sim.served:
+        route = plan.route_at(s.start_s)
+        mine = sum(le.total_ms for le in route.estimate.by_layer if le.node == "orbital0") / 1e3
+        assert s.busy_s.get("orbital0", 0.0) == pytest.approx(mine)
+        busy += mine
+    assert busy > 0 and any(s.via_orbit for s in sim.served)
+    times, charge = sim.battery["orbital0"]
+    assert times[-1] == 1000.0
+    assert charge[-1] == pytest.approx(100.0 - (5.0 * 1000.0 + 45.0 * busy) / 3600.0, rel=1e-9)
+    assert sim.battery_refused_s["orbital0"] == 0.0
+    # 1 Wh above its reserve: the idle draw alone takes it there after 720 s, and the compute the requests of the
+    # 700-800 s pass ask of it then is counted as refused
+    low = Schedule(START, 1000.0, windows=sched.windows, sunlit={"orbital0": []},
+                   power={"orbital0": Power(battery_wh=100.0, solar_w=0.0, compute_w=50.0, idle_w=5.0, reserve=0.99)})
+    short = simulate(plan, rate_per_s=20.0, seed=5, schedule=low)
+    assert short.battery_refused_s["orbital0"] > 0 and "at its reserve" in short.report()

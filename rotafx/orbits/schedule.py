@@ -318,8 +318,12 @@ class Schedule:
         i = bisect.bisect_right([w.start_s for w in ws], t) - 1
         return ws[i] if i >= 0 and t < ws[i].end_s else None
 
-    def battery(self, name: str, step_s: float = 10.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Times, battery charge (Wh) and whether the node may compute, for a node that computes whenever it may."""
+    def battery(self, name: str, step_s: float = 10.0,
+                load: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Times, battery charge (Wh) and whether the node may compute: for a node that computes whenever it may,
+        or, with ``load`` (the fraction of each step the node computes, one per time), for that load: the node
+        draws ``idle_w`` plus ``(compute_w - idle_w)`` times its load, and may compute while that keeps the
+        charge above the reserve (a step that would go below it draws ``idle_w`` only and may not compute)."""
         p = self.power[name]
         spans = self.sunlit[name]
         times = np.arange(0.0, self.horizon_s + step_s, step_s)
@@ -327,6 +331,16 @@ class Schedule:
         may = np.empty(times.shape, dtype=bool)
         level, computing = p.charge * p.battery_wh, True
         floor = p.reserve * p.battery_wh
+        if load is not None:
+            for i, t in enumerate(times):
+                sun = p.solar_w if _inside(spans, t) else 0.0
+                busy = min(max(float(load[i]), 0.0), 1.0) if i < len(load) else 0.0
+                next_level = level + (sun - p.idle_w - (p.compute_w - p.idle_w) * busy) * step_s / 3600.0
+                charge[i], may[i] = level, next_level >= floor or busy == 0.0
+                if not may[i]:
+                    next_level = level + (sun - p.idle_w) * step_s / 3600.0
+                level = min(max(next_level, 0.0), p.battery_wh)
+            return times, charge, may
         for i, t in enumerate(times):
             lit = _inside(spans, t)
             if not computing and lit:

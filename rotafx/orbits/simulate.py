@@ -21,7 +21,7 @@ import numpy as np
 
 from .horizon import HorizonPlan, IntervalPlan
 
-__all__ = ["Served", "Simulation", "simulate"]
+__all__ = ["Served", "Simulation", "simulate", "compute_load"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class Served:
     tpot_ms: float
     via_orbit: bool
     energy_j: Mapping[str, float]
+    busy_s: Mapping[str, float] = field(default_factory=dict)  # node -> seconds it computes for this request
 
 
 @dataclass
@@ -49,6 +50,8 @@ class Simulation:
     horizon_s: float
     seed: int
     battery: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    # node -> seconds of compute the requests asked of it while its battery was at its reserve (it could not serve)
+    battery_refused_s: dict[str, float] = field(default_factory=dict)
 
     def quantile(self, what: str, q: float) -> float:
         xs = [getattr(s, what) for s in self.served if math.isfinite(getattr(s, what))]
@@ -74,12 +77,14 @@ class Simulation:
         if n:
             lines.append("  energy per request: " + ", ".join(f"{k} {v / n:,.3g} J" for k, v in sorted(energy.items())))
         for name, (_, charge) in self.battery.items():
-            lines.append(f"  battery {name}: {charge.min():,.1f}-{charge.max():,.1f} Wh over the horizon")
+            short = self.battery_refused_s.get(name, 0.0)
+            lines.append(f"  battery {name}: {charge.min():,.1f}-{charge.max():,.1f} Wh over the horizon, under the "
+                         f"requests' load" + (f"; at its reserve for {short:,.0f} s of requested compute" if short else ""))
         return "\n".join(lines)
 
 
-def _costs(p: IntervalPlan) -> tuple[float, float, float, bool, dict[str, float]]:
-    """(service period s, latency ms, TPOT ms, via orbit, energy by node J) of a route."""
+def _costs(p: IntervalPlan) -> tuple[float, float, float, bool, dict[str, float], dict[str, float]]:
+    """(service period s, latency ms, TPOT ms, via orbit, energy by node J, compute s by node) of a route."""
     est = p.estimate
     topo = p.condition.topology
     g = est.generation
@@ -87,23 +92,26 @@ def _costs(p: IntervalPlan) -> tuple[float, float, float, bool, dict[str, float]
     latency = g.generation_ms if g is not None else est.total_ms
     tpot = g.tpot_ms if g is not None else math.nan
     energy: dict[str, float] = {}
+    busy: dict[str, float] = {}
     # the prefill once, and for generation every later token's decode step
     for part, times in ((est, 1), *(((g.decode, g.new_tokens - 1),) if g is not None else ())):
         for le in part.by_layer:
             energy[le.node] = energy.get(le.node, 0.0) + times * le.total_ms * 1e-3 * topo.devices[le.node].power_w
+            busy[le.node] = busy.get(le.node, 0.0) + times * le.total_ms * 1e-3
     total = g.energy_per_token_j * g.batch_size * g.new_tokens if g is not None else est.energy_j
     links = total - sum(energy.values())
     if links > 1e-12:
         energy["links"] = links
     via_orbit = any(topo.devices[topo.chain[s]].kind == "orbital" for s in set(est.stages))
-    return period_s, latency, tpot, via_orbit, energy
+    return period_s, latency, tpot, via_orbit, energy, busy
 
 
 def simulate(plan: HorizonPlan, *, rate_per_s: float, seed: int = 0, max_wait_s: float = 600.0,
              schedule: Any = None) -> Simulation:
     """Run a Poisson arrival trace of ``rate_per_s`` over the plan's horizon (see the module docstring).
 
-    ``schedule`` (optional) adds each powered node's battery over the horizon to the result.
+    ``schedule`` (optional) adds each powered node's battery over the horizon to the result, drained by the
+    compute the served requests ask of it (:func:`compute_load`) on top of its idle draw, charged in sunlight.
     """
     if not (isinstance(rate_per_s, (int, float)) and rate_per_s > 0 and math.isfinite(rate_per_s)):
         raise ValueError(f"rotafx: rate_per_s must be a positive number of requests per second, got {rate_per_s!r}")
@@ -134,12 +142,39 @@ def simulate(plan: HorizonPlan, *, rate_per_s: float, seed: int = 0, max_wait_s:
             continue
         begin = max(begin, spans[i][0])
         delayed += waits
-        period_s, latency, tpot, orbit, energy = costs[id(spans[i][2])]
+        period_s, latency, tpot, orbit, energy, busy = costs[id(spans[i][2])]
         free_at = begin + period_s
-        served.append(Served(a, begin, 1e3 * (begin - a) + latency, tpot, orbit, energy))
-    battery = {}
+        served.append(Served(a, begin, 1e3 * (begin - a) + latency, tpot, orbit, energy, busy))
+    battery, refused = {}, {}
     if schedule is not None:
         for name in schedule.power:
-            times, charge, _ = schedule.battery(name)
+            load = compute_load(served, name, horizon, BATTERY_STEP_S)
+            times, charge, may = schedule.battery(name, BATTERY_STEP_S, load=load)
             battery[name] = (times, charge)
-    return Simulation(served, delayed, rejected, horizon, seed, battery)
+            refused[name] = float(BATTERY_STEP_S * np.count_nonzero(~may[:len(load)] & (load > 0)))
+    return Simulation(served, delayed, rejected, horizon, seed, battery, refused)
+
+
+BATTERY_STEP_S = 10.0
+
+
+def compute_load(served: Any, node: str, horizon_s: float, step_s: float) -> np.ndarray:
+    """The fraction of each ``step_s`` step of the horizon that ``node`` computes for the requests ``served``: each
+    request's compute there from its start, what does not fit in a step carried into the next.
+
+    >>> s = [Served(0.0, 5.0, 0.0, 0.0, True, {}, {"sat": 25.0})]
+    >>> compute_load(s, "sat", 40.0, 10.0).tolist()
+    [1.0, 1.0, 0.5, 0.0, 0.0]
+    """
+    n = int(math.floor(horizon_s / step_s)) + 1
+    demand = np.zeros(n)
+    for r in served:
+        t = r.busy_s.get(node, 0.0)
+        if t > 0:
+            demand[min(int(r.start_s // step_s), n - 1)] += t
+    load, carry = np.zeros(n), 0.0
+    for i in range(n):
+        work = carry + demand[i]
+        done = min(work, step_s)
+        load[i], carry = done / step_s, work - done
+    return load
