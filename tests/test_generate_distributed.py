@@ -20,8 +20,8 @@ from rotafx.models import small_gpt
 from rotafx.plan.write import export_pipeline
 from rotafx.runtime.distributed import Driver, DistributedError, LocalCluster, free_port
 from rotafx.runtime.distributed.secret import ENV, new_secret
-from tests import faulty_stage
 from rotafx.runtime.tracing import read_trace
+from tests import faulty_stage
 from tests.test_generate import _ids, _recompute, _split, left_padded
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -153,3 +153,20 @@ def test_three_processes_generate_the_models_tokens_until_a_stage_dies(plan: Any
     assert set(e.tokens) == {0, 1, 2, 3} and all(3 <= len(toks) < 36 for toks in e.tokens.values()), e.tokens
     for s, toks in e.tokens.items():
         assert toks == want[s, :len(toks)].tolist()
+
+
+def test_a_real_torchrun_launch_generates_the_models_tokens(plan: Any) -> None:
+    """torchrun starts four workers: rank 0 the driver, ranks 1-3 the stages (examples/torchrun_generate.py)."""
+    m, _, path = plan
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, ENV: new_secret(), "OMP_NUM_THREADS": "1"}
+    for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "ROTAFX_PORT"):
+        env.pop(k, None)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run([str(torchrun), "--nproc-per-node", "4", "--master-port", str(free_port()),
+                           str(root / "examples" / "torchrun_generate.py"), str(path), "--new-tokens", "10",
+                           "--prompt-len", "6", "--vocab", "128"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    prompt = torch.randint(0, 128, (1, 6), generator=torch.Generator().manual_seed(0))
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("tokens:"))
+    assert line == f"tokens: {_recompute(m, prompt, 10)[0].tolist()}"
