@@ -678,12 +678,12 @@ def calibrate(device: str | torch.device = "cpu", *, dtypes: Sequence[str] | Non
             cal.transfers[f"{dev}->{other}"] = {"latency_s": lat,
                                                 "bandwidth_Bps": chunk.numel() * chunk.element_size() / max(tb - lat, 1e-9)}
             say(f"calibrate {dev}: to {other}: {lat * 1e6:.1f} us, "
-                f"{cal.transfers[f'{dev}->{other}']['bandwidth_Bps'] / 1e9:.1f} GB/s")
+                f"{_rate(cal.transfers[f'{dev}->{other}']['bandwidth_Bps'])}")
     if processes:
         say("calibrate: a hop between two processes over gloo ...")
         cal.transfers["process"] = measure_process_hop(repeats=15 if quick else 40)
         hop = cal.transfers["process"]
-        say(f"calibrate: process hop: {hop['latency_s'] * 1e6:.1f} us per message, {hop['bandwidth_Bps'] / 1e9:.2f} GB/s")
+        say(f"calibrate: process hop: {hop['latency_s'] * 1e6:.1f} us per message, {_rate(hop['bandwidth_Bps'])}")
     return cal
 
 
@@ -747,18 +747,30 @@ def measure_process_hop(sizes: Sequence[int] = PROCESS_HOP_SIZES, repeats: int =
     return {"latency_s": latency, "bandwidth_Bps": bandwidth}
 
 
+NO_SLOPE_BPS = 1e15  # what fit_latency_bandwidth gives when the time does not grow with the size
+
+
+def _rate(bps: float) -> str:
+    """A fitted bandwidth as people read it; a fit whose times did not grow with the size says so."""
+    if bps >= 0.999 * NO_SLOPE_BPS:
+        return "time did not grow with the message size (no bandwidth term)"
+    return f"{bps / 1e9:.2f} GB/s"
+
+
 def fit_latency_bandwidth(sizes: Sequence[float], seconds: Sequence[float]) -> tuple[float, float]:
     """``(latency_s, bandwidth_Bps)`` of ``seconds ~ latency + size / bandwidth``, least squares; the latency no
     lower than zero and no higher than the smallest message's time.
 
     >>> fit_latency_bandwidth([0, 1e6, 2e6], [1e-4, 1e-4 + 1e-3, 1e-4 + 2e-3])
     (0.0001, 1000000000.0)
+    >>> _rate(fit_latency_bandwidth([0, 1e6], [2e-4, 1e-4])[1])  # contention made the larger message faster
+    'time did not grow with the message size (no bandwidth term)'
     """
     import numpy as np
 
     x, y = np.asarray(sizes, dtype=float), np.asarray(seconds, dtype=float)
     slope, intercept = np.polyfit(x, y, 1)
-    slope = max(float(slope), 1e-15)
+    slope = max(float(slope), 1.0 / NO_SLOPE_BPS)
     latency = float(min(max(intercept, 0.0), y[np.argmin(x)]))
     return round(latency, 12), round(1.0 / slope, 3)
 
