@@ -1,5 +1,6 @@
-"""Run: .venv/bin/python benchmarks/generate_distributed.py [repeats]. TTFT / TPOT / tokens/s of Driver.generate on
-small_gpt(d=128, layers=6, seq=256) over 3 stage processes (ground0 -> orbital0 -> ground1, the seed's links: uplink
+"""Run: .venv/bin/python benchmarks/generate_distributed.py [repeats] [gpt|llama]. TTFT / TPOT / tokens/s of
+Driver.generate on small_gpt(d=128, layers=6, seq=256) (or a LLaMA-style model of the same size built from rotafx's
+config: GQA with 2 KV heads, RMSNorm, rotary, SwiGLU) over 3 stage processes (ground0 -> orbital0 -> ground1, the seed's links: uplink
 100 Mbps, downlink 500 Mbps, 25 ms each way), by sequences decoding at once (1, 2, 4, 8), links emulated or not,
 beside the estimator's figures for the same placement (ModelProfile.for_generation)."""
 import statistics, sys, tempfile, time, warnings
@@ -9,16 +10,22 @@ warnings.simplefilter("ignore")
 import torch
 torch.set_num_threads(1)
 import rotafx
-from rotafx.models import small_gpt
+from rotafx.models import LlamaConfig, llama, small_gpt
 from rotafx.plan.write import export_pipeline
 from rotafx.runtime.distributed import launch_local
 
 torch.manual_seed(0)
-m = small_gpt(d=128, layers=6, seq=256).eval()
+which = sys.argv[2] if len(sys.argv) > 2 else "gpt"
+MODELS = {"gpt": ("small_gpt(d=128, layers=6, seq=256)", lambda: small_gpt(d=128, layers=6, seq=256)),
+          "llama": ("llama(vocab=256, hidden=128, layers=6, heads=4, kv_heads=2, mlp=256, max_seq=256)",
+                    lambda: llama(LlamaConfig(vocab=256, hidden=128, layers=6, heads=4, kv_heads=2, mlp=256,
+                                              max_seq=256)))}
+name, make = MODELS[which]
+m = make().eval()
 P, N = 32, 32
 ex = torch.randint(0, 256, (1, P))
 prof = rotafx.ModelProfile.from_pytorch(m, (ex,))
-kv = 2 * 2 * 128 * 128 * 4  # one sequence's cache of two layers (the programs are checked for one slot)
+kv = prof.kv_bytes_per_token * 128 // 3 + 1  # one sequence's cache of a stage's layers at the max context
 mem = 0.36 * prof.weight_bytes + max(l.peak_bytes for l in prof.layers) + kv
 dev = lambda name, kind: {"name": name, "kind": kind, "flops": 1e11, "memory": mem, "memory_bandwidth": 1e10}
 topo = {"devices": [dev("ground0", "ground"), dev("orbital0", "orbital"), dev("ground1", "ground")],
@@ -56,7 +63,7 @@ with launch_local(path, threads=1, timeout=120, join_timeout=120) as cluster:
             rows.append((S, "emulated" if emulate else "none", med(lambda t: t.ttft_ms), spread(lambda t: t.ttft_ms),
                          med(lambda t: t.tpot_ms), spread(lambda t: t.tpot_ms), med(lambda t: t.tokens_per_s),
                          spread(lambda t: t.tokens_per_s), e.ttft_ms, e.tpot_ms, e.tokens_per_s))
-print(f"small_gpt(d=128, layers=6, seq=256), prompt {P}, {N} new tokens, 3 stage processes + driver, one thread each, "
+print(f"{name}, prompt {P}, {N} new tokens, 3 stage processes + driver, one thread each, "
       f"{repeats} interleaved runs (median, min-max)")
 print("| sequences | links | TTFT ms | TPOT ms | tokens/s | estimate TTFT ms | estimate TPOT ms | estimate tokens/s |")
 print("|---|---|---|---|---|---|---|---|")

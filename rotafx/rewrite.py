@@ -87,6 +87,16 @@ def stage_map(layer_ops: Sequence[Sequence[str]], stages: Sequence[int]) -> dict
     return {n: int(s) for ns, s in zip(layer_ops, stages) for n in ns}
 
 
+def _written_in_place(node: fx.Node) -> bool:
+    """Whether an in-place op (``mul_``, ``copy_``) writes a user of ``node``: a view written there must stay on its
+    base's stage, or the write would change a copy."""
+    def in_place(user: fx.Node) -> bool:
+        name = str(getattr(user.target, "__name__", user.target)).split(".")[0]
+        return name == "setitem" or (name.endswith("_") and not name.startswith("_"))
+
+    return any(in_place(u) for u in node.users)
+
+
 def _is_tensor(node: fx.Node) -> bool:
     """Whether the node's traced value is one tensor (dynamo's ``example_value``, export's ``val``)."""
     return isinstance(node.meta.get("example_value", node.meta.get("val")), torch.Tensor)
@@ -132,7 +142,7 @@ def rewrite(
         if n.op in ("placeholder", "get_attr", "output"):
             continue
         src = n.args[0] if n.op == "call_function" and n.target is operator.getitem and n.args else None
-        if isinstance(src, fx.Node) and src in stage and not _is_tensor(src):
+        if isinstance(src, fx.Node) and src in stage and (not _is_tensor(src) or _written_in_place(n)):
             s = stage[src]
         elif n.name in stage_of:
             s = int(stage_of[n.name])

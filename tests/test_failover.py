@@ -71,8 +71,12 @@ def test_a_stage_killed_mid_generation_hands_its_sequences_to_the_next_route(pla
     # the tokens made on the failed route were kept: starting over would take 4 x (2 prefills + 11 decodes + 1 free)
     # messages on the next route
     assert handed_over < 4 * 14, handed_over
-    assert [(e.src, e.dst) for e in f.events] == [(None, 0), (0, None), (None, 1)]
-    assert "stage 1" in f.events[1].why and f.failed == {0}
+    assert [(e.src, e.dst) for e in f.events] == [(None, 0), (0, 1)]
+    assert f.events[1].why.startswith("failed: ") and "stage 1" in f.events[1].why and f.failed == {0}
+    with pytest.raises(rotafx.GenerationError, match="one length"):
+        f.generate(prompt[:2], max_new_tokens=2, attention_mask=torch.tensor([[1] * 11, [0] + [1] * 10]))
+    with pytest.raises(rotafx.GenerationError, match="no timings"):
+        f.generate(prompt[:2], max_new_tokens=2, timings=True)
 
 
 def test_no_route_left_is_named(plans: Any) -> None:

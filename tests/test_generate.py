@@ -193,6 +193,8 @@ def test_a_left_padded_batch_equals_transformers_generate(name: str) -> None:
         want = m.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
     got = rotafx.generate(pm, ids, attention_mask=mask, max_new_tokens=8, pad_token_id=0)
     assert torch.equal(got, want), f"{got.tolist()} != {want.tolist()}"
+    # every length ran on the whole batch's programs: one cache, not one per group size
+    assert sorted(pm.__dict__["_generation_programs"]) == [(3, 64)]
     new = want[:, 12:]
     r, eos = next((r, int(v)) for r in range(3) for v in new[r, :4] if sum(bool((row == v).any()) for row in new) == 1)
     with warnings.catch_warnings():

@@ -139,6 +139,12 @@ def test_llama_plan_equals_its_greedy_generate(tmp_path: Path) -> None:
         warnings.simplefilter("ignore")
         want = m.generate(prompt, max_new_tokens=8, do_sample=False)
     assert torch.equal(rotafx.generate(rotafx.load(tmp_path / "llama"), prompt, max_new_tokens=8), want)
+    # the same plan as three processes on 127.0.0.1: transformers' tokens again, both sequences decoding at once
+    from rotafx.runtime.distributed import launch_local
+
+    with launch_local(tmp_path / "llama", timeout=30) as cluster:
+        assert len(cluster.processes) == 3
+        assert torch.equal(rotafx.generate(cluster.driver, prompt, max_new_tokens=8), want)
 
 
 def test_gpt2_exported_for_generation_equals_its_greedy_generate(tmp_path: Path) -> None:

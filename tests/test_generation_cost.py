@@ -103,6 +103,56 @@ def test_kv_bytes_of_attention_written_by_hand(compiled: bool) -> None:
     assert [l.kv_bytes_per_token for l in layers] == [64, 0, 64]
 
 
+class _SoftRouter(torch.nn.Module):
+    """softmax(x @ W) @ E: a product of probabilities and a table, as square as attention when T = E, and no cache."""
+
+    def __init__(self, d: int = 16, experts: int = 8) -> None:
+        super().__init__()
+        self.gate = torch.nn.Parameter(torch.randn(d, experts))
+        self.experts = torch.nn.Parameter(torch.randn(experts, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.softmax(x @ self.gate, -1) @ self.experts
+
+
+class _OneHead(torch.nn.Module):
+    """Single-head self-attention on [B, T, d]: no heads dim, the batch leads."""
+
+    def __init__(self, d: int = 16) -> None:
+        super().__init__()
+        self.q, self.k, self.v = (torch.nn.Linear(d, d) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + (self.q(x) @ self.k(x).transpose(-1, -2) / 4).softmax(-1) @ self.v(x)
+
+
+class _GroupedScores(torch.nn.Module):
+    """GQA written with a group dim: scores [B, Hkv, G, T, T], keys [B, Hkv, 1, T, hd]."""
+
+    def __init__(self, d: int = 32, heads: int = 4, kv_heads: int = 2) -> None:
+        super().__init__()
+        self.h, self.hkv, self.hd = heads, kv_heads, d // heads
+        self.q, self.kv = torch.nn.Linear(d, d), torch.nn.Linear(d, 2 * kv_heads * self.hd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q = self.q(x).view(b, t, self.hkv, self.h // self.hkv, self.hd).permute(0, 2, 3, 1, 4)
+        k, v = self.kv(x).view(b, t, self.hkv, 1, 2 * self.hd).permute(0, 2, 3, 1, 4).chunk(2, -1)
+        a = (q @ k.transpose(-1, -2) / math.sqrt(self.hd)).softmax(-1) @ v
+        return x + a.permute(0, 3, 1, 2, 4).reshape(b, t, d)
+
+
+@pytest.mark.parametrize("module, batch, want", [
+    (_SoftRouter, 2, 0),  # 8 tokens, 8 experts: square probabilities, but the "keys" are a weight
+    (_OneHead, 1, 2 * 16 * 4), (_OneHead, 4, 2 * 16 * 4),  # per sequence, whatever the batch
+    (_GroupedScores, 3, 2 * 2 * 8 * 4),  # two KV heads of 8, not counted once per group or per KV head as batch
+])
+def test_kv_bytes_of_eager_attention_shapes_and_look_alikes(module: type, batch: int, want: int) -> None:
+    torch.manual_seed(0)
+    prof = ModelProfile.from_pytorch(module().eval(), (torch.randn(batch, 8, 32 if module is _GroupedScores else 16),))
+    assert prof.kv_bytes_per_token == want, [l.kv_bytes_per_token for l in prof.layers]
+
+
 def test_kv_bytes_of_llama70b_on_meta_at_fp16() -> None:
     """80 layers x 2 x 8 KV heads x 128 x 2 bytes = 327,680 bytes per token (LLaMA-70B's published GQA shape)."""
     cfg = LlamaConfig(vocab=256, hidden=1024, layers=3, heads=16, kv_heads=4, mlp=256, max_seq=64)

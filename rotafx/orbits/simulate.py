@@ -151,7 +151,7 @@ def simulate(plan: HorizonPlan, *, rate_per_s: float, seed: int = 0, max_wait_s:
             load = compute_load(served, name, horizon, BATTERY_STEP_S)
             times, charge, may = schedule.battery(name, BATTERY_STEP_S, load=load)
             battery[name] = (times, charge)
-            refused[name] = float(BATTERY_STEP_S * np.count_nonzero(~may[:len(load)] & (load > 0)))
+            refused[name] = float(BATTERY_STEP_S * load[~may].sum())
     return Simulation(served, delayed, rejected, horizon, seed, battery, refused)
 
 
@@ -159,22 +159,24 @@ BATTERY_STEP_S = 10.0
 
 
 def compute_load(served: Any, node: str, horizon_s: float, step_s: float) -> np.ndarray:
-    """The fraction of each ``step_s`` step of the horizon that ``node`` computes for the requests ``served``: each
-    request's compute there from its start, what does not fit in a step carried into the next.
+    """The fraction of each ``step_s`` step of the battery's time grid (``0, step_s, ...`` up to past the horizon)
+    that ``node`` computes for the requests ``served``: each request's compute there from its start, or from when
+    the node finished the one before, one after another (work past the grid's end is not counted).
 
     >>> s = [Served(0.0, 5.0, 0.0, 0.0, True, {}, {"sat": 25.0})]
     >>> compute_load(s, "sat", 40.0, 10.0).tolist()
-    [1.0, 1.0, 0.5, 0.0, 0.0]
+    [0.5, 1.0, 1.0, 0.0, 0.0]
     """
-    n = int(math.floor(horizon_s / step_s)) + 1
-    demand = np.zeros(n)
+    n = len(np.arange(0.0, horizon_s + step_s, step_s))
+    load = np.zeros(n)
+    free = 0.0
     for r in served:
         t = r.busy_s.get(node, 0.0)
-        if t > 0:
-            demand[min(int(r.start_s // step_s), n - 1)] += t
-    load, carry = np.zeros(n), 0.0
-    for i in range(n):
-        work = carry + demand[i]
-        done = min(work, step_s)
-        load[i], carry = done / step_s, work - done
-    return load
+        if t <= 0:
+            continue
+        a = max(r.start_s, free)
+        b = free = a + t
+        for i in range(int(a // step_s), min(int(math.ceil(b / step_s)), n)):
+            lo, hi = i * step_s, (i + 1) * step_s
+            load[i] += (min(b, hi) - max(a, lo)) / step_s
+    return np.minimum(load, 1.0)

@@ -19,6 +19,7 @@ The decoder of a model (:func:`decoder_of`):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -118,7 +119,7 @@ class _TransformersDecoder(torch.nn.Module):
             # a sliding-window layer keeps its length in a Python int, which a traced program would hold at 0 (its
             # mask then covers the first position only); a full-length static layer gives the same attention, as
             # the model's sliding-window mask hides what lies outside the window
-            if isinstance(layer, StaticSlidingWindowLayer):
+            if type(layer) is StaticSlidingWindowLayer:  # not its subclasses (linear attention keeps more state)
                 self.cache.layers[i] = StaticLayer(max_cache_len=max_len)
         heads, head_dim = get_head_shapes(cfg)
         self.cache.early_initialization(batch_size, heads, head_dim, model.dtype, model.device)
@@ -369,6 +370,7 @@ def generate(pipeline: Any, input_ids: torch.Tensor, max_new_tokens: int = 20, *
                     timings=timings)
     if getattr(type(pipeline), "generates_across_processes", False):  # a Driver, a LocalCluster
         return pipeline.generate(input_ids, max_new_tokens, **sampling, **options)
+    shape = options.pop("_shape", None)  # a left-padded call's group: run at the whole batch's (rows, tokens)
     if options:
         raise GenerationError(f"rotafx: generate got options {sorted(options)}, which only a Driver takes")
     if isinstance(pipeline, LoadedPipeline):
@@ -377,14 +379,26 @@ def generate(pipeline: Any, input_ids: torch.Tensor, max_new_tokens: int = 20, *
     eos, pad = token_ids(source.model, eos_token_id, pad_token_id)
     groups = prompt_groups(input_ids, attention_mask)
     if groups is not None:  # left padding: each prompt length on its own, the rows put back as they came
-        return generate_left_padded(input_ids, groups, pad, timings, lambda ids: generate(
-            pipeline, ids, max_new_tokens, **{**sampling, "attention_mask": None, "eos_token_id": eos,
-                                              "pad_token_id": pad}))
+        whole = (int(input_ids.shape[0]), int(input_ids.shape[1]) + max_new_tokens)
+
+        def one_length(ids: torch.Tensor) -> Any:
+            # the group's rows, then copies of its first up to the whole batch: every group runs on the programs
+            # (and the one cache) of the whole batch instead of building its own
+            g = ids.shape[0]
+            rows = torch.cat([ids, ids[:1].expand(whole[0] - g, -1)]) if g < whole[0] else ids
+            got = generate(pipeline, rows, max_new_tokens, **{**sampling, "attention_mask": None, "eos_token_id": eos,
+                                                               "pad_token_id": pad}, _shape=whole)
+            if not timings:
+                return got[:g]
+            ids_out, t = got
+            return ids_out[:g], dataclasses.replace(t, batch_size=g, tokens_per_s=t.tokens_per_s * g / whole[0])
+
+        return generate_left_padded(input_ids, groups, pad, timings, one_length)
     limit = max_positions(source.model)
     req = check_request(input_ids, max_new_tokens, attention_mask, do_sample, temperature, top_k, top_p, eos, pad,
                         limit, f"positions of {type(source.model).__name__}", "", generator)
     B, P = input_ids.shape
-    max_len = context_length(P + max_new_tokens, limit)
+    max_len = context_length(shape[1] if shape is not None else P + max_new_tokens, limit)
     planned = pipeline.__dict__.get("generation_plan")
     if planned is not None:  # a pipeline planned for generation: its cache is as long as the plan made room for
         ctx = planned.estimate.generation.prompt_len + planned.estimate.generation.new_tokens

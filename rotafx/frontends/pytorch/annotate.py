@@ -343,9 +343,23 @@ def _tensor_args(node: fx.Node) -> list[fx.Node]:
     return [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, fx.Node)]
 
 
-def _eager_attention_kv(node: fx.Node, env: Mapping[fx.Node, Any], itemsize: int | None) -> int:
+def _chain_root(node: Any) -> Any:
+    """The first node up the chain of pass-through ops to ``node`` that is not one."""
+    while isinstance(node, fx.Node) and node.op in ("call_function", "call_method") and node.args \
+            and _base_name(node) in _KV_PASS_THROUGH | {"select"}:
+        node = node.args[0]
+    return node
+
+
+def _eager_attention_kv(node: fx.Node, env: Mapping[fx.Node, Any], itemsize: int | None,
+                        weights: Mapping[str, str] = {}) -> int:  # noqa: B006 - read only
     """:func:`_kv_bytes_per_token` of attention written as ops (``softmax(q @ k^T * scale + mask) @ v``, as
-    transformers' ``eager`` attention, GPT2 and Bloom's ``baddbmm`` run it), found at the matmul with the values."""
+    transformers' ``eager`` attention, GPT2 and Bloom's ``baddbmm`` run it), found at the matmul with the values.
+
+    Keys and values made from the tokens only: a product with a weight (a soft mixture-of-experts router,
+    ``softmax(x @ W) @ E``) is not attention. Batch: the scores' leading dim when they have heads (``[B, H, T, S]``,
+    ``[B, Hkv, G, T, S]``); for ``[B*H, T, S]`` the leading dim of a 4-d tensor the keys came through, else the
+    scores' leading dim (one head)."""
     if node.op not in ("call_function", "call_method") or _base_name(node) not in ("matmul", "bmm", "__matmul__"):
         return 0
     probs = node.kwargs.get("input", node.args[0] if node.args else None)
@@ -375,15 +389,18 @@ def _eager_attention_kv(node: fx.Node, env: Mapping[fx.Node, Any], itemsize: int
     k, v = env.get(kt) if isinstance(kt, fx.Node) else None, env.get(vn)
     if not isinstance(k, torch.Tensor) or not isinstance(v, torch.Tensor):
         return 0
-    batch = math.prod(scores.shape[:-3]) if scores.dim() >= 4 else _leading_batch(kt, env)
+    for root in (_chain_root(kt), _chain_root(vn)):
+        if not isinstance(root, fx.Node) or root.op == "get_attr" or (root.op == "placeholder" and root.name in weights):
+            return 0
+    batch = int(scores.shape[0]) if scores.dim() >= 4 else _leading_batch(kt, env, default=int(scores.shape[0]))
     tokens = int(scores.shape[-1]) * batch
     size = itemsize if (itemsize is not None and k.is_floating_point()) else k.element_size()
     return (_kv_source_numel(kt, env) + _kv_source_numel(vn, env)) * size // tokens if tokens else 0
 
 
-def _leading_batch(node: Any, env: Mapping[fx.Node, Any]) -> int:
+def _leading_batch(node: Any, env: Mapping[fx.Node, Any], default: int = 1) -> int:
     """The leading dim of the first 4-d tensor up the chain of pass-through ops to ``node`` (attention run as
-    ``bmm`` over batch x heads folds the batch in), else 1."""
+    ``bmm`` over batch x heads folds the batch in), else ``default``."""
     while isinstance(node, fx.Node):
         val = env.get(node)
         if isinstance(val, torch.Tensor) and val.dim() >= 4:
@@ -392,7 +409,7 @@ def _leading_batch(node: Any, env: Mapping[fx.Node, Any]) -> int:
                 or not node.args:
             break
         node = node.args[0]
-    return 1
+    return default
 
 
 def _to_meta(x: Any) -> Any:
@@ -515,7 +532,7 @@ def _run_node(gm: fx.GraphModule, node: fx.Node, env: dict[fx.Node, Any], weight
                     f"which a profile on meta tensors cannot know ({first_line(unknown_size)}); compute that number "
                     f"from sizes or pass it in as an argument") from unknown_size
             mode.allocates = True
-        kv_per_token = _eager_attention_kv(node, {**env, node: out}, itemsize)
+        kv_per_token = _eager_attention_kv(node, {**env, node: out}, itemsize, weights)
     env[node] = out
     val = recorded if recorded is not None else out
     out_bytes = sum(nb(t) for t in _tensors(val))

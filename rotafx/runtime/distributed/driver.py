@@ -381,18 +381,22 @@ class Driver:
         if emulated_s > 0:
             self._spans[mid].append((hop, "emulated link delay", now - emulated_s, now))
 
-    def _gather_spans(self, last: int) -> None:
-        """Read the stages' span batches until each has reported message ``last`` (or ten heartbeats pass)."""
+    def _gather_spans(self, first: int, last: int) -> None:
+        """Read the stages' span batches until each has reported message ``last`` (or ten heartbeats pass); only
+        spans of messages ``first .. last`` are kept (a stage's word is checked, not trusted)."""
         n = self.plan.num_stages
         deadline = time.monotonic() + 10 * BEAT_S
         while True:
             for i in range(n):
                 count = _count(get_key(self.store, f"stage{i}/spans"))
-                for k in range(self._span_read[i], count):
+                for k in range(self._span_read[i], min(count, self._span_read[i] + 64)):  # a few batches a round
                     for mid, track, name, t0, t1 in _spans_of(get_key(self.store, f"stage{i}/spans/{k}")):
-                        self._spans.setdefault(mid, []).append((track, name, t0, t1))
-                        self._span_seen[i] = max(self._span_seen[i], mid)
-                self._span_read[i] = max(self._span_read[i], count)
+                        if first <= mid <= last:
+                            self._spans.setdefault(mid, []).append((track, name, t0, t1))
+                            self._span_seen[i] = max(self._span_seen[i], mid)
+                    self._span_read[i] = k + 1
+                    if time.monotonic() > deadline:
+                        break
             if all(seen >= last for seen in self._span_seen) or time.monotonic() > deadline:
                 return
             time.sleep(BEAT_S / 4)
@@ -402,7 +406,7 @@ class Driver:
         tr = self._trace
         if tr is None or not traced:
             return
-        self._gather_spans(max(traced))
+        self._gather_spans(min(traced), max(traced))
         offset = time.time() - tr.now()  # stage spans are wall clock; the trace counts from its start
         for mid, (r, end_s, kind) in sorted(traced.items()):
             for track, name, t0, t1 in self._spans.pop(mid, ()):
@@ -410,6 +414,7 @@ class Driver:
             prog = self.plan if kind == "request" else self.plan.generation.program(kind)  # type: ignore[union-attr]
             tracks = [SimpleNamespace(index=st.chain_index, node=st.node, device=st.device) for st in prog.stages]
             tr.end(r, predicted_spans(prog.estimate or {}, tracks), end_s=end_s, kind=kind, write=False)
+        self._spans.clear()  # what a stage sent late for this call is not kept for the next
         tr.write()
 
     def close(self, stop: bool = True) -> None:
@@ -732,15 +737,23 @@ def _count(raw: str | None) -> int:
 
 
 def _spans_of(raw: str | None) -> list[tuple[int, str, str, float, float]]:
-    """The well-formed spans of a stage's batch ``[[request, track, name, start, end], ...]``; the rest is dropped."""
+    """The well-formed spans of a stage's batch ``[[request, track, name, start, end], ...]``; the rest is dropped.
+
+    >>> _spans_of('[[3, "stage 0", "compute", 1.5, 2.0], [true, "t", "n", 1, 2], [4, "t", "n", 2, 1], "x"]')
+    [(3, 'stage 0', 'compute', 1.5, 2.0)]
+    >>> _spans_of("[" * 100000), _spans_of('[[0, "t", "n", 1' + "0" * 400 + ', 2]]')
+    ([], [])
+    """
     try:
         batch = json.loads(raw) if raw is not None else []
-    except ValueError:
+    except (ValueError, RecursionError):
         return []
     out = []
     for e in batch if isinstance(batch, list) else []:
-        if (isinstance(e, list) and len(e) == 5 and isinstance(e[0], int) and isinstance(e[1], str)
-                and isinstance(e[2], str) and all(isinstance(x, (int, float)) for x in e[3:])
-                and all(math.isfinite(x) for x in e[3:])):
-            out.append((e[0], e[1][:200], e[2][:200], float(e[3]), float(e[4])))
+        if not (isinstance(e, list) and len(e) == 5 and type(e[0]) is int and isinstance(e[1], str)
+                and isinstance(e[2], str) and all(type(x) in (int, float) and abs(x) < 1e18 for x in e[3:])):
+            continue
+        t0, t1 = float(e[3]), float(e[4])
+        if math.isfinite(t0) and math.isfinite(t1) and t0 <= t1:
+            out.append((e[0], e[1][:200], e[2][:200], t0, t1))
     return out

@@ -80,6 +80,7 @@ class Failover:
         self.failed: set[int] = set()
         self.events: list[FailoverEvent] = []
         self.current: int | None = None
+        self._why = ""
 
     # -- routes ---------------------------------------------------------------------------------------------------
 
@@ -101,7 +102,7 @@ class Failover:
         t = self.now_s()
         pick = next((i for i in range(len(self.routes)) if i not in self.failed and self.up(i, t)), None)
         if pick != self.current:
-            why = "first call" if self.current is None else ("failed" if self.current in self.failed else
+            why = "first call" if self.current is None else (self._why if self.current in self.failed else
                                                            "links down")
             self.events.append(FailoverEvent(t, self.current, pick, why))
             self.current = pick
@@ -112,9 +113,9 @@ class Failover:
         return pick
 
     def _fail(self, i: int, e: DistributedError) -> None:
+        """Route ``i`` failed: the next :meth:`route` logs the switch from it, ``failed: <what the driver said>``."""
         self.failed.add(i)
-        self.events.append(FailoverEvent(self.now_s(), i, None, f"failed: {e}"))
-        self.current = None
+        self._why = f"failed: {e}"
 
     # -- calls ----------------------------------------------------------------------------------------------------
 
@@ -150,6 +151,13 @@ class Failover:
                                       f"call (export with max_context=N and a batch-1 example) to fail over")
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             raise GenerationError("rotafx: input_ids must be a [batch, prompt] tensor of token ids")
+        if kw.get("timings"):
+            raise GenerationError("rotafx: Failover.generate gives no timings (a sequence may run on two routes); "
+                                  "trace the routes' drivers instead (Driver.trace)")
+        mask = kw.pop("attention_mask", None)
+        if mask is not None and not bool((torch.as_tensor(mask) != 0).all()):
+            raise GenerationError("rotafx: Failover.generate takes prompts of one length (no padding): call it once "
+                                  "per prompt length")
         eos, pad = token_ids(None, eos_token_id if eos_token_id is not None else list(first.eos_token_id) or None,
                              pad_token_id if pad_token_id is not None else first.pad_token_id)
         B = int(input_ids.shape[0])

@@ -78,7 +78,7 @@ class StageServer:
         self.pg: Any = None
         # the spans of traced requests, [request, track, name, start, end] (wall clock, s), until the watchdog
         # publishes them to the driver's store as batch ``stage{i}/spans/{k}`` (``stage{i}/spans``: batches so far)
-        self.spans: collections.deque[list[Any]] = collections.deque()  # appended here, taken by the watchdog
+        self.spans: collections.deque[list[list[Any]]] = collections.deque()  # a message's spans per item
         self._span_lock = threading.Lock()
         self._span_batches = 0
 
@@ -86,8 +86,8 @@ class StageServer:
         """Put the spans recorded since the last call in the driver's store, as one batch."""
         with self._span_lock:
             batch = []
-            while self.spans:  # deque appends and pops are atomic: a span appended meanwhile waits for the next batch
-                batch.append(self.spans.popleft())
+            while self.spans:  # deque appends and pops are atomic: a message sent meanwhile waits for the next batch
+                batch.extend(self.spans.popleft())
             if not batch:
                 return
             k = self._span_batches
@@ -193,8 +193,9 @@ class StageServer:
                 arrived = time.time()
                 kind, req, sent_at, flags = Layout.header(buf)
                 traced = bool(flags & TRACE) and kind in (DATA, *PROGRAMS)
+                mine: list[list[Any]] = []  # this message's spans, handed to the watchdog together once it is sent
                 if traced:  # from the moment the sender handed it over until this stage took it
-                    self.spans.append([req, in_track, "in flight", sent_at, arrived])
+                    mine.append([req, in_track, "in flight", sent_at, arrived])
                 if kind == STOP:
                     out = lout.pack(STOP, req, [torch.zeros(s.shape, dtype=s.torch_dtype, device=dev) for s in lout.specs], dev)
                     peer = self.next_rank
@@ -222,9 +223,9 @@ class StageServer:
                     t0 = time.time()
                     emulators[kind].deliver(sent_at, wire.layouts[stage].payload_bytes)
                     if traced:
-                        self.spans.append([req, compute_track, "receive", arrived, t0])
+                        mine.append([req, compute_track, "receive", arrived, t0])
                         ready = time.time()
-                        self.spans.append([req, in_track, "emulated link delay", t0, ready])
+                        mine.append([req, in_track, "emulated link delay", t0, ready])
                 progress["state"] = f"computing request {req}"
                 self.before_compute(req)
                 local: dict[str, torch.Tensor] = {}
@@ -243,13 +244,14 @@ class StageServer:
                 if traced:
                     if dev.type == "cuda":
                         torch.cuda.synchronize(dev)
-                    self.spans.append([req, compute_track, "receive", ready, t0])  # unpack and decode the inputs
+                    mine.append([req, compute_track, "receive", ready, t0])  # unpack and decode the inputs
                     ready = time.time()
-                    self.spans.append([req, compute_track, "compute" if kind == DATA else PROGRAMS[kind], t0, ready])
+                    mine.append([req, compute_track, "compute" if kind == DATA else PROGRAMS[kind], t0, ready])
                 local.update(zip(prog.stages[stage].outputs, outs))
                 msg = wire.layouts[stage + 1].pack(kind, req, wire.gather(stage + 1, got, local), dev, flags)
                 if traced:  # pack the outputs (gloo sends them in the background)
-                    self.spans.append([req, compute_track, "send", ready, time.time()])
+                    mine.append([req, compute_track, "send", ready, time.time()])
+                    self.spans.append(mine)
                 self._send(msg, name)
                 progress["sent"] = str(req)
             self.flush()
