@@ -26,7 +26,8 @@ P, N = 32, 32
 ex = torch.randint(0, 256, (1, P))
 prof = rotafx.ModelProfile.from_pytorch(m, (ex,))
 kv = prof.kv_bytes_per_token * 128 // 3 + 1  # one sequence's cache of a stage's layers at the max context
-mem = 0.36 * prof.weight_bytes + max(l.peak_bytes for l in prof.layers) + kv
+share = 0.36 if which == "gpt" else 0.42  # a third of the weights each, and room for the decoder's prefill activations
+mem = share * prof.weight_bytes + max(l.peak_bytes for l in prof.layers) + kv
 dev = lambda name, kind: {"name": name, "kind": kind, "flops": 1e11, "memory": mem, "memory_bandwidth": 1e10}
 topo = {"devices": [dev("ground0", "ground"), dev("orbital0", "orbital"), dev("ground1", "ground")],
         "links": [{"src": "ground0", "dst": "orbital0", "kind": "uplink", "bandwidth": 100e6, "latency_ms": 25},
