@@ -284,7 +284,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                       "sequences": args.sequences}
     cmp = estimate_vs_measured(model.eval(), inputs, repeats=args.repeats, threads=args.threads,
                                emulate_links=not args.no_emulate, topology=args.topology, objective=args.objective,
-                               codec=args.codec, memory_rule=args.memory_rule, generation=generation)
+                               codec=args.codec, memory_rule=args.memory_rule, generation=generation,
+                               processes=args.processes)
     print(cmp.report())
     return 0
 
@@ -461,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=_positive_int, default=20, help="requests timed (default 20, after 3 warm-up)")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads while timing")
     p.add_argument("--no-emulate", action="store_true", help="do not hold hops back as the topology's links would")
+    p.add_argument("--processes", action="store_true",
+                   help="run the plan as one process per stage and a driver, as deployed (one request at a time)")
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("calibrate", help="measure a device (matmul and attention rates, bandwidth, op and codec costs)")
     p.add_argument("--device", default="cpu", help="torch device to measure (default cpu)")

@@ -48,6 +48,7 @@ class Comparison:
     emulate_links: bool
     plan_dir: str
     generation: str = ""  # the workload, when the rows are a generation's (TTFT, TPOT, the whole generation)
+    processes: int = 0  # stage processes the plan ran as (0: in this process)
 
     @property
     def total(self) -> Row:
@@ -56,7 +57,8 @@ class Comparison:
     def report(self) -> str:
         """The table, as the CLI prints it."""
         what = f"generations ({self.generation})" if self.generation else "requests"
-        lines = [f"estimate vs measured over {self.repeats} {what} in this process"
+        where = f"as {self.processes} stage processes and a driver" if self.processes else "in this process"
+        lines = [f"estimate vs measured over {self.repeats} {what} {where}"
                  f"{' with the links emulated' if self.emulate_links else ''} (plan {self.plan_dir}):",
                  f"  {'':<28} {'estimate':>10} {'measured':>10} {'p10-p90':>17} {'error':>8}"]
         for r in self.rows:
@@ -76,7 +78,7 @@ def _quantiles(xs: Sequence[float]) -> tuple[float, float, float]:
 def estimate_vs_measured(model: torch.nn.Module | str | os.PathLike[str], example_inputs: Any = None, *,
                          example_kwargs: Mapping[str, Any] | None = None, repeats: int = 20, warmup: int = 3,
                          emulate_links: bool = True, threads: int | None = None, path: str | os.PathLike[str] | None = None,
-                         generation: Any = None, **options: Any) -> Comparison:
+                         generation: Any = None, processes: bool = False, **options: Any) -> Comparison:
     """Run a plan here and compare each stage's and the whole request's time with the estimate.
 
     ``model`` is a module (exported with ``options`` as :func:`rotafx.export` takes them:
@@ -85,11 +87,19 @@ def estimate_vs_measured(model: torch.nn.Module | str | os.PathLike[str], exampl
     (default: as they are). ``emulate_links`` holds each hop back as the topology's links
     would (:mod:`rotafx.runtime.links`): without it the links cost only a copy here.
 
+    With ``processes``, the plan runs as it is deployed: one process per stage on this machine and a driver in
+    this one (:func:`~rotafx.runtime.distributed.launch_local`, ``threads`` threads each, default 1), one
+    request at a time; each stage's compute comes from the driver's trace (the stages time it themselves), and
+    "links and the rest" holds every hop between the processes too.
+
     With ``generation`` (as :func:`rotafx.partition` takes it: ``{"new_tokens": N, ...}``) a causal LM
     is partitioned for generating tokens and ``repeats`` generations run in this process
     (:func:`rotafx.generate`, links not emulated): the rows are TTFT, TPOT and the whole
     generation, each beside the plan's estimate (``pipeline.generation_plan``).
     """
+    if generation is not None and processes:
+        raise ValueError("rotafx: estimate_vs_measured(generation=..., processes=True) is not supported; time "
+                         "Driver.generate(..., timings=True) across processes (benchmarks/generate_distributed.py)")
     if generation is not None:
         return _generation_vs_measured(model, example_inputs, example_kwargs, generation, repeats, warmup, threads,
                                        options)
@@ -114,6 +124,9 @@ def estimate_vs_measured(model: torch.nn.Module | str | os.PathLike[str], exampl
     spec = read_plan(plan_dir)
     args = as_args(example_inputs)
     kwargs = dict(example_kwargs or {})
+    if processes:
+        stage_ms, total_ms = _time_processes(plan_dir, spec, args, kwargs, repeats, warmup, emulate_links, threads)
+        return _compare(spec, stage_ms, total_ms, repeats, emulate_links, plan_dir, len(spec.stages))
     pipe = load(plan_dir, emulate_links=emulate_links)
     spent: dict[int, float] = {}
     starts: dict[int, float] = {}
@@ -156,6 +169,41 @@ def estimate_vs_measured(model: torch.nn.Module | str | os.PathLike[str], exampl
         torch.set_num_threads(old_threads)
         for h in handles:
             h.remove()
+    return _compare(spec, stage_ms, total_ms, repeats, emulate_links, plan_dir, 0)
+
+
+def _time_processes(plan_dir: Path, spec: Any, args: Sequence[Any], kwargs: Mapping[str, Any], repeats: int,
+                    warmup: int, emulate_links: bool, threads: int | None) -> tuple[list[list[float]], list[float]]:
+    """Each stage's compute and the whole request (ms) of ``repeats`` requests sent one at a time to the plan's
+    stage processes, after ``warmup``; the stages' compute from the driver's trace."""
+    from .runtime.distributed import launch_local
+    from .runtime.tracing import read_trace
+
+    trace = Path(tempfile.mkdtemp(prefix="rotafx-compare-")) / "run.json"
+    request = {"args": list(args), "kwargs": dict(kwargs)} if kwargs else tuple(args)
+    with launch_local(plan_dir, threads=threads or 1, emulate_links=emulate_links, trace=trace) as cluster:
+        for _ in range(warmup + repeats):
+            cluster.driver.run([request])
+    tracks = {f"stage {st.chain_index}: {st.node} (": i for i, st in enumerate(spec.stages)}
+    stage_ms = [[0.0] * repeats for _ in spec.stages]
+    total_ms = [0.0] * repeats
+    for span in read_trace(trace):
+        if span.process != "measured" or span.request < warmup or span.request - warmup >= repeats:
+            continue
+        if span.track == "requests":  # the driver's: from the request's send to its output (not the trace's wait)
+            total_ms[span.request - warmup] = span.ms
+            continue
+        if span.name != "compute":
+            continue
+        i = next((i for prefix, i in tracks.items() if span.track.startswith(prefix)), None)
+        if i is not None:
+            stage_ms[i][span.request - warmup] += span.ms
+    return stage_ms, total_ms
+
+
+def _compare(spec: Any, stage_ms: list[list[float]], total_ms: list[float], repeats: int, emulate_links: bool,
+             plan_dir: Path, processes: int) -> Comparison:
+    """The rows of a comparison: each stage's compute, the links and the rest, the whole request."""
     est = spec.estimate
     by_stage: dict[int, float] = {}
     for row in est.get("by_layer", []):
@@ -172,7 +220,7 @@ def estimate_vs_measured(model: torch.nn.Module | str | os.PathLike[str], exampl
                     float(est.get("transfer_ms", 0.0)) + float(est.get("propagation_ms", 0.0)), m, lo, hi))
     m, lo, hi = _quantiles(total_ms)
     rows.append(Row("whole request", float(est.get("total_ms", 0.0)), m, lo, hi))
-    return Comparison(tuple(rows), repeats, emulate_links, str(plan_dir))
+    return Comparison(tuple(rows), repeats, emulate_links, str(plan_dir), processes=processes)
 
 
 def _generation_vs_measured(model: Any, example_inputs: Any, example_kwargs: Mapping[str, Any] | None, generation: Any,

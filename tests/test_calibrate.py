@@ -354,6 +354,23 @@ def test_estimate_vs_measured_runs_the_plan_and_sets_each_part_beside_its_estima
         rotafx.estimate_vs_measured(tmp_path / "plan", x, repeats=0)
 
 
+def test_estimate_vs_measured_as_processes_takes_each_stages_compute_from_its_process(tmp_path: Path) -> None:
+    """The plan as deployed: three stage processes and a driver; each stage's compute is what that process timed
+    (the driver's trace), the hops between the processes join the links."""
+    from tests.test_export import build, three_stage_topology
+
+    model, x = build("small-gpt")
+    rotafx.export(model, x, path=tmp_path / "plan", topology=three_stage_topology(model, x, latency_ms=5.0))
+    cmp = rotafx.estimate_vs_measured(tmp_path / "plan", x, repeats=3, warmup=1, processes=True)
+    stages, links, total = cmp.rows[:-2], cmp.rows[-2], cmp.total
+    assert cmp.processes == 3 and "as 3 stage processes and a driver" in cmp.report()
+    assert [r.what.split(" (")[0] for r in stages] == ["stage 0", "stage 1", "stage 2"]
+    assert all(0 < r.measured_ms < total.measured_ms for r in stages)
+    assert links.p10_ms >= 0.95 * links.estimate_ms and links.estimate_ms >= 10.0  # emulated: slept at least that
+    with pytest.raises(ValueError, match=r"processes=True\) is not supported"):
+        rotafx.estimate_vs_measured(tmp_path / "plan", x, processes=True, generation={"new_tokens": 4})
+
+
 def test_the_compare_command_prints_the_table(tmp_path: Path) -> None:
     import subprocess
     import sys
