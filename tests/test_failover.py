@@ -65,7 +65,7 @@ def test_a_stage_killed_mid_generation_hands_its_sequences_to_the_next_route(pla
         got = f.generate(prompt, max_new_tokens=12)
         handed_over = b.driver._next_id
         # the failed route is not tried again; the next call goes to the one that works
-        again = f.generate(prompt[:1], max_new_tokens=3)
+        again = rotafx.generate(f, prompt[:1], max_new_tokens=3)
     assert torch.equal(got, want)
     assert torch.equal(again, want[:1, :14])
     # the tokens made on the failed route were kept: starting over would take 4 x (2 prefills + 11 decodes + 1 free)
@@ -82,9 +82,13 @@ def test_a_stage_killed_mid_generation_hands_its_sequences_to_the_next_route(pla
 def test_no_route_left_is_named(plans: Any) -> None:
     _, three, _ = plans
     day = Schedule("2026-12-07T00:00:00Z", 100.0, windows={("cpu0", "cpu1"): [Window(50.0, 60.0)]})
-    f = Failover([SimpleNamespace(plan=read_plan(three))], schedule=day, clock=lambda: 0.0)  # nothing is sent
+    route = SimpleNamespace(plan=read_plan(three), run=None, generate=None)  # a route nothing is sent to
+    route.run = route.generate = lambda *a, **k: pytest.fail("nothing may be sent on a route that is down")
+    f = Failover([route], schedule=day, clock=lambda: 0.0)
     with pytest.raises(DistributedError, match=r"no route at schedule time 0\.0 s: .*\[0\] have a link down"):
         f.run([(_ids(1, 8, 128),)])
-    assert Failover([SimpleNamespace(plan=read_plan(three))], schedule=day, start_s=55.0).route() == 0
+    assert Failover([route], schedule=day, start_s=55.0).route() == 0
     with pytest.raises(ValueError, match="at least one route"):
         Failover([])
+    with pytest.raises(TypeError, match=r"route 0 is a str, not a running pipeline: give Driver\(plan_dir\)"):
+        Failover([str(three)])

@@ -66,6 +66,11 @@ class Failover:
                  batch: int = 8, recheck_tokens: int = 16, clock: Callable[[], float] = time.monotonic) -> None:
         if not routes:
             raise ValueError("rotafx: Failover needs at least one route (a Driver or LocalCluster)")
+        for i, r in enumerate(routes):
+            d = _driver(r)
+            if not (callable(getattr(d, "run", None)) and hasattr(getattr(d, "plan", None), "hops")):
+                raise TypeError(f"rotafx: Failover route {i} is a {type(r).__name__}, not a running pipeline: give "
+                                f"Driver(plan_dir) or launch_local(plan_dir) objects, the preferred route first")
         for name, v in (("batch", batch), ("recheck_tokens", recheck_tokens)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"rotafx: {name} must be a positive integer, got {v!r}")
@@ -118,6 +123,8 @@ class Failover:
         self._why = f"failed: {e}"
 
     # -- calls ----------------------------------------------------------------------------------------------------
+
+    generates_across_processes = True  # rotafx.generate(failover, ids, ...) calls generate
 
     def run(self, requests: Sequence[Any], **kw: Any) -> list[Any]:
         """Every request's output, in order, each answered once (``kw`` as :meth:`Driver.run`)."""
