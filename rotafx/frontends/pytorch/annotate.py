@@ -291,23 +291,30 @@ _KV_PASS_THROUGH = {"view", "_unsafe_view", "reshape", "expand", "unsqueeze", "s
                     "to", "type_as", "getitem", "__getitem__"}
 
 
+_SELECT = frozenset({"select"})  # one of q, k, v out of a fused projection: also passed through to find its source
+
+
 def _base_name(node: fx.Node) -> str:
     name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
     return name.split(".")[0]
 
 
+def _chain(node: Any, through: frozenset[str] = frozenset()) -> Any:
+    """``node``, then each node up the chain of pass-through ops (:data:`_KV_PASS_THROUGH`, and ``through``) to the
+    first that is not one (the last yielded)."""
+    while isinstance(node, fx.Node):
+        yield node
+        if node.op not in ("call_function", "call_method") or _base_name(node) not in _KV_PASS_THROUGH | through \
+                or not node.args:
+            return
+        node = node.args[0]
+
+
 def _kv_source_numel(node: Any, env: Mapping[fx.Node, Any]) -> int:
     """Elements of the smallest tensor on the chain of pass-through ops that ends at ``node``: the keys (or
     values) as a KV cache holds them, before grouped-query attention repeats them per query head."""
-    best = None
-    while isinstance(node, fx.Node):
-        val = env.get(node)
-        if isinstance(val, torch.Tensor):
-            best = int(val.numel()) if best is None else min(best, int(val.numel()))
-        if node.op not in ("call_function", "call_method") or _base_name(node) not in _KV_PASS_THROUGH or not node.args:
-            break
-        node = node.args[0]
-    return best or 0
+    sizes = [int(v.numel()) for n in _chain(node) if isinstance(v := env.get(n), torch.Tensor)]
+    return min(sizes) if sizes else 0
 
 
 def _kv_bytes_per_token(node: fx.Node, env: Mapping[fx.Node, Any], itemsize: int | None) -> int:
@@ -344,11 +351,11 @@ def _tensor_args(node: fx.Node) -> list[fx.Node]:
 
 
 def _chain_root(node: Any) -> Any:
-    """The first node up the chain of pass-through ops to ``node`` that is not one."""
-    while isinstance(node, fx.Node) and node.op in ("call_function", "call_method") and node.args \
-            and _base_name(node) in _KV_PASS_THROUGH | {"select"}:
-        node = node.args[0]
-    return node
+    """The first node up the chain of pass-through ops (and ``select``) to ``node`` that is not one."""
+    root = node
+    for root in _chain(node, _SELECT):
+        pass
+    return root
 
 
 def _eager_attention_kv(node: fx.Node, env: Mapping[fx.Node, Any], itemsize: int | None,
@@ -401,15 +408,8 @@ def _eager_attention_kv(node: fx.Node, env: Mapping[fx.Node, Any], itemsize: int
 def _leading_batch(node: Any, env: Mapping[fx.Node, Any], default: int = 1) -> int:
     """The leading dim of the first 4-d tensor up the chain of pass-through ops to ``node`` (attention run as
     ``bmm`` over batch x heads folds the batch in), else ``default``."""
-    while isinstance(node, fx.Node):
-        val = env.get(node)
-        if isinstance(val, torch.Tensor) and val.dim() >= 4:
-            return int(val.shape[0])
-        if node.op not in ("call_function", "call_method") or _base_name(node) not in _KV_PASS_THROUGH | {"select"} \
-                or not node.args:
-            break
-        node = node.args[0]
-    return default
+    return next((int(v.shape[0]) for n in _chain(node, _SELECT) if isinstance(v := env.get(n), torch.Tensor)
+                 and v.dim() >= 4), default)
 
 
 def _to_meta(x: Any) -> Any:
