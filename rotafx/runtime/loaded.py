@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -13,18 +12,9 @@ from torch.utils._pytree import tree_unflatten
 from ..ops import transfer
 from ..plan.schema import PlanSpec, TensorSpec, check_request
 from .links import hop_delay_s
-from .tracing import Trace, link_track, predicted_spans, stage_track
+from .tracing import StageTrack, Trace, link_track, predicted_spans, stage_track
 
 __all__ = ["LoadedPipeline", "CachedStage", "run_chain"]
-
-
-@dataclass(frozen=True)
-class _Track:
-    """A stage as the trace names it: chain index, node, device."""
-
-    index: int
-    node: str
-    device: torch.device
 
 
 def run_chain(plan: PlanSpec, stages: Sequence[Callable[..., tuple]], devices: Sequence[torch.device],
@@ -173,7 +163,7 @@ class LoadedPipeline(torch.nn.Module):
         out = run_chain(self.plan, list(self.stages), devices, flat, self._hop_s if self.emulate_links else None,
                         (trace, request))
         done = trace.now()
-        tracks = [_Track(s.chain_index, s.node, d) for s, d in zip(self.plan.stages, devices)]
+        tracks = [StageTrack(s.chain_index, s.node, d) for s, d in zip(self.plan.stages, devices)]
         trace.end(request, predicted_spans(self.plan.estimate or {}, tracks), end_s=done)
         return out
 
@@ -193,7 +183,7 @@ class LoadedPipeline(torch.nn.Module):
                         (trace, request) if trace is not None else None)
         if trace is not None:
             done = trace.now()
-            tracks = [_Track(s.chain_index, s.node, d) for s, d in zip(prog.stages, devices)]
+            tracks = [StageTrack(s.chain_index, s.node, d) for s, d in zip(prog.stages, devices)]
             trace.end(request, predicted_spans(getattr(prog, "estimate", None) or {}, tracks), end_s=done, kind=kind)
         return out[0]
 

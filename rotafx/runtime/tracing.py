@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["Trace", "Span", "read_trace", "predicted_spans", "MEASURED", "ESTIMATE", "REQUESTS"]
+__all__ = ["Trace", "Span", "StageTrack", "read_trace", "predicted_spans", "MEASURED", "ESTIMATE", "REQUESTS"]
 
 MEASURED, ESTIMATE = 1, 2
 REQUESTS = "requests"
@@ -47,6 +47,15 @@ class Span:
     @property
     def ms(self) -> float:
         return self.end_ms - self.start_ms
+
+
+@dataclass(frozen=True)
+class StageTrack:
+    """A stage as :func:`predicted_spans` names it: chain index, node, device."""
+
+    index: int
+    node: str
+    device: Any
 
 
 def stage_track(index: int, node: str, device: Any) -> str:

@@ -25,7 +25,6 @@ import statistics
 import secrets
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
@@ -40,7 +39,7 @@ from ..sampling import check_request as check_generation
 from ..links import LinkEmulator
 from .secret import resolve_secret
 from .store import AuthStore, StoreServer
-from ..tracing import Trace, link_track, predicted_spans
+from ..tracing import StageTrack, Trace, link_track, predicted_spans
 from .transport import (BEAT_S, DATA, DECODE, EMULATE, FREE, PREFILL, PREFIX, PROGRAMS, SLOT_SHIFT, STOP, TRACE,
                         CommError,
                         DistributedError, Layout, Wire, backend_for, check_endpoint, check_links, get_key, header_only,
@@ -412,7 +411,7 @@ class Driver:
             for track, name, t0, t1 in self._spans.pop(mid, ()):
                 tr.span(track, name, r, t0 - offset, t1 - offset)
             prog = self.plan if kind == "request" else self.plan.generation.program(kind)  # type: ignore[union-attr]
-            tracks = [SimpleNamespace(index=st.chain_index, node=st.node, device=st.device) for st in prog.stages]
+            tracks = [StageTrack(st.chain_index, st.node, st.device) for st in prog.stages]
             tr.end(r, predicted_spans(prog.estimate or {}, tracks), end_s=end_s, kind=kind, write=False)
         self._spans.clear()  # what a stage sent late for this call is not kept for the next
         tr.write()
