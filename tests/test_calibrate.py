@@ -516,6 +516,26 @@ def test_an_op_is_priced_by_its_own_kind_measured_alone_plus_the_context_by_hand
     assert c.op_time_s(OpCost(0, 0, None, True, "view.default")) == pytest.approx(1e-6)  # a view: its launch only
 
 
+def test_a_batch_norm_is_priced_by_its_own_table_or_by_the_norms_of_an_older_file_by_hand() -> None:
+    """A batch norm at inference scales and shifts each channel: about half a layer norm's time at the same bytes here
+    (RESULTS_calibration.md), so it has its own table; a file from before that table prices it as a norm, as it did."""
+    c = _kinds()
+    c.op_times["norm"] = {16: 6e-6, 16 << 20: 4e-3}
+    bn = OpCost(0, 16 << 20, None, False, "batch_norm.default")
+    assert c.op_time_s(bn) == pytest.approx(3e-6 + 4e-3)  # no batch_norm table: the norm's
+    c.op_times["batch_norm"] = {16: 3e-6, 16 << 20: 2e-3}
+    assert c.op_time_s(bn) == pytest.approx(3e-6 + 2e-3)
+    assert c.op_time_s(bn._replace(op_type="BatchNormalization")) == pytest.approx(3e-6 + 2e-3)  # ONNX's
+    assert c.op_time_s(OpCost(0, 16 << 20, None, False, "layer_norm.default")) == pytest.approx(3e-6 + 4e-3)
+    # what the probe says it moves is what a profile counts for a batch norm of that size
+    from rotafx.calibrate import _kind_probe
+
+    m = torch.nn.BatchNorm2d(64).eval()
+    prof = rotafx.ModelProfile.from_pytorch(m, (torch.randn(1, 64, 256, 1),))
+    (op,) = [o for layer in prof.layers for o in layer.op_costs if op_kind(o.op_type) == "batch_norm"]
+    assert op.bytes_moved == _kind_probe("batch_norm", 64 * 256, torch.device("meta"))[1]
+
+
 def test_a_kernel_costs_its_rate_at_its_shape_at_least_its_launch_by_hand() -> None:
     c = _kinds()
     mm = OpCost(2 * 16 * 256 * 256, 300_000, ("mm", 16, 256, 256), False, "linear.default")
@@ -553,7 +573,8 @@ def test_below_the_grid_a_kernel_costs_what_its_smallest_measured_call_costs_by_
     ("Attention(fused)", "attention"), ("add.Tensor", "pointwise"), ("__and__.Tensor", "pointwise"),
     ("LessOrEqual", "pointwise"), ("tanh.default", "tanh"), ("Tanh", "tanh"), ("gelu.default", "gelu"),
     ("silu.default", "silu"), ("Sigmoid", "silu"), ("erf.default", "sin"), ("rsqrt.default", "rsqrt"),
-    ("layer_norm.default", "norm"), ("_native_batch_norm_legit_no_training.default", "norm"),
+    ("layer_norm.default", "norm"), ("_native_batch_norm_legit_no_training.default", "batch_norm"),
+    ("batch_norm.default", "batch_norm"), ("BatchNormalization", "batch_norm"), ("group_norm.default", "norm"),
     ("LayerNormalization", "norm"), ("mean.dim", "reduction"), ("ReduceMean", "reduction"),
     ("adaptive_avg_pool2d.default", "reduction"), ("_softmax.default", "softmax"), ("Softmax", "softmax"),
     ("embedding.default", "gather"), ("Gather", "gather"), ("index.Tensor", "gather"), ("cat.default", "copy"),
