@@ -17,6 +17,8 @@
   interpreter, cold caches): a net of tiny layers timed whole, less its ops priced by
   the tables above, per op; and the launch cost of one view;
 * each codec's encode and decode time per input byte;
+* with ``compiled=True``, the launch cost of code compiled by inductor (``torch.compile``): a
+  compiled call's fixed cost, and each kernel's in it (pointwise ops fuse into their neighbours);
 * for each other device of the host (``cpu`` and ``cuda:i``), transfer latency and bandwidth.
 
 Each figure is the median of ``torch.utils.benchmark``'s blocked runs, with its spread
@@ -119,6 +121,8 @@ _KIND_OF = {name: kind for kind, names in _KIND_NAMES.items() for name in names}
 _KERNEL_KINDS = ("matmul", "conv", "attention")  # their work comes from a rate table; their probe is the launch
 # a kind added after calibrations were written: priced by the kind it was part of when a file has no table for it
 _EARLIER_KIND = {"batch_norm": "norm"}
+# kinds inductor fuses into the kernel of a neighbour: in compiled code they launch nothing of their own
+_FUSED_KINDS = ("pointwise", "tanh", "gelu", "silu", "exp", "sin", "rsqrt", "copy")
 
 
 class CalibrationError(ValueError):
@@ -173,6 +177,8 @@ class Calibration:
     op_times: dict[str, dict[int, float]] = field(default_factory=dict)  # kind -> bytes moved -> seconds per call
     op_context_s: float = 0.0
     codecs: dict[str, dict[str, float]] = field(default_factory=dict)
+    # code compiled by inductor: {"call_s": a compiled call's fixed cost, "kernel_s": each kernel's launch in it}
+    compiled: dict[str, float] = field(default_factory=dict)
     transfers: dict[str, dict[str, float]] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)
     source: str = "measured"
@@ -241,8 +247,16 @@ class Calibration:
         rate = _interpolate(rows, (at[0], at[1], at[2]))
         return op.flops * math.prod(a / max(x, 1) for a, x in zip(at, shape)) / rate if rate else None
 
-    def op_time_s(self, op: Any, dtype: str = "float32") -> float:
+    def op_time_s(self, op: Any, dtype: str = "float32", compiled: bool = False) -> float:
         """One op's time in a model's forward.
+
+        ``compiled``: the op runs in code inductor compiled (the ``rotastellar`` backend with an
+        inner compiler), priced with the compiled launch costs when this calibration measured them
+        (``calibrate(compiled=True)``; else as eager): a view is free, a pointwise op fuses into its
+        neighbours (no launch: its bytes at the bandwidth of its size), any other op costs one
+        compiled kernel's launch (``compiled["kernel_s"]``) plus its kernel's time at its shape, or
+        its bytes at bandwidth. A compiled call's own fixed cost (``compiled["call_s"]``) is per
+        stage, not per op: :attr:`compiled_call_s`.
 
         ``op`` is a :class:`~rotafx.layers.OpCost`. A view costs the view's launch only. With
         op-kind tables (:data:`OP_KINDS`, from ``op.op_type``), an op costs ``op_context_s``
@@ -253,9 +267,11 @@ class Calibration:
         time, or ``max(flops / best matmul rate, bytes_moved / bandwidth at that many bytes)``.
         The dtype's tables, else float32's.
         """
+        kind = op_kind(getattr(op, "op_type", ""))
+        if compiled and self.compiled:
+            return self._compiled_op_s(op, kind, dtype)
         if op.view:
             return self.view_overhead_s
-        kind = op_kind(getattr(op, "op_type", ""))
         alone = self.kind_time_s(kind, op.bytes_moved) if kind is not None else None
         work = self.kernel_time_s(op, dtype)
         if work is not None:
@@ -269,6 +285,23 @@ class Calibration:
         memory = op.bytes_moved / self.bandwidth_at(op.bytes_moved) if op.bytes_moved else 0.0
         return self.op_overhead_s + max(compute, memory)
 
+    def _compiled_op_s(self, op: Any, kind: str | None, dtype: str) -> float:
+        if op.view:
+            return 0.0
+        memory = op.bytes_moved / self.bandwidth_at(op.bytes_moved) if op.bytes_moved else 0.0
+        if kind in _FUSED_KINDS:
+            return memory
+        work = self.kernel_time_s(op, dtype)
+        if work is None:
+            peak = self.peak_flops(self._table(self.matmul, dtype))
+            work = max(op.flops / peak if peak else 0.0, memory)
+        return self.compiled["kernel_s"] + work
+
+    @property
+    def compiled_call_s(self) -> float | None:
+        """The fixed cost of one call of inductor-compiled code (a stage), when measured (``compiled=True``)."""
+        return self.compiled.get("call_s")
+
     @staticmethod
     def _table(tables: Mapping[str, Any], dtype: str) -> str:
         """The table for ``dtype``: its own, else float32's, else any measured one."""
@@ -276,13 +309,14 @@ class Calibration:
             return dtype
         return "float32" if "float32" in tables else next(iter(tables), dtype)
 
-    def layer_time_s(self, layer: Any, dtype: str = "float32") -> float:
+    def layer_time_s(self, layer: Any, dtype: str = "float32", compiled: bool = False) -> float:
         """A layer's time on this device: the sum of its ops' :meth:`op_time_s` (a layer with no op
-        records, e.g. from ``from_layers``, as one op per entry of its ``work``)."""
+        records, e.g. from ``from_layers``, as one op per entry of its ``work``), as compiled code
+        with ``compiled``."""
         from .layers import OpCost
 
         ops = layer.op_costs or tuple(OpCost(f, b, None, False) for f, b in (layer.work or ((layer.flops, layer.bytes_moved),)))
-        return sum(self.op_time_s(op, dtype) for op in ops)
+        return sum(self.op_time_s(op, dtype, compiled) for op in ops)
 
     def codec_s(self, codec: str, nbytes: float) -> float:
         """Seconds to encode ``nbytes`` of activations with ``codec`` and decode them (0 when not measured)."""
@@ -310,6 +344,7 @@ class Calibration:
                 "op_times": {k: [[n, t] for n, t in sorted(rows.items())] for k, rows in self.op_times.items()},
                 "matmul": table(self.matmul), "attention": table(self.attention), "conv": table(self.conv),
                 "codecs": {k: dict(v) for k, v in self.codecs.items()},
+                **({"compiled": dict(self.compiled)} if self.compiled else {}),
                 "transfers": {k: dict(v) for k, v in self.transfers.items()}}
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -407,6 +442,13 @@ class Calibration:
                 out[str(k)] = {f: num(f"{name}[{k!r}].{f}", v[f], False) for f in fields}
             return out
 
+        def compiled_figures() -> dict[str, float]:  # optional: measured with compiled=True
+            c = data.get("compiled", {})
+            if not isinstance(c, Mapping) or (c and {"call_s", "kernel_s"} - set(c)):
+                raise CalibrationError(f"{where}: compiled must be a mapping with call_s and kernel_s (seconds), "
+                                       f"got {c!r}")
+            return {f: num(f"compiled.{f}", c[f], False) for f in ("call_s", "kernel_s")} if c else {}
+
         device = data.get("device")
         if not isinstance(device, str) or not device:
             raise CalibrationError(f"{where}: device must be a torch device name, got {device!r}")
@@ -447,6 +489,7 @@ class Calibration:
                    op_overhead_s=num("op_overhead_s", data.get("op_overhead_s"), False),
                    view_overhead_s=num("view_overhead_s", data.get("view_overhead_s"), False),
                    codecs=nested("codecs", ("encode_s_per_byte", "decode_s_per_byte")),
+                   compiled=compiled_figures(),
                    transfers=nested("transfers", ("latency_s", "bandwidth_Bps")),
                    machine=dict(machine) if isinstance(machine, Mapping) else {},
                    source=str(data.get("source", "measured")))
@@ -524,7 +567,7 @@ def _machine(device: torch.device, threads: int) -> dict[str, Any]:
 
 def calibrate(device: str | torch.device = "cpu", *, dtypes: Sequence[str] | None = None, threads: int | None = None,
               quick: bool = False, flop_budget: float | None = None, processes: bool = False,
-              progress: Callable[[str], None] | None = None) -> Calibration:
+              compiled: bool = False, progress: Callable[[str], None] | None = None) -> Calibration:
     """Measure ``device``; a :class:`Calibration` (save it with ``.save("cpu.yaml")``).
 
     ``dtypes``: the matmul, convolution and attention dtypes to measure (default float32 on
@@ -536,8 +579,11 @@ def calibrate(device: str | torch.device = "cpu", *, dtypes: Sequence[str] | Non
     CUDA; lookups beyond use the nearest measured shape). ``processes``: also measure a hop
     between two processes of this host over gloo (what a deployed plan's stages do), as
     ``transfers["process"]``: its fixed cost per message and its bandwidth (a link's
-    ``message_ms``, :attr:`Calibration.process_message_ms`). ``progress`` receives one line per
-    step (the CLI prints them to stderr).
+    ``message_ms``, :attr:`Calibration.process_message_ms`). ``compiled``: also measure the launch
+    cost of code inductor compiled (``Calibration.compiled``: a compiled call's fixed cost and each
+    kernel's in it; two small graphs compiled, a further 10-30 s on a 2-core CPU), which prices
+    the stages of the ``rotastellar`` backend with an inner compiler. ``progress`` receives one
+    line per step (the CLI prints them to stderr).
 
     Returns:
         The :class:`Calibration` of ``device``, with the machine it came from.
@@ -666,6 +712,11 @@ def calibrate(device: str | torch.device = "cpu", *, dtypes: Sequence[str] | Non
         cal.op_overhead_s = cal.op_context_s + t_ops / 10
         say(f"calibrate {dev}: {cal.op_context_s * 1e6:.1f} us per op in a forward, {cal.op_overhead_s * 1e6:.1f} us "
             f"per op of no kind, {cal.view_overhead_s * 1e6:.1f} us per view")
+        if compiled:
+            say(f"calibrate {dev}: compiling two probes with inductor (10-30 s) ...")
+            cal.compiled = _compiled_launch(dev, threads, run, passes)
+            say(f"calibrate {dev}: compiled code: {cal.compiled['call_s'] * 1e6:.1f} us per call, "
+                f"{cal.compiled['kernel_s'] * 1e6:.1f} us per kernel")
         from .wire import CODECS, decode, encode
 
         x = torch.randn(1 << (18 if quick else 20), device=dev)
@@ -778,6 +829,32 @@ def fit_latency_bandwidth(sizes: Sequence[float], seconds: Sequence[float]) -> t
     slope = max(float(slope), 1.0 / NO_SLOPE_BPS)
     latency = float(min(max(intercept, 0.0), y[np.argmin(x)]))
     return round(latency, 12), round(1.0 / slope, 3)
+
+
+def _compiled_launch(dev: torch.device, threads: int, run: float, passes: int) -> dict[str, float]:
+    """The launch costs of inductor-compiled code on ``dev``: one tiny matmul compiled, and a chain of eight (they
+    do not fuse: a kernel each); each kernel's cost is the chain's extra time per matmul, a call's the rest of one."""
+    ws = [torch.randn(16, 16, device=dev) for _ in range(8)]
+    x = torch.randn(4, 16, device=dev)
+
+    def chain(n: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        def f(a: torch.Tensor) -> torch.Tensor:
+            for w in ws[:n]:
+                a = a @ w
+            return a
+        return f
+
+    try:
+        fns = {n: torch.compile(chain(n), backend="inductor", dynamic=False) for n in (1, 8)}
+        for fn in fns.values():
+            fn(x)
+    except Exception as e:  # noqa: BLE001 - inductor's errors (no C++ compiler, ...) have no common type
+        raise CalibrationError(f"rotafx: calibrate(compiled=True) could not compile with inductor on {dev}: "
+                               f"{type(e).__name__}: {first_line(e)}; calibrate without compiled=True "
+                               f"(stages are then priced as eager code)") from None
+    best = _best_of({n: (lambda fn=fn: lambda: fn(x)) for n, fn in fns.items()}, threads, run / passes, passes)
+    kernel = max(0.0, (best[8][0] - best[1][0]) / 7)
+    return {"call_s": max(0.0, best[1][0] - kernel), "kernel_s": kernel}
 
 
 def _launch_probe() -> torch.nn.Module:

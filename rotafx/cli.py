@@ -388,7 +388,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise CalibrationError(f"rotafx: -o {out} is a directory; name the file to write")
     dtypes = [d.replace("torch.", "") for d in args.dtypes] if args.dtypes else None
     cal = calibrate(args.device, dtypes=dtypes, threads=args.threads, quick=args.quick, processes=args.processes,
-                    progress=lambda line: print(line, file=sys.stderr, flush=True))
+                    compiled=args.compiled, progress=lambda line: print(line, file=sys.stderr, flush=True))
     cal.save(out)
     Calibration.load(out)  # what was written reads back
     dt = next(iter(cal.matmul), "float32")
@@ -474,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer shapes, shorter runs (a few seconds)")
     p.add_argument("--processes", action="store_true",
                    help="also measure a message between two processes over gloo (a link's message_ms)")
+    p.add_argument("--compiled", action="store_true",
+                   help="also measure the launch cost of inductor-compiled code (the backend with an inner compiler)")
     p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("simulate", help="plan over a schedule's horizon (orbits, windows, power) and simulate requests")
     _add_model_args(p)

@@ -8,7 +8,9 @@ so the estimator and the solvers cannot disagree.
 * compute time of an op on a device: the roofline ``max(flops / device.flops,
   bytes_moved / bandwidth)``, with bandwidth the device's memory bandwidth, or its
   cache bandwidth when the topology's capacity rule is ``"cache"`` (the stage then
-  lives in cache); a layer's time is the sum over its ops;
+  lives in cache); a layer's time is the sum over its ops; a calibrated device prices each op by
+  its measurements instead (:meth:`rotafx.calibrate.Calibration.op_time_s`), as compiled code when
+  the profile is marked ``compiled`` and the device measured compiled code;
 * a transfer: ``bytes * 8 / bandwidth_bps`` (:func:`rotafx.wire.serialization_ms`) plus
   the link's one-way latency; compressed transfers (codec ``fp16``, ``bf16``, ``int8``)
   send floating tensors at 2, 2 or 1 bytes per element (:func:`rotafx.wire.wire_bytes`);
@@ -70,6 +72,7 @@ def _compute_ms(profile: ModelProfile, topology: Topology) -> tuple[np.ndarray, 
     figures: list[str] = []
     dtype = _float_dtype(profile)
     source = _measured_on(profile, topology)
+    compiled = profile.compiled
     for s, name in enumerate(topology.chain):
         d = topology.devices[name]
         bw = (d.cache_bandwidth or d.memory_bandwidth) if cache else d.memory_bandwidth
@@ -84,9 +87,10 @@ def _compute_ms(profile: ModelProfile, topology: Topology) -> tuple[np.ndarray, 
                 here, there = cal.layer_time_s(layer, dtype), source.layer_time_s(layer, dtype)
                 out[l, s] = layer.measured_ms * (here / there if there > 0 else 1.0)
             else:
-                out[l, s] = 1e3 * cal.layer_time_s(layer, dtype)
+                out[l, s] = 1e3 * cal.layer_time_s(layer, dtype, compiled)
         figures.append("datasheet" if cal is None else
-                       "measured" if source is not None and profile.measured_ms is not None else "calibrated")
+                       "measured" if source is not None and profile.measured_ms is not None else
+                       "calibrated, compiled" if compiled and cal.compiled else "calibrated")
     return out, figures
 
 

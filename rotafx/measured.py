@@ -49,6 +49,8 @@ class Comparison:
     plan_dir: str
     generation: str = ""  # the workload, when the rows are a generation's (TTFT, TPOT, the whole generation)
     processes: int = 0  # stage processes the plan ran as (0: in this process)
+    # as processes: the driver's hop to the first stage and from the last, a part of "links and the rest"
+    driver_hops: Row | None = None
 
     @property
     def total(self) -> Row:
@@ -66,6 +68,10 @@ class Comparison:
             lines.append(f"  {r.what:<28} {r.estimate_ms:>8.3f}ms {r.measured_ms:>8.3f}ms {spread:>17} "
                          f"{100 * r.error:>+7.1f}%"
                          + (f"  ({r.figures})" if r.figures else ""))
+            if r.what.startswith("links") and self.driver_hops is not None:
+                d = self.driver_hops
+                lines.append(f"    {'of which ' + d.what:<26} {d.estimate_ms:>8.3f}ms {d.measured_ms:>8.3f}ms "
+                             f"{f'{d.p10_ms:.3f}-{d.p90_ms:.3f}ms':>17} {100 * d.error:>+7.1f}%  ({d.figures})")
         return "\n".join(lines)
 
 
@@ -90,7 +96,10 @@ def estimate_vs_measured(model: torch.nn.Module | str | os.PathLike[str], exampl
     With ``processes``, the plan runs as it is deployed: one process per stage on this machine and a driver in
     this one (:func:`~rotafx.runtime.distributed.launch_local`, ``threads`` threads each, default 1), one
     request at a time; each stage's compute comes from the driver's trace (the stages time it themselves), and
-    "links and the rest" holds every hop between the processes too.
+    "links and the rest" holds every hop between the processes too, and the driver's own two hops (the request to
+    the first stage, the output back from the last), priced as a process hop of this machine
+    (:attr:`Comparison.driver_hops`: by the first and last nodes' calibrated process hop, else the chain links'
+    ``message_ms``).
 
     With ``generation`` (as :func:`rotafx.partition` takes it: ``{"new_tokens": N, ...}``) a causal LM
     is partitioned for generating tokens and ``repeats`` generations run in this process
@@ -125,8 +134,12 @@ def estimate_vs_measured(model: torch.nn.Module | str | os.PathLike[str], exampl
     args = as_args(example_inputs)
     kwargs = dict(example_kwargs or {})
     if processes:
-        stage_ms, total_ms = _time_processes(plan_dir, spec, args, kwargs, repeats, warmup, emulate_links, threads)
-        return _compare(spec, stage_ms, total_ms, repeats, emulate_links, plan_dir, len(spec.stages))
+        stage_ms, total_ms, driver_ms, nbytes = _time_processes(plan_dir, spec, args, kwargs, repeats, warmup,
+                                                                emulate_links, threads)
+        est_ms, figures = driver_hops_ms(spec, *nbytes)
+        m, lo, hi = _quantiles(driver_ms)
+        driver = Row("the driver's two hops", est_ms, m, lo, hi, figures)
+        return _compare(spec, stage_ms, total_ms, repeats, emulate_links, plan_dir, len(spec.stages), driver)
     pipe = load(plan_dir, emulate_links=emulate_links)
     spent: dict[int, float] = {}
     starts: dict[int, float] = {}
@@ -173,37 +186,93 @@ def estimate_vs_measured(model: torch.nn.Module | str | os.PathLike[str], exampl
 
 
 def _time_processes(plan_dir: Path, spec: Any, args: Sequence[Any], kwargs: Mapping[str, Any], repeats: int,
-                    warmup: int, emulate_links: bool, threads: int | None) -> tuple[list[list[float]], list[float]]:
-    """Each stage's compute and the whole request (ms) of ``repeats`` requests sent one at a time to the plan's
-    stage processes, after ``warmup``; the stages' compute from the driver's trace."""
+                    warmup: int, emulate_links: bool, threads: int | None
+                    ) -> tuple[list[list[float]], list[float], list[float], tuple[int, int]]:
+    """Each stage's compute, the whole request and the driver's two hops (ms) of ``repeats`` requests sent one at a
+    time to the plan's stage processes, after ``warmup``, from the driver's trace; and the bytes of a request's
+    tensors and of its output's.
+
+    The driver's hop in is the first stage's "in flight" span (the driver's send until that stage took it); the
+    hop out, from the end of the last stage's last span (its output packed and handed to gloo) to the end of the
+    request (the driver has the output)."""
+    from torch.utils._pytree import tree_leaves
+
     from .runtime.distributed import launch_local
-    from .runtime.tracing import read_trace
+    from .runtime.tracing import link_track, read_trace
 
     trace = Path(tempfile.mkdtemp(prefix="rotafx-compare-")) / "run.json"
     request = {"args": list(args), "kwargs": dict(kwargs)} if kwargs else tuple(args)
     with launch_local(plan_dir, threads=threads or 1, emulate_links=emulate_links, trace=trace) as cluster:
         for _ in range(warmup + repeats):
-            cluster.driver.run([request])
+            out = cluster.driver.run([request])
     tracks = {f"stage {st.chain_index}: {st.node} (": i for i, st in enumerate(spec.stages)}
     stage_ms = [[0.0] * repeats for _ in spec.stages]
     total_ms = [0.0] * repeats
+    hop_in, request_end = [0.0] * repeats, [0.0] * repeats
+    last_end = [0.0] * repeats
+    first_in = link_track("input", spec.stages[0].node)
+    last = len(spec.stages) - 1
     for span in read_trace(trace):
-        if span.process != "measured" or span.request < warmup or span.request - warmup >= repeats:
+        r = span.request - warmup
+        if span.process != "measured" or r < 0 or r >= repeats:
             continue
         if span.track == "requests":  # the driver's: from the request's send to its output (not the trace's wait)
-            total_ms[span.request - warmup] = span.ms
+            total_ms[r], request_end[r] = span.ms, span.end_ms
             continue
-        if span.name != "compute":
-            continue
+        if span.track == first_in and span.name == "in flight":
+            hop_in[r] = span.ms
         i = next((i for prefix, i in tracks.items() if span.track.startswith(prefix)), None)
-        if i is not None:
-            stage_ms[i][span.request - warmup] += span.ms
-    return stage_ms, total_ms
+        if i == last:
+            last_end[r] = max(last_end[r], span.end_ms)
+        if i is not None and span.name == "compute":
+            stage_ms[i][r] += span.ms
+    driver_ms = [a + max(0.0, end - done) for a, end, done in zip(hop_in, request_end, last_end)]
+    nbytes = tuple(sum(t.numel() * t.element_size() for t in tree_leaves(x) if isinstance(t, torch.Tensor))
+                   for x in (request, out))
+    return stage_ms, total_ms, driver_ms, (int(nbytes[0]), int(nbytes[1]))
+
+
+def driver_hops_ms(spec: Any, in_bytes: int, out_bytes: int) -> tuple[float, str]:
+    """The estimate of the driver's two hops (ms), the request's ``in_bytes`` to the first stage's process and the
+    output's ``out_bytes`` back from the last's, and where the figure comes from.
+
+    Each is a hop between two processes of one host: the calibrated process hop of that end's node
+    (``calibrate(processes=True)``: its fixed cost per message and its bandwidth) when it has one, else the
+    ``message_ms`` of the chain link leaving the first node (arriving at the last), the user's figure for a
+    process hop; 0 when neither is known (then the figure says so)."""
+    from .topology import Topology, TopologyError
+
+    try:
+        topo = Topology.from_dict(spec.topology)
+    except (TopologyError, ValueError, TypeError, KeyError):
+        return 0.0, "not priced: the plan's topology does not load"
+    chain = topo.chain
+    ends = ((spec.stages[0].node, in_bytes, (chain[0], chain[1]) if len(chain) > 1 else None),
+            (spec.stages[-1].node, out_bytes, (chain[-2], chain[-1]) if len(chain) > 1 else None))
+    total, how = 0.0, []
+    for node, nbytes, pair in ends:
+        dev = topo.devices.get(node)
+        hop = dev.calibration.transfers.get("process") if dev is not None and dev.calibration is not None else None
+        if hop:
+            total += 1e3 * (hop["latency_s"] + nbytes / hop["bandwidth_Bps"])
+            how.append("calibrated process hop")
+            continue
+        try:
+            msg = topo.link(*pair).message_ms if pair is not None and pair[0] != pair[1] else 0.0
+        except TopologyError:
+            msg = 0.0
+        total += msg
+        how.append("the link's message_ms" if msg else "not priced")
+    figures = how[0] if how[0] == how[1] else " / ".join(how)
+    if "not priced" in how:
+        figures += ": calibrate the nodes with processes=True, or give the links message_ms"
+    return total, figures
 
 
 def _compare(spec: Any, stage_ms: list[list[float]], total_ms: list[float], repeats: int, emulate_links: bool,
-             plan_dir: Path, processes: int) -> Comparison:
-    """The rows of a comparison: each stage's compute, the links and the rest, the whole request."""
+             plan_dir: Path, processes: int, driver: Row | None = None) -> Comparison:
+    """The rows of a comparison: each stage's compute, the links and the rest (the driver's hops among them, as
+    processes), the whole request."""
     est = spec.estimate
     by_stage: dict[int, float] = {}
     for row in est.get("by_layer", []):
@@ -216,11 +285,12 @@ def _compare(spec: Any, stage_ms: list[list[float]], total_ms: list[float], repe
                         figures.get(st.node, "")))
     links = [t - sum(s[r] for s in stage_ms) for r, t in enumerate(total_ms)]
     m, lo, hi = _quantiles(links)
+    extra = driver.estimate_ms if driver is not None else 0.0
     rows.append(Row("links and the rest" if emulate_links else "links (not emulated) and the rest",
-                    float(est.get("transfer_ms", 0.0)) + float(est.get("propagation_ms", 0.0)), m, lo, hi))
+                    float(est.get("transfer_ms", 0.0)) + float(est.get("propagation_ms", 0.0)) + extra, m, lo, hi))
     m, lo, hi = _quantiles(total_ms)
-    rows.append(Row("whole request", float(est.get("total_ms", 0.0)), m, lo, hi))
-    return Comparison(tuple(rows), repeats, emulate_links, str(plan_dir), processes=processes)
+    rows.append(Row("whole request", float(est.get("total_ms", 0.0)) + extra, m, lo, hi))
+    return Comparison(tuple(rows), repeats, emulate_links, str(plan_dir), processes=processes, driver_hops=driver)
 
 
 def _generation_vs_measured(model: Any, example_inputs: Any, example_kwargs: Mapping[str, Any] | None, generation: Any,

@@ -105,6 +105,9 @@ class ModelProfile:
     measured_spread: tuple[float, ...] = field(default=(), repr=False)  # per layer: (max - min) / median over rounds
     generation: Generation | None = None  # the workload, for a profile made by for_generation (prefill in layers)
     decode: "ModelProfile | None" = field(default=None, repr=False)  # one decode step at the mean context, same layers
+    # the layers run as code inductor compiled (the backend with an inner compiler): a calibrated device prices
+    # them with its compiled launch costs (Calibration.compiled), when it measured them
+    compiled: bool = False
 
     # -- the seed's properties -----------------------------------------------
     @property

@@ -76,6 +76,9 @@ def test_a_calibration_file_round_trips(tmp_path: Path) -> None:
     (lambda d: d.update(op_times={"tanh": [[16, -1]]}), r"op_times\['tanh'\]\[0\] seconds must be a finite number > 0"),
     (lambda d: d.update(op_context_s=float("inf")), "op_context_s must be a finite number >= 0, got inf"),
     (lambda d: d["conv"].update(float32=[[1, 2, 3, 0, 0]]), r"conv\['float32'\]\[0\] rate must be a finite number > 0"),
+    (lambda d: d.update(compiled={"call_s": 1e-5}), "compiled must be a mapping with call_s and kernel_s"),
+    (lambda d: d.update(compiled=[1]), "compiled must be a mapping with call_s and kernel_s"),
+    (lambda d: d.update(compiled={"call_s": 1e-5, "kernel_s": -1}), "compiled.kernel_s must be a finite number >= 0"),
 ])
 def test_a_bad_calibration_is_named(tmp_path: Path, edit: object, match: str) -> None:
     d = _cal().to_dict()
@@ -367,8 +370,40 @@ def test_estimate_vs_measured_as_processes_takes_each_stages_compute_from_its_pr
     assert [r.what.split(" (")[0] for r in stages] == ["stage 0", "stage 1", "stage 2"]
     assert all(0 < r.measured_ms < total.measured_ms for r in stages)
     assert links.p10_ms >= 0.95 * links.estimate_ms and links.estimate_ms >= 10.0  # emulated: slept at least that
+    # the driver's own hops, measured from the trace: a part of "links and the rest", none of the stages' compute
+    d = cmp.driver_hops
+    assert d is not None and 0 < d.p10_ms <= d.measured_ms <= d.p90_ms and d.measured_ms < links.measured_ms
+    assert d.estimate_ms == 0.0 and "not priced" in d.figures  # datasheet nodes, no message_ms: said, not guessed
+    assert "of which the driver's two hops" in cmp.report()
     with pytest.raises(ValueError, match=r"processes=True\) is not supported"):
         rotafx.estimate_vs_measured(tmp_path / "plan", x, processes=True, generation={"new_tokens": 4})
+
+
+def test_the_driver_hops_are_priced_as_a_process_hop_of_each_end_by_hand() -> None:
+    from types import SimpleNamespace
+
+    from rotafx.measured import driver_hops_ms
+
+    def spec(devices: list[dict], message_ms: float) -> SimpleNamespace:
+        links = [{"src": a, "dst": b, "bandwidth": "1 Gbps", "latency_ms": 1, "message_ms": message_ms}
+                 for a, b in (("a", "b"), ("b", "c"))]
+        topo = {"devices": devices, "links": links, "chain": ["a", "b", "c"]}
+        return SimpleNamespace(topology=topo, stages=[SimpleNamespace(node=n) for n in ("a", "b", "c")])
+
+    plain = [{"name": n, "flops": 1e12, "memory": "1 GB"} for n in "abc"]
+    # no calibration: each end costs its chain link's message_ms (the link out of a, the link into c)
+    assert driver_hops_ms(spec(plain, 0.25), 4096, 512) == (pytest.approx(0.5), "the link's message_ms")
+    ms, figures = driver_hops_ms(spec(plain, 0.0), 4096, 512)
+    assert ms == 0.0 and figures.startswith("not priced") and "processes=True" in figures
+    # a calibrated process hop on a: 50 us + 4096 B at 1 GB/s in; c keeps the link's 0.25 ms out
+    hop = _cal()
+    hop.transfers["process"] = {"latency_s": 5e-5, "bandwidth_Bps": 1e9}
+    devices = [{**plain[0], "calibration": hop.to_dict()}, *plain[1:]]
+    ms, figures = driver_hops_ms(spec(devices, 0.25), 4096, 512)
+    assert ms == pytest.approx(1e3 * (5e-5 + 4096 / 1e9) + 0.25)
+    assert figures == "calibrated process hop / the link's message_ms"
+    # a plan's topology is input from others: one that does not load is said, not raised from inside
+    assert driver_hops_ms(SimpleNamespace(topology={"devices": "x"}, stages=[]), 1, 1)[1].startswith("not priced")
 
 
 def test_the_compare_command_prints_the_table(tmp_path: Path) -> None:
@@ -514,6 +549,67 @@ def test_an_op_is_priced_by_its_own_kind_measured_alone_plus_the_context_by_hand
         op = OpCost(1000, 12_000, None, False, op_type)
         assert c.op_time_s(op) == pytest.approx(2e-6 + 12_000 / 1e10)
     assert c.op_time_s(OpCost(0, 0, None, True, "view.default")) == pytest.approx(1e-6)  # a view: its launch only
+
+
+def test_compiled_code_is_priced_by_its_launch_costs_by_hand() -> None:
+    """In inductor-compiled code a view is free, pointwise ops fuse (their bytes only), every other op pays one
+    compiled kernel's launch plus its work; a calibration without compiled figures prices it as eager code."""
+    c = _kinds()
+    mm = OpCost(2 * 16 * 256 * 256, 300_000, ("mm", 16, 256, 256), False, "linear.default")
+    add = OpCost(0, 16 << 20, None, False, "add.Tensor")
+    norm = OpCost(4096, 12_000, None, False, "layer_norm.default")
+    view = OpCost(0, 0, None, True, "view.default")
+    eager = [c.op_time_s(o) for o in (mm, add, norm, view)]
+    assert [c.op_time_s(o, compiled=True) for o in (mm, add, norm, view)] == eager  # nothing measured compiled
+    c.compiled = {"call_s": 20e-6, "kernel_s": 4e-6}
+    assert c.op_time_s(mm, compiled=True) == pytest.approx(4e-6 + 2 * 16 * 256 * 256 / 16e9)
+    assert c.op_time_s(add, compiled=True) == pytest.approx((16 << 20) / 1e10)  # fused: its bytes, no launch
+    assert c.op_time_s(norm, compiled=True) == pytest.approx(4e-6 + max(4096 / 64e9, 12_000 / 1e10))
+    assert c.op_time_s(view, compiled=True) == 0.0 and c.compiled_call_s == 20e-6
+    assert [c.op_time_s(o) for o in (mm, add, norm, view)] == eager  # eager prices are untouched
+    # the cost model prices a profile marked compiled (the backend with an inner compiler) this way, and says so
+    from types import SimpleNamespace
+
+    layer = SimpleNamespace(op_costs=(mm, add, norm, view))
+    assert c.layer_time_s(layer, compiled=True) == pytest.approx(sum(c.op_time_s(o, compiled=True) for o in layer.op_costs))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+    prof = rotafx.ModelProfile.from_pytorch(model, (torch.randn(4, 16),))
+    topo = rotafx.Topology.from_dict({"devices": [{"name": "here", "memory": "1 GB", "calibration": c.to_dict()}],
+                                      "links": [], "chain": ["here"]})
+    from dataclasses import replace
+
+    from rotafx.costmodel import CostTables
+
+    for compiled in (False, True):
+        t = CostTables(replace(prof, compiled=compiled), topo)
+        want = [1e3 * c.layer_time_s(l, "float32", compiled) for l in prof.layers]
+        assert t.compute_ms[:, 0] == pytest.approx(want)
+        assert t.figures == ["calibrated, compiled" if compiled else "calibrated"]
+    assert CostTables(replace(prof, compiled=True), topo).compute_ms.sum() < CostTables(prof, topo).compute_ms.sum()
+
+
+@pytest.mark.parametrize("inner", ["eager", "aot_eager"])
+def test_the_backend_prices_its_stages_as_compiled_code_when_an_inner_compiler_runs_them(inner: str) -> None:
+    from tests.test_backend import ON_CPU, three_cpus
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+    be = rotafx.backend(topology=three_cpus(10e6), devices=ON_CPU, inner=inner)
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, backend=be)(x), model(x))
+    assert [p.profile.compiled for p in be.plans] == [inner != "eager"]
+
+
+def test_calibrate_measures_compiled_launch_costs() -> None:
+    lines: list[str] = []
+    c = calibrate("cpu", quick=True, threads=1, compiled=True, progress=lines.append)
+    assert set(c.compiled) == {"call_s", "kernel_s"} and 0 < c.compiled["call_s"] < 1e-2
+    assert 0 <= c.compiled["kernel_s"] < 1e-2 and any("compiled code" in ln for ln in lines)
+    assert Calibration.from_dict(c.to_dict()).compiled == c.compiled
+    assert calibrate("cpu", quick=True, threads=1).compiled == {}  # measured only when asked
 
 
 def test_a_batch_norm_is_priced_by_its_own_table_or_by_the_norms_of_an_older_file_by_hand() -> None:

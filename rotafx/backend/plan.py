@@ -113,6 +113,8 @@ def plan_graph(gm: fx.GraphModule, weights: Mapping[str, str], params: frozenset
     """
     annotate(gm, weights)
     profile = ModelProfile.from_graph(read_graph(gm, weights, params, name=name))
+    if cfg.inner != "eager":  # the stages run compiled: priced so where the device measured compiled code
+        profile = dataclasses.replace(profile, compiled=True)
     if assignment is not None:
         part = fixed_partition(profile, cfg, assignment(profile), {n: values[n] for n in state if n in values})
         return _run(gm, weights, values, cfg, profile, part, graph_index=graph_index, reused=False, in_spec=in_spec,
@@ -222,4 +224,4 @@ def cost_key(profile: ModelProfile) -> tuple:
                    for l in profile.layers)
     boundaries = tuple(tuple(sorted((t.numel, t.itemsize, t.floating) for t in b)) for b in profile.boundaries)
     return (layers, boundaries, tuple(sorted(profile.weights.items())), profile.param_names, str(profile.dtype),
-            profile.measured_on)
+            profile.measured_on, profile.compiled)
