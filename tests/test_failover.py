@@ -4,7 +4,10 @@ request answered once with the model's outputs, every sequence the model's greed
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -15,6 +18,7 @@ import torch.nn as nn
 
 import rotafx
 from rotafx.models import small_gpt
+from rotafx.orbits.horizon import export_routes, plan_horizon
 from rotafx.orbits.schedule import Schedule, Window
 from rotafx.plan.schema import read_plan
 from rotafx.plan.write import export_pipeline
@@ -92,3 +96,203 @@ def test_no_route_left_is_named(plans: Any) -> None:
         Failover([])
     with pytest.raises(TypeError, match=r"route 0 is a str, not a running pipeline: give Driver\(plan_dir\)"):
         Failover([str(three)])
+
+
+# ---------------------------------------------------------------------------
+# routes derived from a horizon plan
+
+START = "2026-12-07T00:00:00Z"
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 16)).eval()
+
+
+def _chain(profile: rotafx.ModelProfile, bypass: bool = True) -> dict:
+    """ground0 -> orbital0 -> ground1, each node able to hold the whole model; the orbital node draws 150 W against
+    700, so energy goes to orbit while its links are up."""
+    mem = profile.weight_bytes + max(l.peak_bytes for l in profile.layers)
+    dev = lambda n, kind, flops, power: {"name": n, "kind": kind, "flops": flops, "memory": mem, "power": power}  # noqa: E731
+    return {"devices": [dev("ground0", "ground", 2e11, 700), dev("orbital0", "orbital", 1e11, 150),
+                        dev("ground1", "ground", 2e11, 700)],
+            "links": [{"src": "ground0", "dst": "orbital0", "kind": "uplink", "bandwidth": 1e8, "latency_ms": 25},
+                      {"src": "orbital0", "dst": "ground1", "kind": "downlink", "bandwidth": 5e8, "latency_ms": 25},
+                      {"src": "ground0", "dst": "ground1", "kind": "ground", "bandwidth": 1e10, "latency_ms": 1}],
+            "chain": ["ground0", "orbital0", "ground1"], "bypasses": [[1, 1]] if bypass else []}
+
+
+def _day(windows: list[Window] | None, horizon_s: float = 100.0) -> Schedule:
+    """Uplink and downlink up in ``windows`` (``None``: always)."""
+    if windows is None:
+        return Schedule(START, horizon_s)
+    return Schedule(START, horizon_s, windows={("ground0", "orbital0"): windows, ("orbital0", "ground1"): windows})
+
+
+@pytest.fixture(scope="module")
+def horizon(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """The MLP over a 100 s horizon whose orbit is in view 30-60 s, planned for energy, its routes exported."""
+    m = _mlp()
+    x = torch.randn(4, 64, generator=torch.Generator().manual_seed(1))
+    profile = rotafx.ModelProfile.from_pytorch(m, (x,))
+    day = _day([Window(30.0, 60.0)])
+    plan = plan_horizon(profile, _chain(profile), day, objective="minimize_energy")
+    root = tmp_path_factory.mktemp("horizon")
+    export_routes(m, (x,), plan, directory=root, devices="cpu")
+    return SimpleNamespace(model=m, x=x, profile=profile, day=day, plan=plan, root=root)
+
+
+def _best_by_enumeration(profile: rotafx.ModelProfile, topology: dict, allowed: dict[str, tuple[int, ...]],
+                         skip: set[int]) -> tuple[int, ...]:
+    """The independent reference: every non-decreasing placement enumerated, each layer on a node that holds it and
+    off the skipped stages, the least energy by the estimator."""
+    topo = rotafx.Topology.coerce(topology)
+    best = None
+    for stages in itertools.combinations_with_replacement(range(len(topo.chain)), profile.num_layers):
+        if any(s in skip or l not in allowed[topo.chain[s]] for l, s in enumerate(stages)):
+            continue
+        e = rotafx.LatencyEstimator(topo).estimate(list(stages), profile).energy_j
+        if best is None or e < best[0] - 1e-15:
+            best = (e, stages)
+    assert best is not None
+    return best[1]
+
+
+def test_horizon_routes_are_the_distinct_placements_of_its_intervals_by_enumeration() -> None:
+    """Uplink and downlink in view 100-400 s and 700-800 s (with other figures): both windows run one route, the rest
+    of the day another; each the enumerated best given the resident layers, with the time it serves by hand."""
+    m = _mlp()
+    profile = rotafx.ModelProfile.from_pytorch(m, (torch.randn(4, 64),))
+    topo = _chain(profile)
+    day = Schedule(START, 1000.0, windows={("ground0", "orbital0"): [Window(100, 400, 1e8, 20.0), Window(700, 800, 5e7, 30.0)],
+                                           ("orbital0", "ground1"): [Window(100, 400), Window(700, 800)]})
+    plan = plan_horizon(profile, topo, day, objective="minimize_energy")
+    assert len([p for p in plan.plans if p.stages is not None]) == 3, "two conditions in view (their figures), one not"
+    routes = plan.routes()
+    up = _best_by_enumeration(profile, topo, plan.resident, set())
+    down = _best_by_enumeration(profile, topo, plan.resident, {1})
+    assert up == (1,) * 5, "everything in orbit while it is in view: 150 W against 700"
+    assert [(r.stages, r.seconds, [(iv.start_s, iv.end_s) for iv in r.intervals], r.fallback) for r in routes] == [
+        (down, 600.0, [(0.0, 100.0), (400.0, 700.0), (800.0, 1000.0)], False),
+        (up, 400.0, [(100.0, 400.0), (700.0, 800.0)], False)]
+    assert routes[1].nodes == ("orbital0",) and routes[1].layers == {"orbital0": (0, 1, 2, 3, 4)}
+    assert routes[1].topology.link("ground0", "orbital0").latency_ms == 20.0, "the figures of its longest window"
+    assert routes[0].on_ground and not routes[1].on_ground
+    for r in routes:  # every route runs only layers resident on its nodes
+        for node, layers in r.layers.items():
+            assert set(layers) <= set(plan.resident[node]), (r.describe(), node)
+    for t, r in ((50.0, 0), (150.0, 1), (750.0, 1), (999.0, 0)):
+        assert routes[r].serves(t) and not routes[1 - r].serves(t)
+        assert plan.route_at(t).stages == routes[r].stages
+
+
+def test_a_ground_only_fallback_is_added_where_the_ground_holds_the_layers() -> None:
+    """Orbit always in view: one route, all in orbit. What the ground holds decides the fallback (by hand)."""
+    m = _mlp()
+    profile = rotafx.ModelProfile.from_pytorch(m, (torch.randn(4, 64),))
+    plan = plan_horizon(profile, _chain(profile), _day(None), objective="minimize_energy")
+    assert [r.stages for r in plan.routes()] == [(1,) * 5] and plan.resident["ground0"] == ()
+    held = lambda **ground: dataclasses.replace(plan, resident={**plan.resident, **ground})  # noqa: E731
+    (_, spare) = held(ground0=(0, 1, 2, 3, 4)).routes()
+    assert (spare.stages, spare.fallback, spare.intervals, spare.describe()) == ((0,) * 5, True, (), "ground0[0-4]")
+    (_, spare) = held(ground0=(0, 1, 2), ground1=(1, 2, 3, 4)).routes()
+    assert spare.stages == (0, 0, 0, 2, 2) and spare.on_ground, "each layer on the first ground node that holds it"
+    assert len(held(ground0=(3, 4), ground1=(0, 1, 2)).routes()) == 1, "ground1 holds the first layers: no order"
+    assert len(held(ground0=(0, 1, 2, 3)).routes()) == 1, "no ground node holds layer 4"
+    assert len(held(ground0=(0, 1, 2, 3, 4)).routes(ground_fallback=False)) == 1
+    # without a bypass past the orbital node the "ground" route would still cross the uplink and downlink
+    nobypass = plan_horizon(profile, _chain(profile, bypass=False), _day(None), objective="minimize_energy")
+    assert len(dataclasses.replace(nobypass, resident={**nobypass.resident, "ground0": (0, 1, 2, 3, 4)}).routes()) == 1
+
+
+def test_a_route_using_a_layer_not_resident_is_refused(horizon: SimpleNamespace) -> None:
+    plan = horizon.plan
+    orbit = next(r for r in plan.routes() if "orbital0" in r.nodes)
+    broken = dataclasses.replace(plan, resident={**plan.resident, "orbital0": (0, 1, 3, 4)})
+    with pytest.raises(ValueError, match=r"runs layer\(s\) 2 on orbital0, which holds 0-1, 3-4 \(resident\['orbital0'\]\); "
+                                         r"every route must use layers resident"):
+        broken.routes()
+    with pytest.raises(ValueError, match=rf"the route {re.escape(orbit.describe())} \(serving 30-60 s\)"):
+        broken.routes()
+    bad = dataclasses.replace(plan, plans=tuple(dataclasses.replace(p, stages=(2, 2, 0, 0, 0)) if p.stages else p
+                                                for p in plan.plans))
+    with pytest.raises(ValueError, match=r"gives stages \[2, 2, 0, 0, 0\]; a route is one chain stage in 0\.\.2 per layer, "
+                                         r"non-decreasing"):
+        bad.routes()
+    with pytest.raises(ValueError, match="directory must name the folder"):
+        export_routes(horizon.model, (horizon.x,), plan, directory="")
+    with pytest.raises(ValueError, match=r"the horizon plan places 5 layers but Sequential traced .* has 3"):
+        export_routes(nn.Sequential(nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 16)).eval(), (horizon.x,), plan,
+                      directory=horizon.root / "other")
+
+
+def test_from_horizon_refuses_what_does_not_match(horizon: SimpleNamespace, tmp_path: Path) -> None:
+    plan, root, day = horizon.plan, horizon.root, horizon.day
+    nothing = lambda d: pytest.fail("nothing may be launched")  # noqa: E731
+    with pytest.raises(TypeError, match="takes a HorizonPlan"):
+        Failover.from_horizon(plan.plans[0], root, schedule=day, launch=nothing)
+    with pytest.raises(ValueError, match="directory must name the folder export_routes wrote"):
+        Failover.from_horizon(plan, "", schedule=day, launch=nothing)
+    with pytest.raises(ValueError, match="needs the Schedule the plan was made for"):
+        Failover.from_horizon(plan, root, schedule=None, launch=nothing)
+    with pytest.raises(ValueError, match=r"spans 200 s, the plan 100 s; give the schedule plan_horizon was given"):
+        Failover.from_horizon(plan, root, schedule=_day([Window(30.0, 60.0)], 200.0), launch=nothing)
+    orbit = next(i for i, r in enumerate(plan.routes()) if "orbital0" in r.nodes)
+    with pytest.raises(ValueError, match=rf"serves 30-60 s on route {orbit} \(orbital0\[0-4\]\), but the schedule has the "
+                                         r"link ground0 -> orbital0 down at 45 s"):
+        Failover.from_horizon(plan, root, schedule=_day([Window(50.0, 60.0)]), launch=nothing)
+    with pytest.raises(ValueError, match=r"route0 holds no plan \(route 0 of the horizon plan, .*\); write the routes "
+                                         r"with export_routes"):
+        Failover.from_horizon(plan, tmp_path, schedule=day, launch=nothing)
+    (tmp_path / "route0").symlink_to(root / "route1")
+    (tmp_path / "route1").symlink_to(root / "route0")
+    with pytest.raises(ValueError, match=r"route0 holds the plan of another route"):
+        Failover.from_horizon(plan, tmp_path, schedule=day, launch=nothing)
+
+
+def test_horizon_failover_sends_each_request_to_the_route_the_plan_names_for_its_time(horizon: SimpleNamespace) -> None:
+    """The orbit is in view 30-60 s; the clock moves 10 s at each check and one request goes per check: the first two
+    on the ground (route 0, the most time), three through orbit (the plan's route there, though the ground is up),
+    then the window closes and the rest go back to the ground. Every output is the model's, each request sent once."""
+    plan, m = horizon.plan, horizon.model
+    routes = plan.routes()
+    assert [r.seconds for r in routes] == [70.0, 30.0] and routes[1].nodes == ("orbital0",)
+    requests = [(torch.randn(4, 64, generator=torch.Generator().manual_seed(s)),) for s in range(8)]
+    want_route = [0 if plan.route_at(t).stages == routes[0].stages else 1 for t in range(10, 90, 10)]
+    assert want_route == [0, 0, 1, 1, 1, 0, 0, 0]
+    with Failover.from_horizon(plan, horizon.root, schedule=horizon.day, batch=1, clock=itertools.count(0, 10).__next__,
+                               launch=functools.partial(launch_local, timeout=20)) as f:
+        outs = f.run(requests)
+        served = [r.driver._next_id for r in f.routes]
+        clusters = list(f.routes)
+    assert all(p.poll() is not None for c in clusters for p in c.processes), "leaving the block stops the routes"
+    for (x,), out in zip(requests, outs):
+        torch.testing.assert_close(out, m(x), rtol=0, atol=0)
+    assert served == [want_route.count(0), want_route.count(1)]
+    assert [(e.t_s, e.src, e.dst, e.why) for e in f.events] == [
+        (10.0, None, 0, "first call"), (30.0, 0, 1, "preferred"), (60.0, 1, 0, "links down")]
+
+
+def test_horizon_failover_leaves_a_route_whose_stage_dies_for_the_next_one(horizon: SimpleNamespace) -> None:
+    """The orbital stage dies at its second request (40 s): that request and the rest of the window go to the ground
+    route, though the plan names orbit until 60 s; the failed route is not tried again."""
+    plan, m = horizon.plan, horizon.model
+    routes = plan.routes()
+
+    def launch(plan_dir: Path) -> Any:
+        faulty = {0: faulty_stage.command("die@1")} if plan_dir.name == "route1" else None
+        return launch_local(plan_dir, timeout=20, stage_commands=faulty)
+
+    requests = [(torch.randn(4, 64, generator=torch.Generator().manual_seed(s)),) for s in range(8)]
+    with Failover.from_horizon(plan, horizon.root, schedule=horizon.day, batch=1, clock=itertools.count(0, 10).__next__,
+                               launch=launch) as f:
+        assert routes[1].nodes == ("orbital0",) and f.routes[1].driver.plan.num_stages == 1
+        outs = f.run(requests)
+        served = [r.driver._next_id for r in f.routes]
+    for (x,), out in zip(requests, outs):
+        torch.testing.assert_close(out, m(x), rtol=0, atol=0)
+    # orbit answered the request of 30 s only; the ground the other seven (10, 20 s, the one lost at 40 s again at
+    # 50 s, then 60-90 s): each request answered once
+    assert served == [7, 1], served
+    assert [(e.t_s, e.src, e.dst) for e in f.events] == [(10.0, None, 0), (30.0, 0, 1), (50.0, 1, 0)]
+    assert f.events[2].why.startswith("failed: ") and f.failed == {1}

@@ -17,21 +17,35 @@ and the node's memory holding its resident layers. The objective is the cost mod
 averaged over the served time (``aggregate="mean"``) or its worst interval (``"worst"``). An
 interval with no route whatever the residency (the only way past a down uplink is a bypass, and
 it is down too) is reported as unserved; every other interval must be served.
+
+:meth:`HorizonPlan.routes` lists the distinct routes a plan uses (plus a ground-only fallback where the
+ground holds the layers), each checked against the resident layers, and :func:`export_routes` writes
+each as a plan directory for :meth:`rotafx.runtime.distributed.Failover.from_horizon` to serve.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 
-from ..costmodel import CostTables
+from ..backend.options import Config
+from ..backend.plan import plan_graph
+from ..costmodel import CostTables, route
 from ..estimate import Estimate, evaluate
+from ..frontends.pytorch import as_args
+from ..frontends.pytorch import trace as trace_model
 from ..objective import objective as make_objective
+from ..plan.schema import PlanSpec
+from ..plan.write import export_pipeline
 from ..profile import ModelProfile
+from ..runtime.distributed.failover import ROUTE_DIR
 from ..solve.deadline import Deadline
 from ..solve.feasibility import InfeasibleError, fits
 from ..topology import Link, LinkTable, Topology
@@ -39,7 +53,7 @@ from ..units import format_ranges
 from .geometry import OrbitError
 from .schedule import Interval, Schedule
 
-__all__ = ["HorizonPlan", "IntervalPlan", "Condition", "plan_horizon", "conditions"]
+__all__ = ["HorizonPlan", "HorizonRoute", "IntervalPlan", "Condition", "plan_horizon", "conditions", "export_routes"]
 
 
 @dataclass(frozen=True)
@@ -101,11 +115,149 @@ class HorizonPlan:
             if p.stages is None:
                 lines.append(f"  {share}: no route ({c.why})")
                 continue
-            nodes = c.topology.chain
-            used = sorted(set(p.stages))
-            lines.append(f"  {share}: " + " -> ".join(f"{nodes[s]}[{format_ranges([l for l, x in enumerate(p.stages) if x == s])}]"
-                                                   for s in used) + f", {p.value:,.4g}")
+            lines.append(f"  {share}: {_describe(c.topology.chain, p.stages)}, {p.value:,.4g}")
         return "\n".join(lines)
+
+    def routes(self, *, ground_fallback: bool = True) -> tuple["HorizonRoute", ...]:
+        """The distinct routes the plan uses, the one serving the most time first, and a ground-only fallback last.
+
+        Conditions with the same placement (the chain stage of every layer) share one route, which serves all
+        their intervals (its ``topology``: the figures of the condition among them that lasts longest). With
+        ``ground_fallback``, when no route runs on ground nodes only and the ground holds every layer, a route
+        that does is added (``fallback=True``, no intervals of its own): each layer on the first ground node
+        along the chain, not before the previous layer's, that holds it, the orbital stages between them
+        passed by a bypass (a route that would still cross a link to orbit is not a fallback, and none is added).
+
+        Args:
+            ground_fallback: add the ground-only route where the resident layers allow it.
+
+        Returns:
+            The routes, in order of preference by time served; every one uses only layers resident on its nodes.
+
+        Raises:
+            ValueError: a route runs a layer on a node whose ``resident`` does not hold it (naming the node, the
+                layers and the route), or on a stage its condition leaves empty, or its stages are not one
+                non-decreasing chain stage per layer.
+
+        >>> # plan = plan_horizon(profile, topology, schedule, objective="minimize_energy")
+        >>> # [(r.describe(), r.seconds) for r in plan.routes()]
+        >>> # [('ground0[0-1] -> orbital0[2-4]', 600.0), ('ground0[0-4]', 400.0)]
+        """
+        groups: dict[tuple[int, ...], list[IntervalPlan]] = {}
+        for p in self.plans:
+            if p.stages is not None:
+                groups.setdefault(tuple(int(s) for s in p.stages), []).append(p)
+        found = []
+        for stages, ps in groups.items():
+            longest = max(ps, key=lambda p: p.condition.seconds)
+            ivs = tuple(sorted((iv for p in ps for iv in p.condition.intervals), key=lambda iv: iv.start_s))
+            r = HorizonRoute(stages, longest.condition.topology, ivs)
+            for p in ps:
+                _check_route(r, p.condition.empty, self.resident)
+            found.append(r)
+        found.sort(key=lambda r: (-r.seconds, r.intervals[0].start_s if r.intervals else math.inf))
+        if ground_fallback and found and not any(r.on_ground for r in found):
+            spare = _ground_route(found[0].topology, self.resident, len(found[0].stages))
+            if spare is not None:
+                _check_route(spare, frozenset(), self.resident)
+                found.append(spare)
+        return tuple(found)
+
+
+@dataclass(frozen=True)
+class HorizonRoute:
+    """One distinct route of a :class:`HorizonPlan`: the chain stage of every layer on ``topology``, and the
+    intervals where it is the plan's route (none for the ground-only ``fallback``)."""
+
+    stages: tuple[int, ...]
+    topology: Topology
+    intervals: tuple[Interval, ...]
+    fallback: bool = False
+
+    @property
+    def seconds(self) -> float:
+        """Schedule seconds the plan serves on this route."""
+        return sum(iv.duration_s for iv in self.intervals)
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """The nodes that run layers, in chain order."""
+        return tuple(self.topology.chain[s] for s in sorted(set(self.stages)))
+
+    @property
+    def layers(self) -> dict[str, tuple[int, ...]]:
+        """The layers each node of :attr:`nodes` runs."""
+        out: dict[str, list[int]] = {}
+        for l, s in enumerate(self.stages):
+            out.setdefault(self.topology.chain[s], []).append(l)
+        return {n: tuple(ls) for n, ls in out.items()}
+
+    @property
+    def on_ground(self) -> bool:
+        """Whether the route runs on ground nodes only and crosses only links between them."""
+        kind = {n: d.kind for n, d in self.topology.devices.items()}
+        return all(kind[n] == "ground" for n in self.nodes) and all(
+            kind[link.src] == "ground" and kind[link.dst] == "ground" for _, link in route(self.topology, self.stages).hops)
+
+    def serves(self, t: float) -> bool:
+        """Whether the plan names this route at schedule time ``t``."""
+        return any(iv.start_s <= t < iv.end_s for iv in self.intervals)
+
+    def describe(self) -> str:
+        """``ground0[0-1] -> orbital0[2-4]``: each node and its layers, along the chain."""
+        return _describe(self.topology.chain, self.stages)
+
+
+def _describe(chain: Sequence[str], stages: Sequence[int]) -> str:
+    """Each used stage's node and its layers, along the chain."""
+    return " -> ".join(f"{chain[s]}[{format_ranges([l for l, x in enumerate(stages) if x == s])}]"
+                       for s in sorted(set(stages)))
+
+
+def _when(r: HorizonRoute) -> str:
+    """Where a route serves, for an error message."""
+    if not r.intervals:
+        return "the ground-only fallback"
+    ivs = ", ".join(f"{iv.start_s:g}-{iv.end_s:g} s" for iv in r.intervals[:3]) + (", ..." if len(r.intervals) > 3 else "")
+    return f"the route {r.describe()} (serving {ivs})"
+
+
+def _check_route(r: HorizonRoute, empty: frozenset[int], resident: Mapping[str, Sequence[int]]) -> None:
+    """A route is one chain stage per layer, in order, off the stages its condition leaves empty, and every layer on
+    a node that holds it."""
+    K = len(r.topology.chain)
+    if not r.stages or any(not 0 <= s < K for s in r.stages) or any(b < a for a, b in zip(r.stages, r.stages[1:])):
+        raise ValueError(f"rotafx: {_when(r)} gives stages {list(r.stages)[:12]}; a route is one chain stage in "
+                         f"0..{K - 1} per layer, non-decreasing: give a plan plan_horizon made")
+    if set(r.stages) & empty:
+        raise ValueError(f"rotafx: {_when(r)} runs layers on {sorted(r.topology.chain[s] for s in set(r.stages) & empty)}, "
+                         f"which its interval leaves empty (no power, or past a link that is down); re-plan with "
+                         f"plan_horizon")
+    for node, layers in r.layers.items():
+        missing = sorted(set(layers) - set(resident.get(node, ())))
+        if missing:
+            held = format_ranges(sorted(resident.get(node, ()))) or "nothing"
+            raise ValueError(f"rotafx: {_when(r)} runs layer(s) {format_ranges(missing)} on {node}, which holds "
+                             f"{held} (resident[{node!r}]); every route must use layers resident on its nodes: "
+                             f"re-plan with plan_horizon, or add the layers to resident")
+
+
+def _ground_route(topology: Topology, resident: Mapping[str, Sequence[int]], L: int) -> HorizonRoute | None:
+    """The ground-only fallback: each layer on the first ground stage along the chain (not before the previous
+    layer's) that holds it; ``None`` when the ground does not hold every layer in such an order, or the route
+    would cross a link to orbit. (The earliest choice finds such a route whenever one exists.)"""
+    chain = topology.chain
+    ground = [s for s, n in enumerate(chain) if topology.devices[n].kind == "ground"]
+    stages: list[int] = []
+    at = 0
+    for l in range(L):
+        s = next((s for s in ground if s >= at and l in resident.get(chain[s], ())), None)
+        if s is None:
+            return None
+        stages.append(s)
+        at = s
+    r = HorizonRoute(tuple(stages), topology, (), fallback=True)
+    return r if r.on_ground else None
 
 
 def _with_links(topology: Topology, figures: Mapping[tuple[str, str], tuple[float | None, float | None]]) -> Topology:
@@ -337,3 +489,62 @@ def brute_force_horizon(profile: ModelProfile, topology: Topology | Mapping[str,
         if agg < best - 1e-9 * max(1.0, abs(best) if math.isfinite(best) else 1.0):
             best, arg = agg, {n: tuple(int(l) for l in np.flatnonzero(allowed[:, i])) for n, i in index.items()}
     return arg, best
+
+
+def export_routes(model: torch.nn.Module, example_inputs: Any, plan: HorizonPlan, *,
+                  directory: str | os.PathLike[str], devices: Any = None, codec: str | None = None,
+                  routes: Sequence[HorizonRoute] | None = None, overwrite: bool = False) -> tuple[PlanSpec, ...]:
+    """Write every route of ``plan`` (:meth:`HorizonPlan.routes`) as a plan directory, ``directory/route{i}``.
+
+    Route ``i`` is exported as placed (no solver: the chain stage of every layer as the horizon plan gives it, on
+    its condition's topology), so that :meth:`rotafx.runtime.distributed.Failover.from_horizon` can serve them.
+
+    Args:
+        model: the model ``plan`` was made for (its profile's layers are the traced model's).
+        example_inputs: the inputs it was profiled with; they fix every shape of the plans.
+        plan: what :func:`plan_horizon` returned.
+        directory: the folder to write the routes into.
+        devices: the torch device of each node (as :func:`rotafx.partition` takes it).
+        codec: the codec the plan was made with.
+        routes: the routes to write (default ``plan.routes()``).
+        overwrite: replace route directories already there.
+
+    Returns:
+        The written plans, route ``i`` at ``i``.
+
+    Raises:
+        ValueError: ``directory`` is empty, or the plan's routes place a different number of layers than the
+            traced model has; ``plan.routes()``'s errors.
+        PlanError: as :func:`rotafx.export_pipeline`.
+
+    >>> # plan = plan_horizon(ModelProfile.from_pytorch(model, (x,)), topology, schedule)
+    >>> # export_routes(model, (x,), plan, directory="routes", devices="cpu")   # routes/route0, routes/route1, ...
+    """
+    if not isinstance(directory, (str, os.PathLike)) or not str(os.fspath(directory)).strip():
+        raise ValueError(f"rotafx: directory must name the folder to write the routes into, got {directory!r}")
+    found = tuple(plan.routes() if routes is None else routes)
+    if not found:
+        raise ValueError("rotafx: the horizon plan has no route to export (no interval is served)")
+    args = as_args(example_inputs)
+    out = []
+    for i, r in enumerate(found):
+        traced = trace_model(model, args)  # once per route: annotate and rewrite take the graph they are given
+        if traced.mutated:
+            raise ValueError(f"rotafx: {type(model).__name__} writes to {list(traced.mutated)} in forward() (batch norm "
+                             f"in training mode?); call model.eval() before exporting its routes")
+        cfg = Config.make({"inner": "eager", "topology": r.topology, "devices": devices, "codec": codec})
+        pm = plan_graph(traced.graph_module, traced.weights, traced.params, traced.values, cfg,
+                        name=type(model).__name__, in_spec=traced.in_spec, out_spec=traced.out_spec,
+                        assignment=lambda profile, r=r: _stages_for(profile, r)).module
+        out.append(export_pipeline(pm, args, path=Path(directory) / ROUTE_DIR.format(i), overwrite=overwrite,
+                                   model_name=type(model).__name__))
+    return tuple(out)
+
+
+def _stages_for(profile: ModelProfile, r: HorizonRoute) -> tuple[int, ...]:
+    """The route's stages, for a traced graph with as many layers as the horizon plan's profile."""
+    if profile.num_layers != len(r.stages):
+        raise ValueError(f"rotafx: the horizon plan places {len(r.stages)} layers but {profile.name} traced with these "
+                         f"example inputs has {profile.num_layers}; plan it on ModelProfile.from_pytorch(model, "
+                         f"example_inputs) with the same inputs")
+    return r.stages

@@ -15,20 +15,31 @@ With a schedule, time runs from ``start_s`` at ``time_scale`` schedule seconds p
 (a day in minutes), and the route is checked before every ``batch`` requests and every
 ``recheck_tokens`` tokens: a route whose window closes takes no new work (what it has under
 way finishes), so the switch happens at that granularity.
+
+:meth:`Failover.from_horizon` serves the routes of a horizon plan (:func:`rotafx.orbits.horizon.export_routes`
+wrote them): at each check the route the plan names for the schedule time comes first (``prefer``), then the
+others, the ground-only fallback last.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
+from ...plan.schema import PlanSpec, read_plan
 from ..sampling import GenerationError, token_ids
+from .launch import launch_local
 from .transport import DistributedError
 
-__all__ = ["Failover", "FailoverEvent"]
+__all__ = ["Failover", "FailoverEvent", "ROUTE_DIR"]
+
+ROUTE_DIR = "route{}"  # route i of a horizon plan lies in directory / ROUTE_DIR.format(i)
 
 
 @dataclass(frozen=True)
@@ -57,13 +68,15 @@ class Failover:
         batch: requests sent between checks of the route (with a schedule).
         recheck_tokens: tokens generated between checks of the route (with a schedule).
         clock: wall seconds (tests pass their own).
+        prefer: the route to try first at schedule time ``t`` (``None``: none), before the others in order.
 
     >>> # with launch_local("orbit-plan") as a, launch_local("ground-plan") as b:
     >>> #     f = Failover([a, b], schedule=day, time_scale=600); outs = f.run(requests)
     """
 
     def __init__(self, routes: Sequence[Any], *, schedule: Any = None, start_s: float = 0.0, time_scale: float = 1.0,
-                 batch: int = 8, recheck_tokens: int = 16, clock: Callable[[], float] = time.monotonic) -> None:
+                 batch: int = 8, recheck_tokens: int = 16, clock: Callable[[], float] = time.monotonic,
+                 prefer: Callable[[float], int | None] | None = None) -> None:
         if not routes:
             raise ValueError("rotafx: Failover needs at least one route (a Driver or LocalCluster)")
         for i, r in enumerate(routes):
@@ -86,6 +99,87 @@ class Failover:
         self.events: list[FailoverEvent] = []
         self.current: int | None = None
         self._why = ""
+        self.prefer = prefer
+        self._owned: list[Any] = []  # routes from_horizon launched: close() ends them
+
+    @classmethod
+    def from_horizon(cls, plan: Any, directory: str | os.PathLike[str], *, schedule: Any, start_s: float = 0.0,
+                     time_scale: float = 1.0, batch: int = 8, recheck_tokens: int = 16,
+                     clock: Callable[[], float] = time.monotonic,
+                     launch: Callable[[Path], Any] = launch_local) -> "Failover":
+        """Serve the routes of a horizon plan: at each check, the route ``plan.route_at(t)`` names for the schedule
+        time, else the next of ``plan.routes()`` that has not failed and whose links are up (the ground-only
+        fallback last).
+
+        Args:
+            plan: a :class:`~rotafx.orbits.horizon.HorizonPlan`.
+            directory: where :func:`~rotafx.orbits.horizon.export_routes` wrote its routes (``route0``, ...).
+            schedule: the :class:`~rotafx.orbits.Schedule` the plan was made for.
+            start_s, time_scale, batch, recheck_tokens, clock: as the constructor's.
+            launch: starts a route from its plan directory (``launch_local``, or a ``functools.partial`` of it).
+
+        Returns:
+            A Failover over the launched routes, route ``i`` the ``i``-th of ``plan.routes()``; use it as a context
+            manager (or call :meth:`close`) to stop them.
+
+        Raises:
+            TypeError: ``plan`` is not a horizon plan.
+            ValueError: ``directory`` is empty or misses a route; a route directory holds another route's plan;
+                the schedule is not the plan's (another horizon, or a route's link down where the plan serves
+                on it); ``plan.routes()``'s errors (a route that uses a layer not resident on its node).
+
+        >>> # export_routes(model, (x,), plan, directory="routes")
+        >>> # with Failover.from_horizon(plan, "routes", schedule=day, time_scale=600) as f:
+        >>> #     outs = f.run(requests)
+        """
+        if not callable(getattr(plan, "routes", None)) or not callable(getattr(plan, "route_at", None)):
+            raise TypeError(f"rotafx: Failover.from_horizon takes a HorizonPlan (rotafx.orbits.horizon.plan_horizon), "
+                            f"got {type(plan).__name__}")
+        if not isinstance(directory, (str, os.PathLike)) or not str(os.fspath(directory)).strip():
+            raise ValueError(f"rotafx: directory must name the folder export_routes wrote the routes into, got "
+                             f"{directory!r}")
+        if schedule is None or not callable(getattr(schedule, "link_up", None)):
+            raise ValueError(f"rotafx: Failover.from_horizon needs the Schedule the plan was made for, got "
+                             f"{type(schedule).__name__}")
+        if not math.isclose(float(schedule.horizon_s), float(plan.horizon_s), rel_tol=1e-9):
+            raise ValueError(f"rotafx: the schedule does not match the horizon plan: it spans {schedule.horizon_s:,g} s, "
+                             f"the plan {plan.horizon_s:,g} s; give the schedule plan_horizon was given")
+        routes = plan.routes()
+        specs = [_route_plan(Path(directory), i, r) for i, r in enumerate(routes)]
+        for i, (r, spec) in enumerate(zip(routes, specs)):
+            _check_schedule(schedule, i, r, spec)
+        index = {tuple(r.stages): i for i, r in enumerate(routes)}
+
+        def prefer(t: float) -> int | None:
+            if not 0.0 <= t < plan.horizon_s:
+                return None
+            stages = plan.route_at(t).stages
+            return None if stages is None else index.get(tuple(stages))
+
+        launched: list[Any] = []
+        try:
+            for spec in specs:
+                launched.append(launch(spec.path))
+            f = cls(launched, schedule=schedule, start_s=start_s, time_scale=time_scale, batch=batch,
+                    recheck_tokens=recheck_tokens, clock=clock, prefer=prefer)
+        except BaseException:
+            for c in launched:
+                c.close(stop=False)
+            raise
+        f._owned = launched
+        return f
+
+    def close(self) -> None:
+        """Stop the routes :meth:`from_horizon` launched (routes given to the constructor are the caller's)."""
+        owned, self._owned = self._owned, []
+        for c in owned:
+            c.close()
+
+    def __enter__(self) -> "Failover":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     # -- routes ---------------------------------------------------------------------------------------------------
 
@@ -102,13 +196,15 @@ class Failover:
                    for hop in plan.hops for l in hop.links)
 
     def route(self) -> int:
-        """The route to use now: the first that has not failed and is up; raises :class:`DistributedError` when
-        none is."""
+        """The route to use now: the one ``prefer`` names if it has not failed and is up, else the first such in
+        order; raises :class:`DistributedError` when none is."""
         t = self.now_s()
-        pick = next((i for i in range(len(self.routes)) if i not in self.failed and self.up(i, t)), None)
+        first = self.prefer(t) if self.prefer is not None else None
+        order = ([first] if first is not None else []) + [i for i in range(len(self.routes)) if i != first]
+        pick = next((i for i in order if i not in self.failed and self.up(i, t)), None)
         if pick != self.current:
-            why = "first call" if self.current is None else (self._why if self.current in self.failed else
-                                                           "links down")
+            why = ("first call" if self.current is None else self._why if self.current in self.failed else
+                   "links down" if not self.up(self.current, t) else "preferred")
             self.events.append(FailoverEvent(t, self.current, pick, why))
             self.current = pick
         if pick is None:
@@ -205,3 +301,33 @@ class Failover:
         fill = pad if pad is not None else 0
         new = torch.tensor([t + [fill] * (longest - len(t)) for t in made.values()], dtype=input_ids.dtype)
         return torch.cat([input_ids, new.reshape(B, longest)], 1)
+
+
+def _route_plan(directory: Path, i: int, r: Any) -> PlanSpec:
+    """Route ``i``'s plan as ``export_routes`` wrote it, checked to be that route."""
+    path = directory / ROUTE_DIR.format(i)
+    if not (path / "plan.json").is_file():
+        raise ValueError(f"rotafx: {path} holds no plan (route {i} of the horizon plan, {r.describe()}); write the "
+                         f"routes with export_routes(model, example_inputs, plan, directory={str(directory)!r})")
+    spec = read_plan(path)
+    got = [int(s) for s in spec.partition.get("stages", [])]
+    chain = list(spec.topology.get("chain", []))
+    if got != list(r.stages) or chain != list(r.topology.chain):
+        raise ValueError(f"rotafx: {path} holds the plan of another route (stages {got[:12]} on {' -> '.join(chain)}, "
+                         f"against route {i}'s {list(r.stages)[:12]} on {' -> '.join(r.topology.chain)}); export the "
+                         f"routes of this horizon plan again (export_routes(..., overwrite=True))")
+    return spec
+
+
+def _check_schedule(schedule: Any, i: int, r: Any, spec: PlanSpec) -> None:
+    """Where the plan serves on route ``i``, the schedule has every link its hops cross up (at each interval's
+    middle): else the schedule is not the plan's."""
+    for iv in r.intervals:
+        t = 0.5 * (iv.start_s + iv.end_s)
+        for hop in spec.hops:
+            for link in hop.links:
+                if schedule.link_up(str(link["src"]), str(link["dst"]), t) is None:
+                    raise ValueError(f"rotafx: the schedule does not match the horizon plan: the plan serves "
+                                     f"{iv.start_s:g}-{iv.end_s:g} s on route {i} ({r.describe()}), but the schedule "
+                                     f"has the link {link['src']} -> {link['dst']} down at {t:g} s; give the schedule "
+                                     f"plan_horizon was given")
