@@ -10,6 +10,7 @@ measured median with its spread (10th-90th percentile), and the error
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -51,6 +52,8 @@ class Comparison:
     processes: int = 0  # stage processes the plan ran as (0: in this process)
     # as processes: the driver's hop to the first stage and from the last, a part of "links and the rest"
     driver_hops: Row | None = None
+    # as processes: one hop between two stage processes, its fixed cost per message (what a link's message_ms prices)
+    process_hop: Row | None = None
 
     @property
     def total(self) -> Row:
@@ -62,16 +65,16 @@ class Comparison:
         where = f"as {self.processes} stage processes and a driver" if self.processes else "in this process"
         lines = [f"estimate vs measured over {self.repeats} {what} {where}"
                  f"{' with the links emulated' if self.emulate_links else ''} (plan {self.plan_dir}):",
-                 f"  {'':<28} {'estimate':>10} {'measured':>10} {'p10-p90':>17} {'error':>8}"]
+                 f"  {'':<34} {'estimate':>10} {'measured':>10} {'p10-p90':>17} {'error':>8}"]
         for r in self.rows:
             spread = f"{r.p10_ms:.3f}-{r.p90_ms:.3f}ms"
-            lines.append(f"  {r.what:<28} {r.estimate_ms:>8.3f}ms {r.measured_ms:>8.3f}ms {spread:>17} "
+            lines.append(f"  {r.what:<34} {r.estimate_ms:>8.3f}ms {r.measured_ms:>8.3f}ms {spread:>17} "
                          f"{100 * r.error:>+7.1f}%"
                          + (f"  ({r.figures})" if r.figures else ""))
-            if r.what.startswith("links") and self.driver_hops is not None:
-                d = self.driver_hops
-                lines.append(f"    {'of which ' + d.what:<26} {d.estimate_ms:>8.3f}ms {d.measured_ms:>8.3f}ms "
-                             f"{f'{d.p10_ms:.3f}-{d.p90_ms:.3f}ms':>17} {100 * d.error:>+7.1f}%  ({d.figures})")
+            for d in (self.driver_hops, self.process_hop):
+                if r.what.startswith("links") and d is not None:
+                    lines.append(f"    {'of which ' + d.what:<32} {d.estimate_ms:>8.3f}ms {d.measured_ms:>8.3f}ms "
+                                 f"{f'{d.p10_ms:.3f}-{d.p90_ms:.3f}ms':>17} {100 * d.error:>+7.1f}%  ({d.figures})")
         return "\n".join(lines)
 
 
@@ -134,12 +137,18 @@ def estimate_vs_measured(model: torch.nn.Module | str | os.PathLike[str], exampl
     args = as_args(example_inputs)
     kwargs = dict(example_kwargs or {})
     if processes:
-        stage_ms, total_ms, driver_ms, nbytes = _time_processes(plan_dir, spec, args, kwargs, repeats, warmup,
-                                                                emulate_links, threads)
+        stage_ms, total_ms, driver_ms, hop_ms, nbytes = _time_processes(plan_dir, spec, args, kwargs, repeats, warmup,
+                                                                        emulate_links, threads)
         est_ms, figures = driver_hops_ms(spec, *nbytes)
-        m, lo, hi = _quantiles(driver_ms)
-        driver = Row("the driver's two hops", est_ms, m, lo, hi, figures)
-        return _compare(spec, stage_ms, total_ms, repeats, emulate_links, plan_dir, len(spec.stages), driver)
+        driver = Row("the driver's two hops", est_ms, *_quantiles(driver_ms), figures)
+        cmp = _compare(spec, stage_ms, total_ms, repeats, emulate_links, plan_dir, len(spec.stages), driver)
+        if hop_ms:
+            m, lo, hi = _quantiles(hop_ms)
+            est = process_message_ms(spec)
+            hint = f"measured: give the links message_ms {m:.3f} to price this machine's hops"
+            cmp = dataclasses.replace(cmp, process_hop=Row("a hop between stages", est, m, lo, hi,
+                                                           "the links' message_ms; " + hint if est else hint))
+        return cmp
     pipe = load(plan_dir, emulate_links=emulate_links)
     spent: dict[int, float] = {}
     starts: dict[int, float] = {}
@@ -187,10 +196,11 @@ def estimate_vs_measured(model: torch.nn.Module | str | os.PathLike[str], exampl
 
 def _time_processes(plan_dir: Path, spec: Any, args: Sequence[Any], kwargs: Mapping[str, Any], repeats: int,
                     warmup: int, emulate_links: bool, threads: int | None
-                    ) -> tuple[list[list[float]], list[float], list[float], tuple[int, int]]:
+                    ) -> tuple[list[list[float]], list[float], list[float], list[float], tuple[int, int]]:
     """Each stage's compute, the whole request and the driver's two hops (ms) of ``repeats`` requests sent one at a
-    time to the plan's stage processes, after ``warmup``, from the driver's trace; and the bytes of a request's
-    tensors and of its output's.
+    time to the plan's stage processes, after ``warmup``, from the driver's trace; every hop between two stages
+    (its "in flight" span: from the sender handing it over until the receiver took it, the emulated delay not
+    included); and the bytes of a request's tensors and of its output's.
 
     The driver's hop in is the first stage's "in flight" span (the driver's send until that stage took it); the
     hop out, from the end of the last stage's last span (its output packed and handed to gloo) to the end of the
@@ -211,6 +221,8 @@ def _time_processes(plan_dir: Path, spec: Any, args: Sequence[Any], kwargs: Mapp
     hop_in, request_end = [0.0] * repeats, [0.0] * repeats
     last_end = [0.0] * repeats
     first_in = link_track("input", spec.stages[0].node)
+    between = {link_track(a.node, b.node) for a, b in zip(spec.stages, spec.stages[1:])}
+    hop_ms: list[float] = []
     last = len(spec.stages) - 1
     for span in read_trace(trace):
         r = span.request - warmup
@@ -221,6 +233,8 @@ def _time_processes(plan_dir: Path, spec: Any, args: Sequence[Any], kwargs: Mapp
             continue
         if span.track == first_in and span.name == "in flight":
             hop_in[r] = span.ms
+        elif span.track in between and span.name == "in flight":
+            hop_ms.append(span.ms)
         i = next((i for prefix, i in tracks.items() if span.track.startswith(prefix)), None)
         if i == last:
             last_end[r] = max(last_end[r], span.end_ms)
@@ -229,7 +243,39 @@ def _time_processes(plan_dir: Path, spec: Any, args: Sequence[Any], kwargs: Mapp
     driver_ms = [a + max(0.0, end - done) for a, end, done in zip(hop_in, request_end, last_end)]
     nbytes = tuple(sum(t.numel() * t.element_size() for t in tree_leaves(x) if isinstance(t, torch.Tensor))
                    for x in (request, out))
-    return stage_ms, total_ms, driver_ms, (int(nbytes[0]), int(nbytes[1]))
+    return stage_ms, total_ms, driver_ms, hop_ms, (int(nbytes[0]), int(nbytes[1]))
+
+
+def _topology(spec: Any) -> Any:
+    """The plan's topology, or None when it does not load (a plan directory is input from others)."""
+    from .topology import Topology, TopologyError
+
+    try:
+        return Topology.from_dict(spec.topology)
+    except (TopologyError, ValueError, TypeError, KeyError):
+        return None
+
+
+def process_message_ms(spec: Any) -> float:
+    """The fixed cost per message the plan's topology gives a hop between two of its stages: the ``message_ms`` of
+    the chain links each hop crosses, averaged over the hops (0 when none is given or the topology does not load)."""
+    topo = _topology(spec)
+    if topo is None or len(spec.stages) < 2:
+        return 0.0
+    per_hop = []
+    for a, b in zip(spec.stages, spec.stages[1:]):
+        chain = topo.chain[a.chain_index:b.chain_index + 1]
+        per_hop.append(sum(_message_ms(topo, x, y) for x, y in zip(chain, chain[1:]) if x != y))
+    return sum(per_hop) / len(per_hop)
+
+
+def _message_ms(topo: Any, src: str, dst: str) -> float:
+    from .topology import TopologyError
+
+    try:
+        return topo.link(src, dst).message_ms
+    except TopologyError:
+        return 0.0
 
 
 def driver_hops_ms(spec: Any, in_bytes: int, out_bytes: int) -> tuple[float, str]:
@@ -240,11 +286,8 @@ def driver_hops_ms(spec: Any, in_bytes: int, out_bytes: int) -> tuple[float, str
     (``calibrate(processes=True)``: its fixed cost per message and its bandwidth) when it has one, else the
     ``message_ms`` of the chain link leaving the first node (arriving at the last), the user's figure for a
     process hop; 0 when neither is known (then the figure says so)."""
-    from .topology import Topology, TopologyError
-
-    try:
-        topo = Topology.from_dict(spec.topology)
-    except (TopologyError, ValueError, TypeError, KeyError):
+    topo = _topology(spec)
+    if topo is None:
         return 0.0, "not priced: the plan's topology does not load"
     chain = topo.chain
     ends = ((spec.stages[0].node, in_bytes, (chain[0], chain[1]) if len(chain) > 1 else None),
@@ -257,10 +300,7 @@ def driver_hops_ms(spec: Any, in_bytes: int, out_bytes: int) -> tuple[float, str
             total += 1e3 * (hop["latency_s"] + nbytes / hop["bandwidth_Bps"])
             how.append("calibrated process hop")
             continue
-        try:
-            msg = topo.link(*pair).message_ms if pair is not None and pair[0] != pair[1] else 0.0
-        except TopologyError:
-            msg = 0.0
+        msg = _message_ms(topo, *pair) if pair is not None and pair[0] != pair[1] else 0.0
         total += msg
         how.append("the link's message_ms" if msg else "not priced")
     figures = how[0] if how[0] == how[1] else " / ".join(how)

@@ -375,6 +375,11 @@ def test_estimate_vs_measured_as_processes_takes_each_stages_compute_from_its_pr
     assert d is not None and 0 < d.p10_ms <= d.measured_ms <= d.p90_ms and d.measured_ms < links.measured_ms
     assert d.estimate_ms == 0.0 and "not priced" in d.figures  # datasheet nodes, no message_ms: said, not guessed
     assert "of which the driver's two hops" in cmp.report()
+    # and each hop between two stage processes: its measured cost per message, the figure to give the links
+    h = cmp.process_hop
+    assert h is not None and 0 < h.p10_ms <= h.measured_ms <= h.p90_ms < links.measured_ms
+    assert h.estimate_ms == 0.0 and f"give the links message_ms {h.measured_ms:.3f}" in h.figures
+    assert "of which a hop between stages" in cmp.report()
     with pytest.raises(ValueError, match=r"processes=True\) is not supported"):
         rotafx.estimate_vs_measured(tmp_path / "plan", x, processes=True, generation={"new_tokens": 4})
 
@@ -388,7 +393,7 @@ def test_the_driver_hops_are_priced_as_a_process_hop_of_each_end_by_hand() -> No
         links = [{"src": a, "dst": b, "bandwidth": "1 Gbps", "latency_ms": 1, "message_ms": message_ms}
                  for a, b in (("a", "b"), ("b", "c"))]
         topo = {"devices": devices, "links": links, "chain": ["a", "b", "c"]}
-        return SimpleNamespace(topology=topo, stages=[SimpleNamespace(node=n) for n in ("a", "b", "c")])
+        return SimpleNamespace(topology=topo, stages=[SimpleNamespace(node=n, chain_index=i) for i, n in enumerate("abc")])
 
     plain = [{"name": n, "flops": 1e12, "memory": "1 GB"} for n in "abc"]
     # no calibration: each end costs its chain link's message_ms (the link out of a, the link into c)
@@ -402,8 +407,16 @@ def test_the_driver_hops_are_priced_as_a_process_hop_of_each_end_by_hand() -> No
     ms, figures = driver_hops_ms(spec(devices, 0.25), 4096, 512)
     assert ms == pytest.approx(1e3 * (5e-5 + 4096 / 1e9) + 0.25)
     assert figures == "calibrated process hop / the link's message_ms"
+    # a hop between two stages costs the message_ms of the chain links it crosses; a -> c relays through b
+    from rotafx.measured import process_message_ms
+
+    assert process_message_ms(spec(plain, 0.25)) == pytest.approx(0.25)
+    relay = spec(plain, 0.25)
+    relay.stages = [relay.stages[0], relay.stages[2]]
+    assert process_message_ms(relay) == pytest.approx(0.5)
     # a plan's topology is input from others: one that does not load is said, not raised from inside
     assert driver_hops_ms(SimpleNamespace(topology={"devices": "x"}, stages=[]), 1, 1)[1].startswith("not priced")
+    assert process_message_ms(SimpleNamespace(topology={"devices": "x"}, stages=relay.stages)) == 0.0
 
 
 def test_the_compare_command_prints_the_table(tmp_path: Path) -> None:
