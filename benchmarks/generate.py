@@ -2,6 +2,12 @@
 the backend against plain ``torch.compile``'s, each variant in a fresh process, runs interleaved.
 
     .venv/bin/python benchmarks/generate.py [--runs 3] [--new-tokens 8] [--out benchmarks/RESULTS_generate.md]
+    .venv/bin/python benchmarks/generate.py --apart [--runs 2]
+
+``--apart`` times instead the first ``generate()`` with the stages compiled each on its own, the path of
+stages on several devices (on a CPU-only machine: stages that cannot be pasted into one function), with a
+dynamic decode graph's stages compiled once for all sizes against compiled at each new size (the path before
+``CompiledStage.compile_symbolic``), and writes its table as a section of ``--out``.
 
 Every run checks its tokens against eager greedy generation before its time counts. One CPU thread.
 """
@@ -9,6 +15,7 @@ Every run checks its tokens against eager greedy generation before its time coun
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -55,6 +62,21 @@ ids = torch.randint(0, 128, (1, 8))
 m.config.use_cache = False; topo = tight_topology(m, (ids,)); m.config.use_cache = True
 want = m.generate(ids, max_new_tokens=new_tokens, do_sample=False)
 info = {{}}
+compiles = []
+if variant.startswith("apart"):  # every stage compiled on its own, as on several devices
+    import rotafx.runtime.local as local
+    local._pastable = lambda stage: False
+    compile_stage = local.CompiledStage._compile
+    def counted(self, example):
+        with warnings.catch_warnings(record=True) as caught:  # a stage run eagerly instead would time nothing
+            warnings.simplefilter("always")
+            fn = compile_stage(self, example)
+        assert not [w for w in caught if "could not compile" in str(w.message)], [str(w.message) for w in caught]
+        compiles.append(1)
+        return fn
+    local.CompiledStage._compile = counted
+    if variant == "apart-per-size":  # what ran before compile_symbolic: each stage compiled at each new signature
+        local.CompiledStage.compile_symbolic = lambda self, device: False
 if variant == "plain":
     m.forward = torch.compile(m.forward)
 else:
@@ -65,7 +87,8 @@ got = m.generate(ids, max_new_tokens=new_tokens, do_sample=False)
 first = time.perf_counter() - t0
 assert torch.equal(got, want), "tokens differ from eager"
 if variant != "plain":
-    info = {{"plans": len(be.plans), "reused": sum(p.reused for p in be.plans), "stages": [len(p.stages) for p in be.plans]}}
+    info = {{"plans": len(be.plans), "reused": sum(p.reused for p in be.plans), "stages": [len(p.stages) for p in be.plans],
+            "stage_compiles": len(compiles)}}
 print(json.dumps({{"first_s": first, **info}}))
 """
 
@@ -86,7 +109,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=8)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS_generate.md"))
+    ap.add_argument("--apart", action="store_true", help="stages compiled each on its own: once for all sizes vs per size")
     args = ap.parse_args()
+    if args.apart:
+        apart(args)
+        return
     part = [run("partition", args.new_tokens) for _ in range(args.runs)]
     plain, ours = [], []
     for _ in range(args.runs):  # interleaved: the machine is shared
@@ -120,6 +147,50 @@ def main() -> None:
         "",
     ]
     Path(args.out).write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+APART = "## Stages compiled each on their own (the path of stages on several devices)"
+
+
+def apart(args: argparse.Namespace) -> None:
+    """Time the first generate() with every stage compiled on its own: symbolic sizes against per size."""
+    once, per_size = [], []
+    load = os.getloadavg()[0]
+    for _ in range(args.runs):  # interleaved: the machine is shared
+        per_size.append(run("apart-per-size", args.new_tokens))
+        once.append(run("apart", args.new_tokens))
+    load = max(load, os.getloadavg()[0])
+    med = statistics.median
+    fmt = lambda xs, f: ", ".join(format(x, f) for x in xs)  # noqa: E731
+    a, b = [r["first_s"] for r in per_size], [r["first_s"] for r in once]
+    ratios = [x / y for x, y in zip(a, b)]
+    lines = [
+        APART,
+        "",
+        f"Command: `.venv/bin/python benchmarks/generate.py --apart --runs {args.runs} --new-tokens {args.new_tokens}`; "
+        f"{platform.machine()}, {os.cpu_count()} logical CPUs (1-minute load average up to {load:.1f} around the runs, "
+        f"the machine shared), Python {platform.python_version()}, torch {importlib.metadata.version('torch')}, one CPU "
+        f"thread, {time.strftime('%Y-%m-%d')}, cold inductor caches, each run in a fresh process. The Llama above through "
+        f"the backend (inner inductor, 3 CPU nodes; {once[0]['plans']} graphs: the prompt, the first decode step, then "
+        f"the dynamic decode graph), every stage a `CompiledStage` of its own (this machine has one device, so stages "
+        f"are kept from being pasted into one function, which is what stages on several devices get); every run's tokens "
+        f"equal eager greedy generation's, and no stage fell back to eager.",
+        "",
+        "| stages of the dynamic decode graph | first generate, median | runs | stage compilations |",
+        "|---|---|---|---|",
+        f"| compiled at each new input signature (before) | {med(a):.1f} s | {fmt(a, '.1f')} | "
+        f"{per_size[0]['stage_compiles']} |",
+        f"| compiled once, with dynamo's symbolic sizes (`CompiledStage.compile_symbolic`) | {med(b):.1f} s | "
+        f"{fmt(b, '.1f')} | {once[0]['stage_compiles']} |",
+        f"| ratio before / now, per interleaved pair | **{med(ratios):.2f}x** | {fmt(ratios, '.2f')} | |",
+        "",
+    ]
+    out = Path(args.out)
+    text = out.read_text() if out.exists() else ""
+    before, _, rest = text.partition("\n" + APART)
+    after = rest[rest.find("\n#"):] if "\n#" in rest else ""  # the sections after this one's last run, kept
+    out.write_text(before.rstrip("\n") + "\n\n" + "\n".join(lines) + after)
     print("\n".join(lines))
 
 

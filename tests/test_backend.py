@@ -702,14 +702,164 @@ def test_a_dynamic_graph_is_compiled_once_for_every_size(inner: str, monkeypatch
     calls: list[tuple] = []
     original = CompiledStage._compile
     monkeypatch.setattr(CompiledStage, "_compile", lambda self, ex: calls.append(tuple(ex[0].shape)) or original(self, ex))
+    be = _small_gpt_at_batches(inner, (2, 5, 3, 7, 4))
+    assert len(be.plans) == 2 and be.plans[1].size_hints and len(be.plans[1].stages) >= 2
+    assert calls == [(2, 32)], f"only the first, static graph compiles at its first call: {calls}"
+
+
+def _small_gpt_at_batches(inner: str, batches: tuple[int, ...]) -> RotaStellarBackend:
+    """The small GPT compiled through the backend (three CPU nodes, the model cut) and called at each batch size
+    (the second makes dynamo's graph dynamic), each output checked against eager; returns the backend."""
     torch._dynamo.reset()
     model, (x,) = _build("small-gpt")
-    largest = torch.randint(0, 256, (7, x.shape[1]))
+    largest = torch.randint(0, 256, (max(batches), x.shape[1]))
     be = rotafx.backend(topology=tight_topology(model, (largest,)), devices=ON_CPU, inner=inner)
     compiled = torch.compile(model, backend=be, fullgraph=True)
     with torch.no_grad():
-        for batch in (2, 5, 3, 7, 4):
+        for batch in batches:
             xb = torch.randint(0, 256, (batch, x.shape[1]))
             assert_same(compiled(xb), model(xb), exact=False)
-    assert len(be.plans) == 2 and be.plans[1].size_hints and len(be.plans[1].stages) >= 2
-    assert calls == [(2, x.shape[1])], f"only the first, static graph compiles at its first call: {calls}"
+    return be
+
+
+def _count_stage_compiles(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple, tuple, int]]:
+    """Record each compilation of a CompiledStage: the shapes of its tensor inputs and of its weights, and the number
+    of symbolic sizes it added to the shape environment of its fake inputs (a weight fakified with sizes of its own
+    adds some). A stage the inner backend fails on (run eagerly, with a warning) fails the test."""
+    from rotafx.runtime.local import CompiledStage
+
+    calls: list[tuple[tuple, tuple, int]] = []
+    original = CompiledStage._compile
+
+    def counting(self: CompiledStage, example: list[Any]) -> Any:
+        n = len(example) - len(self._weights.reads)
+        shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else () for t in example]
+        shape_env = getattr(torch._guards.detect_fake_mode(example), "shape_env", None)
+        symbols = len(shape_env.backed_var_to_val) if shape_env is not None else 0
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="rotafx: the inner backend")
+            fn = original(self, example)
+        added = len(shape_env.backed_var_to_val) - symbols if shape_env is not None else 0
+        calls.append((tuple(shapes[:n]), tuple(shapes[n:]), added))
+        return fn
+
+    monkeypatch.setattr(CompiledStage, "_compile", counting)
+    return calls
+
+
+def _symbolic(shape: tuple) -> bool:
+    return any(not isinstance(d, int) for d in shape)
+
+
+def _stages_apart(monkeypatch: pytest.MonkeyPatch, copies: bool = False) -> None:
+    """Every stage compiled on its own, what stages on several devices get. This machine may have one device: stages
+    that cannot be pasted into one function take the same path, so pasting is turned off. ``copies``: each stage's
+    weights are replaced by copies before it compiles, as a stage on another device holds them."""
+    import rotafx.runtime.local as local
+
+    monkeypatch.setattr(local, "_pastable", lambda stage: False)
+    if not copies:
+        return
+    original = local.CompiledStage.compile_symbolic
+
+    def on_copies(self: local.CompiledStage, device: torch.device) -> bool:
+        for mod, target in self._weights.reads:
+            owner, name = local._owner(mod, target)
+            w = getattr(owner, name)
+            copy = w.detach().clone()
+            local._set(owner, name, nn.Parameter(copy, w.requires_grad) if isinstance(w, nn.Parameter) else copy)
+        self._weights = local._WeightReader(self._weights.reads)
+        return original(self, device)
+
+    monkeypatch.setattr(local.CompiledStage, "compile_symbolic", on_copies)
+
+
+@pytest.mark.parametrize("inner", ["aot_eager", "inductor"])
+def test_stages_compiled_on_their_own_compile_a_dynamic_graph_once(inner: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stages on several devices are compiled each on its own; for a graph dynamo made dynamic, each stage is compiled
+    once, with symbolic sizes for its inputs and static ones for its weights, not again at every new size (a decode
+    step at every context length)."""
+    from rotafx.runtime.local import CompiledStage
+
+    _stages_apart(monkeypatch, copies=True)
+    calls = _count_stage_compiles(monkeypatch)
+    static, dynamic = _small_gpt_at_batches(inner, (2, 5, 3, 7, 4, 6)).plans
+    assert dynamic.size_hints and len(dynamic.stages) >= 2, str(dynamic)
+    assert all(isinstance(getattr(dynamic.module.program, f"stage{st.index}"), CompiledStage) for st in dynamic.stages)
+    symbolic = [any(map(_symbolic, inputs)) for inputs, _, _ in calls]
+    assert symbolic == [False] * len(static.stages) + [True] * len(dynamic.stages), (
+        f"the static graph's {len(static.stages)} stages at batch 2, then each of the dynamic graph's "
+        f"{len(dynamic.stages)} stages once with symbolic sizes; compiled: {calls}")
+    assert not any(added for _, _, added in calls), f"compiled weights with symbolic sizes of their own: {calls}"
+
+
+@pytest.mark.parametrize("inner", ["aot_eager", "inductor"])
+def test_stages_of_a_dynamic_graph_compiled_once_train_like_eager(inner: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stages compiled with symbolic sizes give eager's gradients at every size (their backward is compiled from
+    the forward of its own stage); a call their code was not compiled for (another grad mode, other strides) compiles
+    for it, and gives the stage's eager output."""
+    import copy
+
+    _stages_apart(monkeypatch)
+    calls = _count_stage_compiles(monkeypatch)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 8))
+    ref = copy.deepcopy(model)
+    be = rotafx.backend(topology=tight_topology(model, (torch.randn(9, 16),)), devices=ON_CPU, inner=inner)
+    compiled = torch.compile(model, backend=be, fullgraph=True)
+    for batch in (2, 5, 3, 9, 4):
+        xb = torch.randn(batch, 16)
+        model.zero_grad()
+        ref.zero_grad()
+        compiled(xb).square().sum().backward()
+        ref(xb).square().sum().backward()
+        for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, msg=lambda m, name=name: f"gradient of {name}: {m}")
+    static, dynamic = be.plans
+    once = len(static.stages) + len(dynamic.stages)
+    assert len(dynamic.stages) >= 2 and len(calls) == once, calls
+    first = getattr(dynamic.module.program, f"stage{dynamic.stages[0].index}")
+    values = [n.meta.get("val", n.meta.get("example_value")) for n in first.gm.graph.nodes if n.op == "placeholder"]
+    args = [torch.randn([d if isinstance(d, int) else 3 for d in v.shape]) if isinstance(v, torch.Tensor) else 3
+            for v in values]
+    torch.testing.assert_close(first(*args), first.gm(*args))  # the symbolic code: grad mode as when compiled
+    assert len(calls) == once
+    with torch.no_grad():  # another global state than the symbolic code's
+        torch.testing.assert_close(first(*args), first.gm(*args))
+    assert len(calls) == once + 1
+    transposed = [a.t().contiguous().t() if isinstance(a, torch.Tensor) else a for a in args]  # column-major
+    torch.testing.assert_close(first(*transposed), first.gm(*transposed))
+    assert len(calls) == once + 2, "strides the symbolic code was not compiled for: compiled for them"
+
+
+@pytest.mark.parametrize("size", ["s0", "s0 + 1"])
+def test_symbolic_code_of_a_stage_runs_where_its_shape_guards_hold(size: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage compiled for a fake input of size (s0, 3) runs that code at any s0 >= 2 (dynamo's 0/1 rule) with
+    the strides it was compiled for, and compiles for any other call; one of size (s0 + 1, 3), whose call does not
+    give s0, compiles for every call. Each output equals the stage run eagerly."""
+    import torch.fx as fx
+    from torch._dynamo.source import LocalSource
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    from rotafx.runtime.local import CompiledStage
+
+    calls = _count_stage_compiles(monkeypatch)
+    gm = fx.symbolic_trace(lambda x: (x * 2 + 1,))
+    mode = FakeTensorMode(shape_env=ShapeEnv())
+    fake = mode.from_tensor(torch.randn(5, 3), source=LocalSource("x"), static_shapes=False)
+    if size == "s0 + 1":
+        with mode:
+            fake = torch.empty(fake.shape[0] + 1, 3)
+    next(iter(gm.graph.nodes)).meta["val"] = fake
+    stage = CompiledStage(gm, "aot_eager")
+    assert stage.compile_symbolic(torch.device("cpu")) and len(calls) == 1
+    inputs = [torch.randn(7, 3), torch.randn(4, 3), torch.randn(1, 3), torch.randn(3, 7).t(), torch.randn(7, 3).double()]
+    for x in inputs:
+        torch.testing.assert_close(stage(x), gm(x))
+    compiled_for = [shapes[0] for shapes, _, _ in calls[1:]]
+    if size == "s0":
+        assert compiled_for == [(1, 3), (7, 3), (7, 3)], f"compiled for size 1, column-major and double only: {calls}"
+    else:
+        assert compiled_for == [tuple(x.shape) for x in inputs], f"compiled for every call: {calls}"

@@ -20,7 +20,7 @@ import torch
 import torch.fx as fx
 
 from ..frontends.pytorch.graph import source_path
-from ..runtime.local import FlatRunner
+from ..runtime.local import CompiledStage, FlatRunner
 from .devices import BackendError
 from .options import Config
 from .plan import Plan, plan_graph
@@ -113,6 +113,12 @@ class RotaStellarBackend:
         run = plan.module._run
         if plan.size_hints and cfg.inner != "eager" and run._compiled is not None:
             return _compile_as_dynamo_graph(run, gm, example_inputs, input_positions, weight_positions, cfg.inner)
+        if plan.size_hints and cfg.inner != "eager":
+            # stages on several devices, each compiled on its own: now, with the graph's symbolic sizes, once for all
+            for st in plan.stages:
+                stage = getattr(plan.module.program, f"stage{st.index}", None)
+                if isinstance(stage, CompiledStage):
+                    stage.compile_symbolic(st.device)
         return FlatRunner(plan.module, input_positions, weight_positions)
 
 

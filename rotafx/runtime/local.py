@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import operator
@@ -12,6 +13,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.fx as fx
 from torch._C._dynamo.guards import GlobalStateGuard
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_structure, tree_unflatten
 
 from ..ops import transfer
@@ -37,6 +39,12 @@ class CompiledStage(torch.nn.Module):
     state dynamo guards on (grad mode, inference mode, autocast, ...), so a stage of a graph
     dynamo made dynamic, a converted model and a training step after an inference call each get
     code compiled for them. Hooks on the stage module do not run inside compiled code.
+
+    A stage of a graph dynamo captured with symbolic sizes is compiled once, while dynamo compiles
+    that graph, by :meth:`compile_symbolic`; a call with a new signature runs that code, without
+    compiling, where its inputs have the dtypes, devices, ``requires_grad`` and number of
+    dimensions it was compiled for, its weights and the global state are the same, and the shape
+    guards on its inputs (sizes, strides, offsets; dynamo's and the inner compiler's) hold.
     """
 
     def __init__(self, gm: fx.GraphModule, backend: str,
@@ -49,10 +57,55 @@ class CompiledStage(torch.nn.Module):
         self.__dict__["_lifted"] = lifted  # no weights of its own: kept out of the module tree
         self._weights = _WeightReader(reads)
         self._fns: dict[tuple, list[tuple[Any, Callable[..., Any]]]] = {}  # signature -> (global state, code)
+        self._symbolic: _SymbolicCode | None = None  # code for every size (compile_symbolic)
 
     def __getstate__(self) -> dict[str, Any]:
         # compiled code does not pickle: a loaded stage compiles again at its first call
-        return {**self.__dict__, "_fns": {}}
+        return {**self.__dict__, "_fns": {}, "_symbolic": None}
+
+    def compile_symbolic(self, device: torch.device) -> bool:
+        """Compile the stage now, with the symbolic sizes of the graph dynamo is compiling, for all its sizes.
+
+        Called by a backend inside dynamo's compilation of the graph the stage was cut from. The
+        stage's inputs are the fake values its placeholders recorded, as leaves on ``device`` (where
+        the stage runs; a tensor moved there keeps its strides, as ``Tensor.to`` does), and its
+        weights fake tensors of static shape (aot autograd would give a tensor dynamo did not see,
+        such as a stage's copy of a weight on another device, symbolic sizes of its own); the
+        guards the inner compiler adds on the sizes join dynamo's. Each stage gets a tracing
+        context of its own on dynamo's fake mode, so that a backward compiled later reads the
+        metadata of its own forward.
+
+        Args:
+            device: the device the stage runs on (its inputs are moved there before the call).
+
+        Returns:
+            Whether the stage was compiled; ``False`` when a placeholder recorded no fake value
+            (a graph not captured by dynamo) or one that is not a tensor or an integer, and then
+            it compiles per signature at its calls.
+
+        Example (inside a ``torch.compile`` backend)::
+
+            for st in plan.stages:
+                stage = getattr(plan.module.program, f"stage{st.index}")
+                if isinstance(stage, CompiledStage):
+                    stage.compile_symbolic(st.device)
+        """
+        values = [n.meta.get("val", n.meta.get("example_value")) for n in self.gm.graph.nodes if n.op == "placeholder"]
+        fake_mode = next((v.fake_mode for v in values if isinstance(v, FakeTensor)), None)
+        if fake_mode is None or fake_mode.shape_env is None or not all(
+                isinstance(v, (FakeTensor, torch.SymInt, int)) for v in values):
+            return False
+        weights = self._weights()
+        with fake_mode:
+            example = [(v.detach() if v.device == device else torch.empty_like(v, device=device))
+                       .requires_grad_(v.requires_grad) if isinstance(v, FakeTensor) else v for v in values]
+            # static: from_tensor on a tensor dynamo did not fakify would give it symbols of its own
+            fake_weights = [fake_mode.from_tensor(w, static_shapes=True) for w in weights]
+        state = GlobalStateGuard()
+        with torch._guards.tracing(torch._guards.TracingContext(fake_mode)):
+            fn = self._compile([*example, *fake_weights])
+        self._symbolic = _SymbolicCode.of(fn, example, weights, state, fake_mode.shape_env)
+        return True
 
     def _compile(self, example: list[Any]) -> Callable[..., Any]:
         try:
@@ -74,12 +127,57 @@ class CompiledStage(torch.nn.Module):
         entries = self._fns.setdefault((tuple(map(_signature, args)), tuple(map(_signature, weights))), [])
         fn = next((code for state, code in entries if state.check()), None)
         if fn is None:
-            if len(self._fns) > 1 or entries:
-                log.info("rotafx: compiling a stage again with %s for new input shapes, weights or modes", self.backend)
             state = GlobalStateGuard()
-            fn = self._compile([*args, *weights])
+            if self._symbolic is not None and self._symbolic.admits(args, weights):
+                fn = self._symbolic.fn  # kept for this signature too: the next such call is a look-up
+            else:
+                if len(self._fns) > 1 or entries:
+                    log.info("rotafx: compiling a stage again with %s for new input shapes, weights or modes", self.backend)
+                fn = self._compile([*args, *weights])
             entries.append((state, fn))
         return fn(*args, *weights)
+
+
+@dataclasses.dataclass(frozen=True)
+class _SymbolicCode:
+    """Code a :class:`CompiledStage` compiled for symbolic sizes, and what a call must match to run it."""
+
+    fn: Callable[..., Any]
+    inputs: tuple[Any, ...]  # per input: (dtype, device, requires_grad, dim) of a tensor, or int
+    weights: tuple[Any, ...]  # the signatures of the weights it was compiled with
+    state: Any  # the global state (grad mode, autocast, ...) it was compiled in
+    guards: str | None  # the shape guards on the inputs, as ShapeEnv.produce_guards_expression writes them
+    shape_env: Any  # None where the inputs do not give every symbol (a size s0 + 1 and no s0): no call is admitted
+
+    @staticmethod
+    def of(fn: Callable[..., Any], example: Sequence[Any], weights: Sequence[torch.Tensor], state: Any,
+           shape_env: Any) -> _SymbolicCode:
+        """The record of ``fn``, compiled for ``example`` and ``weights``; its guards are those on the example's sizes."""
+        sizes = [s for v in example for s in ((*v.shape, *v.stride(), v.storage_offset())
+                                              if isinstance(v, torch.Tensor) else (v,)) if isinstance(s, torch.SymInt)]
+        given = {s.node.expr for s in sizes if s.node.expr.is_Symbol}
+        if any(not s.node.expr.free_symbols <= given for s in sizes):
+            # the guards would name the graph's inputs, which a stage's call does not have
+            shape_env, guards = None, None
+        else:
+            guards = shape_env.produce_guards_expression(
+                example, guards=shape_env.get_pruned_guards(sizes), ignore_static=False)
+        inputs = tuple((v.dtype, v.device, v.requires_grad, v.dim()) if isinstance(v, torch.Tensor) else int
+                       for v in example)
+        return _SymbolicCode(fn, inputs, tuple(map(_signature, weights)), state, guards, shape_env)
+
+    def admits(self, args: Sequence[Any], weights: Sequence[torch.Tensor]) -> bool:
+        """Whether a call with ``args`` and ``weights`` may run this code."""
+        if (self.shape_env is None or len(args) != len(self.inputs) or tuple(map(_signature, weights)) != self.weights
+                or not self.state.check()):
+            return False
+        for a, want in zip(args, self.inputs):
+            if want is int:
+                if type(a) is not int:
+                    return False
+            elif type(a) not in (torch.Tensor, torch.nn.Parameter) or (a.dtype, a.device, a.requires_grad, a.dim()) != want:
+                return False
+        return self.guards is None or self.shape_env.evaluate_guards_expression(self.guards, args)
 
 
 def _signature(a: Any) -> Any:
