@@ -120,3 +120,39 @@ def test_moving_weights_costs_what_it_says_and_equals_brute_force(profile, cost)
         assert plan.resident["orbital0"], "free to move: energy goes up while in view"
     with pytest.raises(ValueError, match=r"previous names \['ground9'\]"):
         plan_horizon(profile, topo, sched, previous={"ground9": [0]}, move_cost_per_gb=1.0)
+
+
+def test_horizon_routes_exported_for_generation_generate_the_models_tokens_across_a_window(tmp_path) -> None:
+    """export_routes(max_context=...) writes each route's prefill and decode programs, so a Failover over the horizon
+    plan generates: the orbit is in view 30-60 s and the clock moves 10 s at each check (every 2 tokens), so the
+    sequences start on the ground, go through orbit and come back, and end with the model's greedy tokens."""
+    import itertools
+
+    from rotafx.models import small_gpt
+    from rotafx.orbits.horizon import export_routes
+    from rotafx.plan.schema import read_plan
+    from rotafx.runtime.distributed import Failover
+    from tests.test_failover import _chain, _day
+    from tests.test_generate import _ids, _recompute
+
+    torch.manual_seed(0)
+    m = small_gpt(vocab=128, d=32, layers=3, seq=64).eval()
+    example = _ids(1, 8, 128, seed=0)
+    profile = ModelProfile.from_pytorch(m, (example,))
+    day = _day([Window(30.0, 60.0)])
+    chain = _chain(profile)
+    for d in chain["devices"]:  # and room for the KV cache of 48 tokens
+        d["memory"] *= 2
+    plan = plan_horizon(profile, chain, day, objective="minimize_energy")
+    routes = plan.routes()
+    assert len(routes) == 2 and routes[1].nodes == ("orbital0",), [r.describe() for r in routes]
+    export_routes(m, (example,), plan, directory=tmp_path, devices="cpu", max_context=48)
+    assert all(read_plan(tmp_path / f"route{i}").generation.max_context == 48 for i in range(2))
+    prompt = _ids(2, 11, 128)
+    with Failover.from_horizon(plan, tmp_path, schedule=day, recheck_tokens=2,
+                               clock=itertools.count(0, 10).__next__) as f:
+        got = f.generate(prompt, max_new_tokens=12)
+        sent = [r.driver._next_id for r in f.routes]
+    assert torch.equal(got, _recompute(m, prompt, 12))
+    assert all(n > 0 for n in sent), sent  # both routes generated some of the tokens
+    assert [(e.src, e.dst) for e in f.events][:3] == [(None, 0), (0, 1), (1, 0)], f.events

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ..backend.options import Config
+from ..backend.partition import PartitionSource
 from ..backend.plan import plan_graph
 from ..costmodel import CostTables, route
 from ..estimate import Estimate, evaluate
@@ -493,7 +494,8 @@ def brute_force_horizon(profile: ModelProfile, topology: Topology | Mapping[str,
 
 def export_routes(model: torch.nn.Module, example_inputs: Any, plan: HorizonPlan, *,
                   directory: str | os.PathLike[str], devices: Any = None, codec: str | None = None,
-                  routes: Sequence[HorizonRoute] | None = None, overwrite: bool = False) -> tuple[PlanSpec, ...]:
+                  routes: Sequence[HorizonRoute] | None = None, overwrite: bool = False,
+                  max_context: int | None = None) -> tuple[PlanSpec, ...]:
     """Write every route of ``plan`` (:meth:`HorizonPlan.routes`) as a plan directory, ``directory/route{i}``.
 
     Route ``i`` is exported as placed (no solver: the chain stage of every layer as the horizon plan gives it, on
@@ -508,6 +510,9 @@ def export_routes(model: torch.nn.Module, example_inputs: Any, plan: HorizonPlan
         codec: the codec the plan was made with.
         routes: the routes to write (default ``plan.routes()``).
         overwrite: replace route directories already there.
+        max_context: also write each route's prefill and decode programs for this many tokens per sequence (a
+            causal LM, as :func:`rotafx.export` does), so that ``Failover.from_horizon(...).generate`` and
+            ``rotafx.generate`` can run them.
 
     Returns:
         The written plans, route ``i`` at ``i``.
@@ -515,7 +520,8 @@ def export_routes(model: torch.nn.Module, example_inputs: Any, plan: HorizonPlan
     Raises:
         ValueError: ``directory`` is empty, or the plan's routes place a different number of layers than the
             traced model has; ``plan.routes()``'s errors.
-        PlanError: as :func:`rotafx.export_pipeline`.
+        PlanError: as :func:`rotafx.export_pipeline` (a ``max_context`` over the model's positions).
+        GenerationError: ``max_context`` for a model that has no static-cache decoder.
 
     >>> # plan = plan_horizon(ModelProfile.from_pytorch(model, (x,)), topology, schedule)
     >>> # export_routes(model, (x,), plan, directory="routes", devices="cpu")   # routes/route0, routes/route1, ...
@@ -532,12 +538,16 @@ def export_routes(model: torch.nn.Module, example_inputs: Any, plan: HorizonPlan
         if traced.mutated:
             raise ValueError(f"rotafx: {type(model).__name__} writes to {list(traced.mutated)} in forward() (batch norm "
                              f"in training mode?); call model.eval() before exporting its routes")
-        cfg = Config.make({"inner": "eager", "topology": r.topology, "devices": devices, "codec": codec})
+        options = {"topology": r.topology, "devices": devices, "codec": codec}
+        cfg = Config.make({"inner": "eager", **options})
         pm = plan_graph(traced.graph_module, traced.weights, traced.params, traced.values, cfg,
                         name=type(model).__name__, in_spec=traced.in_spec, out_spec=traced.out_spec,
                         assignment=lambda profile, r=r: _stages_for(profile, r)).module
+        # what the generation programs are built from, as rotafx.partition keeps it: the model and the options (the
+        # programs are placed where the route's pipeline holds each weight, so the route's cut)
+        pm.__dict__["source"] = PartitionSource(model, options, args, {})
         out.append(export_pipeline(pm, args, path=Path(directory) / ROUTE_DIR.format(i), overwrite=overwrite,
-                                   model_name=type(model).__name__))
+                                   model_name=type(model).__name__, max_context=max_context))
     return tuple(out)
 
 
