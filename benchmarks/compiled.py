@@ -1,11 +1,11 @@
 """Inductor-compiled models against the calibrated estimate, priced as compiled code and as eager code.
 
 ``calibrate("cpu", compiled=True)`` measures a compiled call's fixed cost and each kernel's launch; a profile
-marked ``compiled`` (what the ``rotastellar`` backend makes with an inner compiler) is priced with them: views
-free, pointwise ops fused (their bytes only), every other op one kernel's launch plus its work, and one call's
-cost per stage. Each run calibrates this CPU anew (quick, one thread), then for each held-out (model, shape)
-times ``torch.compile(model, backend="inductor")`` (medians of ``torch.utils.benchmark`` rounds, the cases
-interleaved) against the estimate of the whole model on the calibrated device, compiled and eager:
+marked ``compiled`` (what the ``rotastellar`` backend makes with ``inner="inductor"``) is priced with them: views
+free, pointwise ops fused (their bytes only), every other op one kernel's launch plus its work (one compiled call's
+fixed cost per stage is not priced, so not in the estimate either). Each run calibrates this CPU anew (quick,
+one thread), then for each held-out (model, shape) times ``torch.compile(model, backend="inductor")`` (medians of
+``torch.utils.benchmark`` rounds, the cases interleaved) against the estimate of the whole model on the calibrated device, compiled and eager:
 
     .venv/bin/python benchmarks/compiled.py [--runs 2] [--rounds 5] [--out benchmarks/RESULTS_calibration.md]
 
@@ -49,7 +49,6 @@ def one_run(rounds: int) -> list[dict]:
         prof = rotafx.ModelProfile.from_pytorch(model, x)
         est = {mode: 1e3 * sum(cal.layer_time_s(l, "float32", mode == "compiled") for l in prof.layers)
                for mode in ("compiled", "eager")}
-        est["compiled"] += 1e3 * cal.compiled_call_s
         fn = torch.compile(model, backend="inductor", dynamic=False)
         with torch.no_grad():
             fn(*x)

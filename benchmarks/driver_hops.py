@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
              f"{machine()}, one thread per process. The small GPT (batch 2) over "
              f"the three-node chain of `deploy.py --calibrated`, links emulated; each run calibrates the machine "
              f"anew (quick, with a process hop) and times {args.repeats} requests one at a time after 3 warm-up. "
-             f"Measured: the first stage's \"in flight\" span plus the time from the last stage's last span to the "
-             f"request's end (the driver's trace).", "",
+             f"Measured: the first stage's \"in flight\" span (the request) plus the driver's own (the output), "
+             f"from the driver's trace, no emulated delay in either.", "",
              "| run | calibrated hop | driver's hops estimated | measured median | p10-p90 | error | whole request error | load (1 min) |",
              "|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(runs, 1):

@@ -22,6 +22,7 @@ def write_section(path: str | os.PathLike[str], title: str, text: str) -> None:
     its end; the sections after it stay."""
     out = Path(path)
     old = out.read_text() if out.exists() else ""
-    head, _, rest = old.partition("\n" + title)
+    head, _, rest = ("", "", old[len(title):]) if old.startswith(title) else old.partition("\n" + title)
     tail = rest.split("\n## ", 1)[1] if "\n## " in rest else ""
-    out.write_text(head.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n" + ("\n## " + tail if tail else ""))
+    before = head.rstrip("\n") + "\n\n" if head.strip() else ""
+    out.write_text(before + text.rstrip("\n") + "\n" + ("\n## " + tail if tail else ""))

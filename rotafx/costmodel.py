@@ -24,6 +24,7 @@ so the estimator and the solvers cannot disagree.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -210,7 +211,10 @@ class CostTables:
         self.return_ms = self.return_j = self.return_period_ms = 0.0
         if self.generation is not None:
             gen = self.generation
-            self.decode = CostTables(profile.decode, topology, codec=codec, memory_rule=memory_rule)
+            decode = profile.decode  # runs as the prefill does (a profile marked compiled: its decode step too)
+            if profile.compiled and not decode.compiled:
+                decode = dataclasses.replace(decode, compiled=True)
+            self.decode = CostTables(decode, topology, codec=codec, memory_rule=memory_rule)
             self.kv_bytes = np.array([l.kv_bytes_per_token for l in profile.layers], dtype=float) * gen.kv_rows \
                 * gen.context_len
             self.returns = token_return(topology)

@@ -140,7 +140,8 @@ def estimate_vs_measured(model: torch.nn.Module | str | os.PathLike[str], exampl
         stage_ms, total_ms, driver_ms, hop_ms, nbytes = _time_processes(plan_dir, spec, args, kwargs, repeats, warmup,
                                                                         emulate_links, threads)
         est_ms, figures = driver_hops_ms(spec, *nbytes)
-        driver = Row("the driver's two hops", est_ms, *_quantiles(driver_ms), figures)
+        # a request whose trace lacks the spans is left out; none at all: the driver's hops are not measured
+        driver = Row("the driver's two hops", est_ms, *_quantiles(driver_ms), figures) if driver_ms else None
         cmp = _compare(spec, stage_ms, total_ms, repeats, emulate_links, plan_dir, len(spec.stages), driver)
         if hop_ms:
             m, lo, hi = _quantiles(hop_ms)
@@ -202,9 +203,9 @@ def _time_processes(plan_dir: Path, spec: Any, args: Sequence[Any], kwargs: Mapp
     (its "in flight" span: from the sender handing it over until the receiver took it, the emulated delay not
     included); and the bytes of a request's tensors and of its output's.
 
-    The driver's hop in is the first stage's "in flight" span (the driver's send until that stage took it); the
-    hop out, from the end of the last stage's last span (its output packed and handed to gloo) to the end of the
-    request (the driver has the output)."""
+    The driver's hop in is the first stage's "in flight" span (the driver's send until that stage took it), its hop
+    out the driver's own (the last stage's send until the driver took the output), neither with the emulated delay
+    of a link; a request whose trace lacks either is left out of the driver's figure."""
     from torch.utils._pytree import tree_leaves
 
     from .runtime.distributed import launch_local
@@ -218,29 +219,30 @@ def _time_processes(plan_dir: Path, spec: Any, args: Sequence[Any], kwargs: Mapp
     tracks = {f"stage {st.chain_index}: {st.node} (": i for i, st in enumerate(spec.stages)}
     stage_ms = [[0.0] * repeats for _ in spec.stages]
     total_ms = [0.0] * repeats
-    hop_in, request_end = [0.0] * repeats, [0.0] * repeats
-    last_end = [0.0] * repeats
+    hop_in: dict[int, float] = {}
+    hop_out: dict[int, float] = {}
     first_in = link_track("input", spec.stages[0].node)
+    last_out = link_track(spec.stages[-1].node, "output")
     between = {link_track(a.node, b.node) for a, b in zip(spec.stages, spec.stages[1:])}
     hop_ms: list[float] = []
-    last = len(spec.stages) - 1
     for span in read_trace(trace):
         r = span.request - warmup
         if span.process != "measured" or r < 0 or r >= repeats:
             continue
         if span.track == "requests":  # the driver's: from the request's send to its output (not the trace's wait)
-            total_ms[r], request_end[r] = span.ms, span.end_ms
+            total_ms[r] = span.ms
             continue
-        if span.track == first_in and span.name == "in flight":
-            hop_in[r] = span.ms
-        elif span.track in between and span.name == "in flight":
-            hop_ms.append(span.ms)
+        if span.name == "in flight":
+            if span.track == first_in:
+                hop_in[r] = span.ms
+            elif span.track == last_out:
+                hop_out[r] = span.ms
+            elif span.track in between:
+                hop_ms.append(span.ms)
         i = next((i for prefix, i in tracks.items() if span.track.startswith(prefix)), None)
-        if i == last:
-            last_end[r] = max(last_end[r], span.end_ms)
         if i is not None and span.name == "compute":
             stage_ms[i][r] += span.ms
-    driver_ms = [a + max(0.0, end - done) for a, end, done in zip(hop_in, request_end, last_end)]
+    driver_ms = [hop_in[r] + hop_out[r] for r in range(repeats) if r in hop_in and r in hop_out]
     nbytes = tuple(sum(t.numel() * t.element_size() for t in tree_leaves(x) if isinstance(t, torch.Tensor))
                    for x in (request, out))
     return stage_ms, total_ms, driver_ms, hop_ms, (int(nbytes[0]), int(nbytes[1]))
@@ -260,13 +262,26 @@ def process_message_ms(spec: Any) -> float:
     """The fixed cost per message the plan's topology gives a hop between two of its stages: the ``message_ms`` of
     the chain links each hop crosses, averaged over the hops (0 when none is given or the topology does not load)."""
     topo = _topology(spec)
-    if topo is None or len(spec.stages) < 2:
+    at = _chain_positions(spec, topo) if topo is not None else []
+    if len(at) < 2:
         return 0.0
     per_hop = []
-    for a, b in zip(spec.stages, spec.stages[1:]):
-        chain = topo.chain[a.chain_index:b.chain_index + 1]
+    for a, b in zip(at, at[1:]):
+        chain = topo.chain[a:b + 1]
         per_hop.append(sum(_message_ms(topo, x, y) for x, y in zip(chain, chain[1:]) if x != y))
     return sum(per_hop) / len(per_hop)
+
+
+def _chain_positions(spec: Any, topo: Any) -> list[int]:
+    """Each stage's place on the topology's chain, or ``[]`` when the plan's stages do not say one there (a plan
+    directory is input from others)."""
+    try:
+        at = [int(st.chain_index) for st in spec.stages]
+        nodes = [st.node for st in spec.stages]
+    except (AttributeError, TypeError, ValueError):
+        return []
+    ok = all(0 <= i < len(topo.chain) and topo.chain[i] == n for i, n in zip(at, nodes)) and at == sorted(at)
+    return at if ok else []
 
 
 def _message_ms(topo: Any, src: str, dst: str) -> float:
@@ -289,9 +304,12 @@ def driver_hops_ms(spec: Any, in_bytes: int, out_bytes: int) -> tuple[float, str
     topo = _topology(spec)
     if topo is None:
         return 0.0, "not priced: the plan's topology does not load"
-    chain = topo.chain
-    ends = ((spec.stages[0].node, in_bytes, (chain[0], chain[1]) if len(chain) > 1 else None),
-            (spec.stages[-1].node, out_bytes, (chain[-2], chain[-1]) if len(chain) > 1 else None))
+    at = _chain_positions(spec, topo)
+    if not at:
+        return 0.0, "not priced: the plan's stages are not on its topology's chain"
+    chain, first, last = topo.chain, at[0], at[-1]
+    ends = ((chain[first], in_bytes, (chain[first], chain[first + 1]) if first + 1 < len(chain) else None),
+            (chain[last], out_bytes, (chain[last - 1], chain[last]) if last > 0 else None))
     total, how = 0.0, []
     for node, nbytes, pair in ends:
         dev = topo.devices.get(node)

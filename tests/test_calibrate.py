@@ -417,6 +417,14 @@ def test_the_driver_hops_are_priced_as_a_process_hop_of_each_end_by_hand() -> No
     # a plan's topology is input from others: one that does not load is said, not raised from inside
     assert driver_hops_ms(SimpleNamespace(topology={"devices": "x"}, stages=[]), 1, 1)[1].startswith("not priced")
     assert process_message_ms(SimpleNamespace(topology={"devices": "x"}, stages=relay.stages)) == 0.0
+    # stages the topology's chain does not hold, or none at all: not priced, never a traceback
+    for stages in ([], [SimpleNamespace(node="zz", chain_index=0)], [SimpleNamespace(node="b", chain_index=0)],
+                   [SimpleNamespace(chain_index=0)], [SimpleNamespace(node="c", chain_index=2),
+                                                     SimpleNamespace(node="a", chain_index=0)]):
+        bad = spec(plain, 0.25)
+        bad.stages = stages
+        assert driver_hops_ms(bad, 1, 1) == (0.0, "not priced: the plan's stages are not on its topology's chain")
+        assert process_message_ms(bad) == 0.0
 
 
 def test_the_compare_command_prints_the_table(tmp_path: Path) -> None:
@@ -575,7 +583,14 @@ def test_compiled_code_is_priced_by_its_launch_costs_by_hand() -> None:
     eager = [c.op_time_s(o) for o in (mm, add, norm, view)]
     assert [c.op_time_s(o, compiled=True) for o in (mm, add, norm, view)] == eager  # nothing measured compiled
     c.compiled = {"call_s": 20e-6, "kernel_s": 4e-6}
-    assert c.op_time_s(mm, compiled=True) == pytest.approx(4e-6 + 2 * 16 * 256 * 256 / 16e9)
+    # a matmul: the compiled launch, plus what its work takes beyond the eager launch of a matmul (5 us here)
+    assert c.op_time_s(mm, compiled=True) == pytest.approx(4e-6 + 2 * 16 * 256 * 256 / 16e9 - 5e-6)
+    # below the grid: the call at its edge (131 us here), less the eager launch, plus the compiled one
+    tiny = OpCost(2 * 4 * 16 * 16, 1792, ("mm", 4, 16, 16), False, "mm.default")
+    assert c.op_time_s(tiny, compiled=True) == pytest.approx(4e-6 + 2 * 256 * 256 / 1e9 - 5e-6)
+    c.matmul["float32"][(1, 256, 256)] = (1e12, 0.0)  # an edge call faster than the eager launch: the launch only
+    assert c.op_time_s(tiny, compiled=True) == pytest.approx(4e-6)
+    del c.matmul["float32"][(1, 256, 256)]
     assert c.op_time_s(add, compiled=True) == pytest.approx((16 << 20) / 1e10)  # fused: its bytes, no launch
     assert c.op_time_s(norm, compiled=True) == pytest.approx(4e-6 + max(4096 / 64e9, 12_000 / 1e10))
     assert c.op_time_s(view, compiled=True) == 0.0 and c.compiled_call_s == 20e-6
@@ -600,10 +615,22 @@ def test_compiled_code_is_priced_by_its_launch_costs_by_hand() -> None:
         assert t.compute_ms[:, 0] == pytest.approx(want)
         assert t.figures == ["calibrated, compiled" if compiled else "calibrated"]
     assert CostTables(replace(prof, compiled=True), topo).compute_ms.sum() < CostTables(prof, topo).compute_ms.sum()
+    # a generation profile marked compiled runs its decode step compiled too
+    from rotafx.models import small_gpt
+
+    gen = rotafx.ModelProfile.for_generation(small_gpt(layers=1, seq=32).eval(), prompt_len=8, new_tokens=4)
+    one = CostTables(replace(gen, compiled=True), topo)
+    assert one.decode.compute_ms[:, 0] == pytest.approx([1e3 * c.layer_time_s(l, "float32", True)
+                                                         for l in gen.decode.layers])
 
 
-@pytest.mark.parametrize("inner", ["eager", "aot_eager"])
-def test_the_backend_prices_its_stages_as_compiled_code_when_an_inner_compiler_runs_them(inner: str) -> None:
+@pytest.mark.parametrize("inner", ["eager", "aot_eager", "inductor"])
+def test_the_backend_prices_its_stages_as_compiled_code_when_inductor_runs_them(inner: str) -> None:
+    """aot_eager runs the aten ops one by one, as eager does (nothing fused): only inductor's stages are compiled
+    code; and a compiled graph's plan is not reused for the same graph run eagerly (the key says which)."""
+    from dataclasses import replace
+
+    from rotafx.backend.plan import cost_key
     from tests.test_backend import ON_CPU, three_cpus
 
     torch._dynamo.reset()
@@ -613,14 +640,16 @@ def test_the_backend_prices_its_stages_as_compiled_code_when_an_inner_compiler_r
     x = torch.randn(4, 16)
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(model, backend=be)(x), model(x))
-    assert [p.profile.compiled for p in be.plans] == [inner != "eager"]
+    assert [p.profile.compiled for p in be.plans] == [inner == "inductor"]
+    prof = be.plans[0].profile
+    assert cost_key(prof) != cost_key(replace(prof, compiled=not prof.compiled))
 
 
 def test_calibrate_measures_compiled_launch_costs() -> None:
     lines: list[str] = []
     c = calibrate("cpu", quick=True, threads=1, compiled=True, progress=lines.append)
     assert set(c.compiled) == {"call_s", "kernel_s"} and 0 < c.compiled["call_s"] < 1e-2
-    assert 0 <= c.compiled["kernel_s"] < 1e-2 and any("compiled code" in ln for ln in lines)
+    assert 0 < c.compiled["kernel_s"] < 1e-2 and any("compiled code" in ln for ln in lines)
     assert Calibration.from_dict(c.to_dict()).compiled == c.compiled
     assert calibrate("cpu", quick=True, threads=1).compiled == {}  # measured only when asked
 

@@ -113,7 +113,7 @@ def plan_graph(gm: fx.GraphModule, weights: Mapping[str, str], params: frozenset
     """
     annotate(gm, weights)
     profile = ModelProfile.from_graph(read_graph(gm, weights, params, name=name))
-    if cfg.inner != "eager":  # the stages run compiled: priced so where the device measured compiled code
+    if cfg.inner == "inductor":  # the stages run as inductor's code: priced so where the device measured it
         profile = dataclasses.replace(profile, compiled=True)
     if assignment is not None:
         part = fixed_partition(profile, cfg, assignment(profile), {n: values[n] for n in state if n in values})
