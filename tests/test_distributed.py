@@ -15,7 +15,7 @@ import torch
 
 import rotafx
 from rotafx import PlanError
-from rotafx.runtime.distributed import DistributedError, LocalCluster, launch_local
+from rotafx.runtime.distributed import DistributedError, LinkDownError, LocalCluster, launch_local
 from rotafx.runtime.links import hop_delay_s
 from tests import faulty_stage
 from tests.test_export import build, three_stage_topology
@@ -153,3 +153,47 @@ def test_a_stage_that_never_starts(conv_plan: Any, tmp_path: Path) -> None:
     with pytest.raises(DistributedError, match=r"stage 0 \(ground0\), stage 1 \(orbital0\), stage 2 \(ground1\) did not join"):
         Driver(path, master_port=free_port(), join_timeout=2.0, secret="a test secret, 32 bytes long....")
     assert time.perf_counter() - t0 < 15
+
+
+def test_link_windows_lose_what_arrives_while_a_link_is_down_and_the_pipeline_stays_up(conv_plan: Any) -> None:
+    """Schedule time is given per call (``at_s``) and runs a millionth as fast as the wall clock, so each call's
+    requests arrive at the time it names: all answered while the links are up, all lost (not computed: the stage
+    that receives them drops them, the driver hears of each) while the uplink or the downlink is down, and
+    answered again once the windows reopen."""
+    path, model, x = conv_plan
+    reqs = _requests(x, 4, seed=2)
+    with launch_local(path, timeout=TIMEOUT, join_timeout=90) as cluster:
+        d = cluster.driver
+        with pytest.raises(ValueError, match=r"set them first \(Driver\.set_link_windows\)"):
+            d.run(reqs, at_s=1.0)
+        with pytest.raises(ValueError, match=r"link ground0 -> orbital0: windows 0-10 s and 5-20 s overlap"):
+            d.set_link_windows({("ground0", "orbital0"): [(0, 10), (5, 20)]})
+        with pytest.raises(ValueError, match=r"link ground0 -> orbital0: a window is \(start_s, end_s\), finite seconds "
+                                             r"that end after they start, got \(10, 5\)"):
+            d.set_link_windows({("ground0", "orbital0"): [(10, 5)]})
+        with pytest.raises(ValueError, match=r"got \(0, inf\)"):
+            d.set_link_windows({("ground0", "orbital0"): [(0, float("inf"))]})
+        with pytest.raises(ValueError, match=r"ground1 -> orbital0, which this plan does not cross; it crosses "
+                                             r"ground0 -> orbital0, orbital0 -> ground1"):
+            d.set_link_windows({("ground1", "orbital0"): []})
+        with pytest.raises(ValueError, match=r"a \(src, dst\) pair of node names, got 'ground0'"):
+            d.set_link_windows({"ground0": [(0, 1)]})
+        with pytest.raises(ValueError, match="time_scale must be a positive number"):
+            d.set_link_windows({("ground0", "orbital0"): [(0, 1)]}, time_scale=0)
+        d.set_link_windows({("ground0", "orbital0"): [(0, 10), (20, 30)], ("orbital0", "ground1"): [(0, 25)]},
+                           time_scale=1e-6)
+        with pytest.raises(ValueError, match="at_s must be a finite number"):
+            d.run(reqs, at_s=float("nan"))
+        for y, r in zip(d.run(reqs, at_s=5.0), reqs):
+            torch.testing.assert_close(y, model(*r), rtol=0, atol=0)
+        for at, link in ((15.0, "ground0 -> orbital0"), (27.0, "orbital0 -> ground1")):  # lost at stage 1, stage 2
+            with pytest.raises(LinkDownError, match=rf"4 request\(s\) lost \(0-3\): link {link} down at schedule time "
+                                                    rf"{at:.3f} s; 0 answered \(none\); the pipeline is up") as info:
+                d.run(reqs, at_s=at)
+            err = info.value
+            assert (err.lost, err.outputs, err.links, err.stage) == ([0, 1, 2, 3], {}, [link], None)
+            assert err.t_s == pytest.approx(at, abs=1e-3)
+        for y, r in zip(d.run(reqs, at_s=21.0), reqs):  # the windows reopened: the same pipeline answers
+            torch.testing.assert_close(y, model(*r), rtol=0, atol=0)
+        d.set_link_windows(None)
+        torch.testing.assert_close(d.run(reqs[:1])[0], model(*reqs[0]), rtol=0, atol=0)

@@ -28,7 +28,7 @@ from .driver import Driver
 from .failover import ROUTE_DIR, Failover, FailoverEvent
 from .launch import LocalCluster, launch_local
 from .stage import StageServer, serve
-from .transport import HEADER_BYTES, DistributedError, free_port
+from .transport import HEADER_BYTES, DistributedError, LinkDownError, free_port
 
-__all__ = ["Driver", "DistributedError", "Failover", "FailoverEvent", "ROUTE_DIR", "LocalCluster", "launch_local", "serve", "StageServer", "free_port",
+__all__ = ["Driver", "DistributedError", "LinkDownError", "Failover", "FailoverEvent", "ROUTE_DIR", "LocalCluster", "launch_local", "serve", "StageServer", "free_port",
            "HEADER_BYTES"]

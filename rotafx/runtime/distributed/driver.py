@@ -36,13 +36,13 @@ from ...units import first_line, format_ranges
 from ..sampling import (GenerationError, GenerationTimings, chunks, generate_left_padded, padded, prompt_groups,
                         summarize, token_ids)
 from ..sampling import check_request as check_generation
-from ..links import LinkEmulator
+from ..links import LinkEmulator, LinkWindows
 from .secret import resolve_secret
 from .store import AuthStore, StoreServer
 from ..tracing import StageTrack, Trace, link_track, predicted_spans
-from .transport import (BEAT_S, DATA, DECODE, EMULATE, FREE, PREFILL, PREFIX, PROGRAMS, SLOT_SHIFT, STOP, TRACE,
-                        CommError,
-                        DistributedError, Layout, Wire, backend_for, check_endpoint, check_links, get_key, header_only,
+from .transport import (BEAT_S, DATA, DECODE, EMULATE, FREE, LOST, NO_STAMP, PREFILL, PREFIX, PROGRAMS, SLOT_SHIFT,
+                        STOP, TRACE, CommError,
+                        DistributedError, LinkDownError, Layout, Stamp, Wire, backend_for, check_endpoint, check_links, get_key, header_only,
                         make_group, plan_digest, post, set_quietly, shutdown, wait, wires_of, endpoint_from_env,
                         check_world)
 
@@ -97,6 +97,9 @@ class Driver:
         self.wire = Wire(self.plan)
         self._in, self._out = self.wire.layouts[0], self.wire.layouts[n]
         self._emulator = LinkEmulator(self.plan.hops[n].links)
+        self._windows: LinkWindows | None = None  # set_link_windows: when the links are up, in schedule time
+        self._windows_version = 0
+        self._anchor = NO_STAMP  # the windows' version and the instant set_link_windows made schedule time start_s
         self._next_id = self._base = 0
         self._closed = False
         self._trace: Trace | None = None
@@ -199,26 +202,123 @@ class Driver:
             out.append(check_request(self.plan, args, kwargs, where=f"request {i}: "))
         return out
 
-    def run(self, requests: Sequence[Any], *, window: int | None = None, emulate_links: bool | None = None) -> list[Any]:
+    def set_link_windows(self, windows: Mapping[Any, Sequence[Any]] | LinkWindows | None, *, time_scale: float = 1.0,
+                         start_s: float = 0.0) -> None:
+        """Make the plan's links go up and down: from now on a message that would arrive while a link it crosses is
+        out of every window (in schedule time) is lost, not computed, and the call that sent it raises
+        :class:`~.transport.LinkDownError` once every other request is answered; the pipeline stays up.
+
+        The receiving process decides, at the time the message arrives (as the emulated links deliver it with link
+        emulation on, else when it was handed over): the stages for the hops into them, the driver for the last
+        hop. Schedule time is ``start_s`` now and runs at ``time_scale`` schedule seconds per wall second, unless a
+        call says what time it starts at (``run(..., at_s=t)``, as :class:`~.failover.Failover` does). The stages
+        read the windows from the driver's store, checked as data.
+
+        Args:
+            windows: ``(src, dst) -> [(start_s, end_s), ...]`` (schedule seconds; pairs or objects with
+                ``start_s``/``end_s`` such as :class:`rotafx.orbits.Window`) for links the plan crosses, or a
+                :class:`~rotafx.runtime.links.LinkWindows` (which brings its own ``time_scale``). A link not listed
+                is always up, one listed with no windows never. ``None``: every link up again.
+            time_scale: schedule seconds per wall-clock second.
+            start_s: the schedule time now.
+
+        Raises:
+            ValueError: malformed windows (named: see :class:`~rotafx.runtime.links.LinkWindows`), a link the
+                plan does not cross, or a ``start_s`` that is not a finite number.
+
+        >>> # driver.set_link_windows({("ground0", "orbital0"): [(0, 300)]}, time_scale=600)
+        >>> # driver.run(requests)   # requests whose uplink message arrives after 300 s (0.5 s from now) are lost
+        """
+        if windows is None:
+            self._windows, self._anchor = None, NO_STAMP
+            return
+        table = windows if isinstance(windows, LinkWindows) else LinkWindows(windows, time_scale)
+        crossed = {(str(l.get("src")), str(l.get("dst"))) for h in range(len(self.plan.hops))
+                   for l in self._hop_links(h, DECODE)}
+        stray = sorted(set(table.windows) - crossed)
+        if stray:
+            raise ValueError(f"rotafx: link windows for {', '.join(f'{a} -> {b}' for a, b in stray)}, which this plan "
+                             f"does not cross; it crosses {', '.join(f'{a} -> {b}' for a, b in sorted(crossed)) or 'none'}")
+        start = _schedule_time(start_s, "start_s")
+        self._windows_version += 1
+        self.store.set(f"{PREFIX}links/{self._windows_version}", table.to_json())
+        self._windows = table
+        self._anchor = Stamp(self._windows_version, time.time_ns(), start)
+
+    def _stamp(self, at_s: float | None) -> Stamp:
+        """What this call's messages carry: the windows in force and when schedule time ``at_s`` is (now)."""
+        if self._windows is None:
+            if at_s is not None:
+                raise ValueError("rotafx: at_s is the schedule time a call starts at under link windows; set them "
+                                 "first (Driver.set_link_windows)")
+            return NO_STAMP
+        if at_s is None:
+            return self._anchor
+        return Stamp(self._windows_version, time.time_ns(), _schedule_time(at_s, "at_s"))
+
+    def _hop_links(self, hop: int, kind: int) -> tuple[Any, ...]:
+        """The links a message of ``kind`` crosses on hop ``hop`` (a decode step into stage 0 also the token's trip
+        back from the last node, as the emulation charges it)."""
+        gen = self.plan.generation
+        back = tuple(gen.return_links) if gen is not None and hop == 0 and kind == DECODE else ()
+        return (*self.plan.hops[hop].links, *back)
+
+    def _lost_at(self, stamp: Stamp, kind: int) -> tuple[int, float, list[str]]:
+        """A ``LOST`` message's word (from a stage: checked): the hop that dropped it, when, and the links down."""
+        n = self.plan.num_stages
+        hop, t = stamp.hop, stamp.sched_s
+        if not (0 <= hop <= n and math.isfinite(t)):
+            return -1, math.nan, []
+        return hop, t, self._windows.down(self._hop_links(hop, kind), t) if self._windows is not None else []
+
+    def _output_lost(self, stamp: Stamp, at: float) -> tuple[int, float, list[str]] | None:
+        """The last hop (into the driver) checked as a stage checks its own: lost when a link was down at ``at``."""
+        if not stamp.windows or self._windows is None:
+            return None
+        n = self.plan.num_stages
+        t = stamp.at(at, self._windows.time_scale)
+        down = self._windows.down(self._hop_links(n, DATA), t)
+        return (n, t, down) if down else None
+
+    def _link_down(self, lost: Mapping[int, tuple[int, float, list[str]]], done: Sequence[int], what: str,
+                   unanswered: Sequence[int] | None = None, **kw: Any) -> LinkDownError:
+        """The error for ``lost`` (index -> the hop, time and links down that lost it), ``done`` answered."""
+        links = sorted({l for _, _, down in lost.values() for l in down})
+        times = [t for _, t, _ in lost.values() if math.isfinite(t)]
+        t_s = min(times) if times else None
+        missing = sorted(lost) if unanswered is None else list(unanswered)
+        when = f" at schedule time {t_s:,.3f} s" if t_s is not None else ""
+        msg = (f"rotafx: {len(missing)} {what}(s) lost ({format_ranges(missing)}): link {', '.join(links) or '(unknown)'} "
+               f"down{when}; {len(done)} answered ({format_ranges(list(done)) or 'none'}); the pipeline is up, later "
+               f"calls go through where the links are up")
+        return LinkDownError(msg, lost=missing, links=links, t_s=t_s, completed=done, **kw)
+
+    def run(self, requests: Sequence[Any], *, window: int | None = None, emulate_links: bool | None = None,
+            at_s: float | None = None) -> list[Any]:
         """Send every request through the pipeline; their outputs, in order (structured like the model's).
 
         A request is a tuple of positional inputs (or a single tensor, or ``(args, kwargs)``
         as a ``dict`` under ``"args"``/``"kwargs"``). All are checked before the first is sent.
         ``emulate_links`` (default: the driver's setting) delays every hop of these requests
-        as the plan's topology links would (:mod:`rotafx.runtime.links`). A stage that dies,
+        as the plan's topology links would (:mod:`rotafx.runtime.links`). ``at_s``: the schedule
+        time now, under link windows (:meth:`set_link_windows`). A stage that dies,
         stops or hangs, now or since the last call, raises :class:`DistributedError` naming
-        it, with the requests that completed.
+        it, with the requests that completed. Requests lost to a link out of its windows raise
+        :class:`~.transport.LinkDownError` once the others are answered: ``err.lost``, and
+        ``err.outputs`` for the rest (each answered once; the pipeline stays up).
         """
         emulate = self.emulate_links if emulate_links is None else bool(emulate_links)
         if self._closed:
             raise DistributedError("rotafx: this driver is closed")
         flat = self.check(requests)
+        stamp = self._stamp(at_s)
         n = self.plan.num_stages
         window = window or 2 * n
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"rotafx: window must be a positive number of requests in flight, got {window!r}")
         last = n  # the rank of the last stage
         outputs: dict[int, Any] = {}
+        lost: dict[int, tuple[int, float, list[str]]] = {}  # request -> the hop, schedule time and links that lost it
         traced: dict[int, tuple[int, float, str]] = {}  # message id -> (trace request, end, kind)
         begun: dict[int, int] = {}
         inflight: collections.deque[tuple[int, int, torch.Tensor, Any]] = collections.deque()
@@ -238,9 +338,15 @@ class Driver:
             i, req, buf, work = inflight.popleft()
             self._wait(work, last, f"the driver: waiting for request {i}", i, outputs)
             kind, got, sent_at, flags = Layout.header(buf)
-            if got != req:
-                raise self._failure(RuntimeError(f"expected the output of request {req}, got {got}"), i, outputs)
-            slept = self._emulator.deliver(sent_at, self._out.payload_bytes) if emulate else 0.0
+            if got != req or kind not in (DATA, LOST):
+                raise self._failure(RuntimeError(f"expected the output of request {req}, got {got} of kind {kind}"), i,
+                                    outputs)
+            at, slept = self._emulator.wait_for(sent_at, self._out.payload_bytes) if emulate else (sent_at, 0.0)
+            gone = self._lost_at(Layout.stamp(buf), DATA) if kind == LOST else self._output_lost(stamp, at)
+            if gone is not None:  # a link was down: nothing to read (each request is answered once, or lost)
+                lost[i] = gone
+                begun.pop(req, None)
+                return
             if req in begun:
                 self._record_output(req, sent_at, slept)
                 traced[req] = (begun.pop(req), self._trace.now(), "request")  # type: ignore[union-attr]
@@ -258,7 +364,7 @@ class Driver:
             if self._trace is not None:
                 begun[req] = self._trace.begin()
             msg = self._in.pack(DATA, req, [t.to(self.device) for t in tensors], self.device,
-                                (EMULATE if emulate else 0) | self._trace_flag())
+                                (EMULATE if emulate else 0) | self._trace_flag(), stamp)
             sends.append((start(self.pg.send, msg, 1, i), msg))
             while len(sends) > window:
                 self._wait(sends.popleft()[0], 1, f"the driver: sending request {i}", i, outputs)
@@ -268,6 +374,8 @@ class Driver:
             self._wait(sends.popleft()[0], 1, "the driver: sending", len(flat) - 1, outputs)
         self._next_id = base + len(flat)
         self._write_trace(traced)
+        if lost:
+            raise self._link_down(lost, sorted(outputs), "request", outputs=outputs)
         return [outputs[i] for i in range(len(flat))]
 
     generates_across_processes = True  # rotafx.generate(driver, ...) calls generate
@@ -276,7 +384,8 @@ class Driver:
                  attention_mask: torch.Tensor | None = None, do_sample: bool = False, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, eos_token_id: int | Sequence[int] | None = None,
                  pad_token_id: int | None = None, generator: torch.Generator | None = None, timings: bool = False,
-                 emulate_links: bool | None = None) -> torch.Tensor | tuple[torch.Tensor, GenerationTimings]:
+                 emulate_links: bool | None = None,
+                 at_s: float | None = None) -> torch.Tensor | tuple[torch.Tensor, GenerationTimings]:
         """Generate tokens across the stage processes with the plan's prefill and decode programs.
 
         Each group of ``batch_size`` rows (the plan's; one row by default) is a sequence with its own
@@ -297,6 +406,7 @@ class Driver:
                 the moment each was sent; TPOT: the median gap between a sequence's tokens; tokens/s: every
                 new token over the call).
             emulate_links: delay every hop as the plan's links would (default: the driver's setting).
+            at_s: the schedule time now, under link windows (:meth:`set_link_windows`).
 
         Returns:
             ``[B, P + n]`` token ids as transformers' ``generate`` gives them (a sequence that stopped early is
@@ -307,6 +417,8 @@ class Driver:
             DistributedError: a stage failed, stopped or hung: it names the stage, and carries
                 ``completed`` (the sequences that finished), ``outputs`` (sequence -> its ids) and ``tokens``
                 (sequence -> the new tokens it got, finished or not).
+            LinkDownError: a step was lost to a link out of its windows: the same, and ``lost`` (the sequences
+                that did not finish: a sequence that lost a step stops there, and none starts after the loss).
 
         >>> # with launch_local("plan") as c: ids = c.driver.generate(prompt, max_new_tokens=32, sequences=4)
         """
@@ -324,7 +436,7 @@ class Driver:
             return generate_left_padded(input_ids, groups, pad, timings, lambda ids: self.generate(
                 ids, max_new_tokens, sequences=sequences, do_sample=do_sample, temperature=temperature, top_k=top_k,
                 top_p=top_p, eos_token_id=eos, pad_token_id=pad, generator=generator, timings=timings,
-                emulate_links=emulate_links))
+                emulate_links=emulate_links, at_s=at_s))
         req = check_generation(input_ids, max_new_tokens, attention_mask, do_sample, temperature, top_k, top_p, eos,
                                pad, gen.max_context, "tokens of the plan's max_context",
                                " or export the plan again with a larger max_context", generator)
@@ -340,7 +452,7 @@ class Driver:
             raise GenerationError(f"rotafx: sequences must be a positive number of sequences decoding at once, "
                                   f"got {sequences!r}")
         emulate = self.emulate_links if emulate_links is None else bool(emulate_links)
-        run = _Generation(self, req, wires_of(self.plan), S, b, min(sequences, S), emulate)
+        run = _Generation(self, req, wires_of(self.plan), S, b, min(sequences, S), emulate, self._stamp(at_s))
         try:
             run.go()
         except DistributedError as e:
@@ -350,6 +462,10 @@ class Driver:
                                    f"({format_ranges(done) or 'none'}), {sum(map(len, got.values()))} token(s) made",
                                    stage=e.stage, node=e.node, completed=done,
                                    outputs={s: run.ids(s) for s in done}, tokens=got) from None
+        if run.lost:
+            done = sorted(run.finished)
+            raise self._link_down(run.lost, done, "sequence", unanswered=sorted(set(range(S)) - run.finished),
+                                  outputs={s: run.ids(s) for s in done}, tokens=run.tokens_of())
         ids = torch.cat([run.ids(s, pad_to=run.longest()) for s in range(S)], 0)
         if not timings:
             return ids
@@ -578,8 +694,10 @@ class _Generation:
     stage serves its messages in the order they come, so outputs return in the order they were sent)."""
 
     def __init__(self, driver: Driver, req: Any, wires: Mapping[int, Wire], S: int, b: int, at_once: int,
-                 emulate: bool) -> None:
+                 emulate: bool, stamp: Stamp = NO_STAMP) -> None:
         self.d, self.req, self.wires, self.S, self.b, self.at_once = driver, req, wires, S, b, at_once
+        self.stamp = stamp
+        self.lost: dict[int, tuple[int, float, list[str]]] = {}  # sequence -> the hop, time and links that lost a step
         self.flags = (EMULATE if emulate else 0) | driver._trace_flag()
         self.begun: dict[int, int] = {}  # traced: message id -> its trace request
         self.traced: dict[int, tuple[int, float, str]] = {}  # message id -> (trace request, end, kind)
@@ -614,7 +732,7 @@ class _Generation:
 
     def _admit(self) -> None:
         """The next waiting sequence's prompt, chunk by chunk (chunks do not wait on each other)."""
-        if not self.waiting:
+        if not self.waiting or self.lost:  # after a loss the links are down: nothing new starts
             return
         s = self.waiting.popleft()
         ids = self.req.input_ids[s * self.b:(s + 1) * self.b]
@@ -636,7 +754,7 @@ class _Generation:
             self.begun[mid] = d._trace.begin()
         named = {"input_ids": ids, "cache_position": pos}
         msg = wire.layouts[0].pack(kind, mid, [named[v].to(d.device) for v in wire.plan.tensor_inputs], d.device,
-                                   flags)
+                                   flags, self.stamp)
         self._queue(self._post(d.pg.send, msg, 1, mid), msg)
 
     def _queue(self, work: Any, msg: torch.Tensor) -> None:
@@ -656,11 +774,18 @@ class _Generation:
         mid, s, kind, take, buf, work = self.inflight.popleft()
         d._wait(work, d.plan.num_stages, f"the driver: waiting for sequence {s}", mid - self.base, {})
         got_kind, got, sent_at, _ = Layout.header(buf)
-        if (got_kind, got) != (kind, mid):
+        if got != mid or got_kind not in (kind, LOST):
             raise d._failure(RuntimeError(f"expected message {mid} of kind {kind}, got {got} of kind {got_kind}"),
                              mid - self.base, {})
         wire = self.wires[kind]
-        slept = d._emulator.deliver(sent_at, wire.layouts[-1].payload_bytes) if take and self.flags & EMULATE else 0.0
+        at, slept = (d._emulator.wait_for(sent_at, wire.layouts[-1].payload_bytes) if take and self.flags & EMULATE
+                     else (sent_at, 0.0))
+        gone = d._lost_at(Layout.stamp(buf), kind) if got_kind == LOST else d._output_lost(self.stamp, at)
+        if gone is not None or s in self.lost:  # this step, or an earlier one of the sequence, was lost
+            self.begun.pop(mid, None)
+            if s not in self.lost and gone is not None:
+                self._lose(s, gone)
+            return
         if mid in self.begun:
             d._record_output(mid, sent_at, slept)
             self.traced[mid] = (self.begun.pop(mid), d._trace.now(), PROGRAMS[kind])  # type: ignore[union-attr]
@@ -693,6 +818,15 @@ class _Generation:
         self._queue(self._post(d.pg.send, msg, 1, mid), msg)
         self._admit()
 
+    def _lose(self, s: int, why: tuple[int, float, list[str]]) -> None:
+        """Sequence ``s`` lost a step to a down link: it stops, and every stage frees its slot (after the messages of
+        it still in flight, which each stage drops as lost)."""
+        self.lost[s] = why
+        mid = self.d._next_id
+        self.d._next_id += 1
+        msg = header_only(FREE, mid, self.flags | (s << SLOT_SHIFT), self.d.device)
+        self._queue(self._post(self.d.pg.send, msg, 1, mid), msg)
+
     def tokens_of(self) -> dict[int, list[int]]:
         """Sequence -> the new tokens of its first row, as made so far."""
         return {s: [int(t[0]) for t in toks] for s, toks in self.new.items()}
@@ -714,6 +848,13 @@ class _Generation:
         total = sum(len(t) for t in self.new.values()) * self.b
         return summarize(statistics.median(ttft) if ttft else math.nan, gaps, total / max(self.t1 - self.t0, 1e-12),
                          self.S * self.b, self.longest())
+
+
+def _schedule_time(v: Any, name: str) -> float:
+    """A schedule time given by the caller: a finite number of seconds."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError(f"rotafx: {name} must be a finite number of schedule seconds, got {v!r}")
+    return float(v)
 
 
 def _split_request(r: Any) -> tuple[tuple, dict[str, Any]]:

@@ -22,12 +22,12 @@ import torch.distributed as dist
 from ...plan.load import load, load_cached_stage
 from ...plan.schema import PlanError, read_plan
 from ...units import first_line
-from ..links import LinkEmulator
+from ..links import LinkEmulator, LinkWindows
 from .secret import SecretError, resolve_secret
 from .store import StoreGone, StoreRefused, connect
 from ..tracing import link_track, stage_track
-from .transport import (BEAT_S, DATA, DECODE, EMULATE, FREE, PREFIX, PROGRAMS, SLOT_SHIFT, STOP, TRACE, CommError,
-                        DistributedError,
+from .transport import (BEAT_S, DATA, DECODE, EMULATE, FREE, LOST, PREFIX, PROGRAMS, SLOT_SHIFT, STOP, TRACE, CommError,
+                        DistributedError, Stamp,
                         Layout, backend_for, check_endpoint, check_links, get_key, header_only, largest, local_address,
                         make_group, plan_digest, post, set_quietly, shutdown, wait, who, wires_of, endpoint_from_env,
                         stage_from_env, check_world)
@@ -81,6 +81,8 @@ class StageServer:
         self.spans: collections.deque[list[list[Any]]] = collections.deque()  # a message's spans per item
         self._span_lock = threading.Lock()
         self._span_batches = 0
+        self._windows: dict[int, LinkWindows] = {}  # link windows version -> the windows (Driver.set_link_windows)
+        self.broken: set[int] = set()  # cache slots whose sequence lost a message here: the rest of it is lost too
 
     def publish_spans(self, store: Any) -> None:
         """Put the spans recorded since the last call in the driver's store, as one batch."""
@@ -95,6 +97,18 @@ class StageServer:
             self._span_batches = k + 1
             store.set(f"{PREFIX}stage{self.stage}/spans", str(k + 1))
 
+    def windows(self, store: Any, version: int) -> LinkWindows:
+        """The link windows of version ``version``, read once from the driver's store (``links/{version}``) and checked."""
+        got = self._windows.get(version)
+        if got is None:
+            if not 0 < version < 1 << 31:
+                raise RuntimeError(f"a message names link windows version {version}, which no driver writes")
+            raw = get_key(store, f"links/{version}")
+            if raw is None:
+                raise RuntimeError(f"a message names link windows version {version}, which the driver's store lacks")
+            got = self._windows[version] = LinkWindows.from_json(raw)
+        return got
+
     def before_compute(self, request: int) -> None:
         """Called before request ``request`` is computed (after its inputs arrived); does nothing here."""
 
@@ -104,6 +118,18 @@ class StageServer:
         self.pending.append((post(self.pg.send, [msg], peer, f"{name}: sending to {who(self.plan, peer)}"), msg))
         while len(self.pending) > 2:
             wait(self.pending.popleft()[0], self.timeout, peer, f"{name}: sending to {who(self.plan, peer)}")
+
+    def _lost(self, store: Any, stamp: Stamp, at: float, links: Any, kind: int, slot: int) -> bool:
+        """Whether a message that arrived at wall time ``at`` over ``links`` is lost: a link was out of every window
+        at the schedule time it arrived, or it belongs to a sequence that lost a message here before."""
+        if kind in PROGRAMS and slot in self.broken:
+            return True
+        windows = self.windows(store, stamp.windows)
+        if not windows.down(links, stamp.at(at, windows.time_scale)):
+            return False
+        if kind in PROGRAMS:
+            self.broken.add(slot)
+        return True
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every send in flight has been delivered."""
@@ -192,6 +218,7 @@ class StageServer:
                 wait(work, self.idle_timeout, peer, f"{name}: receiving from {who(plan, peer)}")
                 arrived = time.time()
                 kind, req, sent_at, flags = Layout.header(buf)
+                stamp = Layout.stamp(buf)
                 traced = bool(flags & TRACE) and kind in (DATA, *PROGRAMS)
                 mine: list[list[Any]] = []  # this message's spans, handed to the watchdog together once it is sent
                 if traced:  # from the moment the sender handed it over until this stage took it
@@ -204,7 +231,7 @@ class StageServer:
                     stop_watch.set()  # the run is over: the driver may close its store any moment now
                     break
                 wire = wires.get(kind)
-                if wire is None and kind != FREE:
+                if wire is None and kind not in (FREE, LOST):
                     raise RuntimeError(f"a message of kind {kind} (request {req}), which this stage does not know"
                                        + ("; the plan has no generation programs" if kind in PROGRAMS else ""))
                 got = wire.split(stage, wire.layouts[stage].unpack(buf)) if wire is not None else {}
@@ -215,17 +242,29 @@ class StageServer:
                 if kind == FREE:  # a sequence ended: its cache goes, and the stages after this one are told
                     if self.cached is not None:
                         self.cached.free(slot)
+                    self.broken.discard(slot)
                     if not last:
                         self._send(header_only(FREE, req, flags, dev), name)
                     continue
+                if kind == LOST:  # a link before this stage dropped the request: the driver is told
+                    self._send(header_only(LOST, req, flags, dev, stamp), name)
+                    progress["sent"] = str(req)
+                    continue
                 ready = arrived  # the end of what this stage last recorded of the request
+                at = sent_at  # when it arrived: handed over, or as the emulated links deliver it
                 if self.emulate_links or flags & EMULATE:
                     t0 = time.time()
-                    emulators[kind].deliver(sent_at, wire.layouts[stage].payload_bytes)
+                    at, _ = emulators[kind].wait_for(sent_at, wire.layouts[stage].payload_bytes)
                     if traced:
                         mine.append([req, compute_track, "receive", arrived, t0])
                         ready = time.time()
                         mine.append([req, in_track, "emulated link delay", t0, ready])
+                if stamp.windows and self._lost(store, stamp, at, emulators[kind].links, kind, slot):
+                    windows = self.windows(store, stamp.windows)
+                    t = stamp.at(at, windows.time_scale)
+                    self._send(header_only(LOST, req, flags, dev, Stamp(stamp.windows, stamp.wall_ns, t, stage)), name)
+                    progress["sent"] = str(req)
+                    continue
                 progress["state"] = f"computing request {req}"
                 self.before_compute(req)
                 local: dict[str, torch.Tensor] = {}
@@ -248,7 +287,7 @@ class StageServer:
                     ready = time.time()
                     mine.append([req, compute_track, "compute" if kind == DATA else PROGRAMS[kind], t0, ready])
                 local.update(zip(prog.stages[stage].outputs, outs))
-                msg = wire.layouts[stage + 1].pack(kind, req, wire.gather(stage + 1, got, local), dev, flags)
+                msg = wire.layouts[stage + 1].pack(kind, req, wire.gather(stage + 1, got, local), dev, flags, stamp)
                 if traced:  # pack the outputs (gloo sends them in the background)
                     mine.append([req, compute_track, "send", ready, time.time()])
                     self.spans.append(mine)

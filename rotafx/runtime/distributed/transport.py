@@ -8,6 +8,10 @@ for a plan with generation programs, a prefill chunk (``PREFILL``), a decode ste
 (``DECODE``) or a header alone (``FREE``: drop a sequence's cache); gloo delivers a shorter
 message into a larger buffer, and the header's kind says which layout it has. A generation
 message names its sequence's cache slot in the flags' upper bits (:data:`SLOT_SHIFT`).
+With link windows in force (:meth:`~.driver.Driver.set_link_windows`) the header also carries a
+:class:`Stamp`: which windows, and one instant in wall and schedule time, from which a stage
+reckons the schedule time a message arrives; a message that arrives while a link it crossed is
+down is not computed, and a header alone (``LOST``) goes on to the driver in its place.
 Every wait has a timeout.
 """
 
@@ -18,6 +22,7 @@ import hashlib
 import hmac
 import os
 import socket
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,15 +38,17 @@ from .secret import tag
 
 __all__ = ["DistributedError", "CommError", "Layout", "Wire", "wait", "post", "make_group", "check_links", "backend_for",
            "check_endpoint", "plan_digest", "free_port", "local_address", "get_key", "set_quietly", "shutdown", "who",
-           "HEADER_BYTES", "EMULATE", "TRACE", "DATA", "STOP", "PREFILL", "DECODE", "FREE", "SLOT_SHIFT", "PREFIX", "BEAT_S",
+           "HEADER_BYTES", "EMULATE", "TRACE", "DATA", "STOP", "PREFILL", "DECODE", "FREE", "LOST", "SLOT_SHIFT", "PREFIX", "BEAT_S",
            "MAX_TIMEOUT_S", "header_only", "wires_of", "largest", "PROGRAMS", "endpoint_from_env", "stage_from_env",
-           "check_world"]
+           "check_world", "LinkDownError", "Stamp", "NO_STAMP"]
 
-HEADER_BYTES = 32  # int64 kind, request id, sent-at (ns since the epoch), flags
+# int64 kind, request id, sent-at (ns since the epoch), flags, then the Stamp: link windows version, wall (ns),
+# schedule time (float64 bits), hop
+HEADER_BYTES = 64
 EMULATE = 1  # flag: apply link emulation to this request
 TRACE = 2  # flag: the stages record this request's spans for the driver's trace
 ALIGN = 16
-DATA, STOP, PREFILL, DECODE, FREE = 0, 1, 2, 3, 4
+DATA, STOP, PREFILL, DECODE, FREE, LOST = 0, 1, 2, 3, 4, 5  # LOST: a header alone, for a message a down link dropped
 SLOT_SHIFT = 16  # a generation message's flags: bit 0 EMULATE, bit 1 TRACE, bits 16.. the sequence's cache slot
 PROGRAMS = {PREFILL: "prefill", DECODE: "decode"}
 PREFIX = "rotafx/"
@@ -66,6 +73,47 @@ class DistributedError(RuntimeError):
         self.completed = list(completed)
         self.outputs = dict(outputs or {})
         self.tokens = {k: list(v) for k, v in (tokens or {}).items()}  # Driver.generate: sequence -> its new tokens
+
+
+class LinkDownError(DistributedError):
+    """Requests lost because a link they crossed was out of every window (:meth:`~.driver.Driver.set_link_windows`).
+
+    Unlike its base class this is no fault of a stage: the pipeline is still up, and a later call goes through
+    where the links are up again. ``lost`` lists the requests lost (for :meth:`~.driver.Driver.generate`, the
+    sequences that did not finish), ``completed``/``outputs`` those answered, ``tokens`` (generation) the new tokens
+    each sequence got, ``links`` the links found down (``"src -> dst"``) and ``t_s`` the earliest schedule time a
+    request was lost (``None`` when unknown).
+    """
+
+    def __init__(self, message: str, *, lost: Sequence[int], links: Sequence[str] = (), t_s: float | None = None,
+                 **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.lost = list(lost)
+        self.links = list(links)
+        self.t_s = t_s
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """A message's place in schedule time: ``windows``, the version of the link windows the driver put in force
+    (0: none), and one instant as wall clock (``wall_ns``, ns since the epoch) and schedule time (``sched_s``);
+    schedule time runs at the windows' time scale from there. A ``LOST`` message carries the schedule time it was
+    found lost at in ``sched_s`` and the hop that dropped it in ``hop``."""
+
+    windows: int = 0
+    wall_ns: int = 0
+    sched_s: float = 0.0
+    hop: int = -1
+
+    def at(self, wall_s: float, time_scale: float) -> float:
+        """The schedule time of wall-clock time ``wall_s``."""
+        return self.sched_s + (wall_s - self.wall_ns / 1e9) * time_scale
+
+    def fields(self) -> list[int]:
+        return [self.windows, self.wall_ns, struct.unpack("q", struct.pack("d", self.sched_s))[0], self.hop]
+
+
+NO_STAMP = Stamp()
 
 
 class CommError(RuntimeError):
@@ -101,14 +149,15 @@ class Layout:
     def empty(self, device: torch.device) -> torch.Tensor:
         return torch.empty(self.nbytes, dtype=torch.uint8, device=device)
 
-    def pack(self, kind: int, request: int, tensors: Sequence[torch.Tensor], device: torch.device, flags: int = 0) -> torch.Tensor:
+    def pack(self, kind: int, request: int, tensors: Sequence[torch.Tensor], device: torch.device, flags: int = 0,
+             stamp: Stamp = NO_STAMP) -> torch.Tensor:
         buf = self.empty(device)
         for spec, off, t in zip(self.specs, self.offsets, tensors):
             if not spec.matches(t):
                 raise RuntimeError(f"rotafx: internal: message tensor {TensorSpec.of(t).describe()} != {spec.describe()}")
             if spec.nbytes:
                 buf[off:off + spec.nbytes].copy_(t.contiguous().reshape(-1).view(torch.uint8))
-        header = torch.tensor([kind, request, time.time_ns(), flags], dtype=torch.int64)
+        header = torch.tensor([kind, request, time.time_ns(), flags, *stamp.fields()], dtype=torch.int64)
         buf[:HEADER_BYTES].copy_(header.view(torch.uint8))
         return buf
 
@@ -116,6 +165,12 @@ class Layout:
     def header(buf: torch.Tensor) -> tuple[int, int, float, int]:
         h = buf[:HEADER_BYTES].cpu().view(torch.int64).tolist()
         return int(h[0]), int(h[1]), h[2] / 1e9, int(h[3])
+
+    @staticmethod
+    def stamp(buf: torch.Tensor) -> Stamp:
+        """The header's :class:`Stamp` (from a peer: the caller checks what it uses)."""
+        v, wall, bits, hop = buf[:HEADER_BYTES].cpu().view(torch.int64).tolist()[4:]
+        return Stamp(int(v), int(wall), struct.unpack("d", struct.pack("q", bits))[0], int(hop))
 
     def unpack(self, buf: torch.Tensor) -> list[torch.Tensor]:
         out = []
@@ -185,9 +240,9 @@ def largest(wires: Mapping[int, "Wire"], hop: int) -> int:
     return max(w.layouts[hop].nbytes for w in wires.values())
 
 
-def header_only(kind: int, request: int, flags: int, device: torch.device) -> torch.Tensor:
-    """A message that is its header alone (``FREE``)."""
-    return Layout((), (), HEADER_BYTES).pack(kind, request, [], device, flags)
+def header_only(kind: int, request: int, flags: int, device: torch.device, stamp: Stamp = NO_STAMP) -> torch.Tensor:
+    """A message that is its header alone (``FREE``, ``LOST``)."""
+    return Layout((), (), HEADER_BYTES).pack(kind, request, [], device, flags, stamp)
 
 
 def wait(work: Any, timeout_s: float, peer: int, what: str) -> None:
