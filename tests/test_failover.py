@@ -22,19 +22,27 @@ from rotafx.orbits.horizon import export_routes, plan_horizon
 from rotafx.orbits.schedule import Schedule, Window
 from rotafx.plan.schema import read_plan
 from rotafx.plan.write import export_pipeline
-from rotafx.runtime.distributed import DistributedError, Failover, launch_local
+from rotafx.runtime.distributed import DistributedError, Failover, LinkDownError, launch_local
 from tests import faulty_stage
-from tests.test_generate import _ids, _recompute, _split
+from tests.test_backend import three_cpus
+from tests.test_export import build, three_stage_topology
+from tests.test_generate import _cache_bytes, _ids, _recompute, _split
 
 
-@pytest.fixture(scope="module")
-def plans(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path, Path]:
-    """The small GPT as three stages on cpu0 -> cpu1 -> cpu2 (the preferred route) and as one stage on cpu0."""
+def _gpt_routes(root: Path, latency_ms: float | None = None) -> tuple[nn.Module, Path, Path]:
+    """The small GPT as three stages on cpu0 -> cpu1 -> cpu2 (the preferred route) and as one stage on cpu0, with
+    generation programs for one sequence per call; ``latency_ms``: cpu0 -> cpu1's latency (emulated when asked)."""
     torch.manual_seed(0)
     m = small_gpt(vocab=128, d=32, layers=3, seq=64).eval()
     example = _ids(1, 8, 128, seed=0)
-    root = tmp_path_factory.mktemp("routes")
-    three = _split(m, example, batch=1)
+    if latency_ms is None:
+        three = _split(m, example, batch=1)
+    else:
+        prof = rotafx.ModelProfile.from_pytorch(m, (example,))
+        topo = three_cpus(0.45 * prof.weight_bytes + max(l.peak_bytes for l in prof.layers) + _cache_bytes(m, 1, 64))
+        topo["links"][0]["latency_ms"] = latency_ms
+        three = rotafx.partition(m, (example,), topology=topo, devices={n: "cpu" for n in topo["chain"]},
+                                 objective="maximize_throughput")
     assert len(three.stages) == 3
     export_pipeline(three, (example,), path=root / "three", max_context=48)
     one = rotafx.partition(m, (example,), topology={"devices": [{"name": "cpu0", "flops": 1e12, "memory": 1e9}]},
@@ -43,13 +51,20 @@ def plans(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path, Pa
     return m, root / "three", root / "one"
 
 
+@pytest.fixture(scope="module")
+def plans(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path, Path]:
+    return _gpt_routes(tmp_path_factory.mktemp("routes"))
+
+
 def test_a_window_closing_mid_stream_moves_the_next_requests_to_the_other_route(plans: Any) -> None:
     m, three, one = plans
     # cpu0 -> cpu1 is up for the first 5 s of the schedule; the clock moves 1 s every time the route is checked
+    # (1000 "wall" s at a thousandth: the emulated links, which count the real time a batch takes from its check,
+    # see a batch checked at 4 s arrive before 5 s unless it takes 1000 s)
     day = Schedule("2026-12-07T00:00:00Z", 100.0, windows={("cpu0", "cpu1"): [Window(0.0, 5.0)]})
     requests = [(_ids(1, 8, 128, seed=s),) for s in range(10)]
     with launch_local(three, timeout=20) as a, launch_local(one, timeout=20) as b:
-        f = Failover([a, b], schedule=day, batch=2, clock=itertools.count().__next__)
+        f = Failover([a, b], schedule=day, batch=2, clock=itertools.count(0, 1000).__next__, time_scale=1e-3)
         outs = f.run(requests)
         served = (a.driver._next_id, b.driver._next_id)
     assert len(outs) == 10
@@ -296,3 +311,95 @@ def test_horizon_failover_leaves_a_route_whose_stage_dies_for_the_next_one(horiz
     assert served == [7, 1], served
     assert [(e.t_s, e.src, e.dst) for e in f.events] == [(10.0, None, 0), (30.0, 0, 1), (50.0, 1, 0)]
     assert f.events[2].why.startswith("failed: ") and f.failed == {1}
+
+
+# ---------------------------------------------------------------------------
+# emulated links that go down with the schedule: what is in flight when a window closes is lost, and sent again
+
+
+@pytest.fixture(scope="module")
+def slow_uplink(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """The convolution net over ground0 -> orbital0 -> ground1 whose uplink puts one message on the wire in 0.5 s
+    (emulated), and the same net on ground0 alone."""
+    m, x = build("convnet")
+    root = tmp_path_factory.mktemp("slow")
+    probe = rotafx.export(m, x, path=root / "probe", topology=three_stage_topology(m, x))
+    up_bytes = probe.hop_bytes(probe.hops[1])
+    topo = three_stage_topology(m, x)
+    topo["links"][0]["bandwidth"] = up_bytes * 8 / 0.5
+    three = rotafx.export(m, x, path=root / "three", topology=topo)
+    assert [s.node for s in three.stages] == ["ground0", "orbital0", "ground1"]
+    assert [(l["src"], l["dst"]) for l in three.hops[1].links] == [("ground0", "orbital0")]
+    assert three.hop_bytes(three.hops[1]) == up_bytes, "the same cut: 0.5 s a message on the uplink"
+    rotafx.export(m, x, path=root / "one", topology={"devices": [{"name": "ground0", "flops": 1e12, "memory": 1e9}]})
+    return SimpleNamespace(model=m, x=x, three=root / "three", one=root / "one")
+
+
+def test_a_window_closing_while_a_batch_is_in_flight_loses_its_tail_which_goes_again_on_the_other_route(
+        slow_uplink: SimpleNamespace) -> None:
+    """The uplink carries one message per 0.5 s, so request k of a batch sent at schedule time 2 reaches orbital0 no
+    earlier than 2 + 0.5 (k + 1) s (the emulated link is a lower bound whatever the machine's load): with the
+    window closing at 2.95 s and reopening at 5 s, requests 1 and 2 of the first batch are lost in flight (request
+    0 too on a machine slow enough; all three arrive before 5 s unless a message takes 1.5 s more than its link).
+    Lost, not failed: they go again on the ground route at 4 s, and the orbit route takes the next batches once its
+    window has reopened (6 s). Every request answered once, with the model's outputs."""
+    m, x = slow_uplink.model, slow_uplink.x
+    day = Schedule(START, 100.0, windows={("ground0", "orbital0"): [Window(0.0, 2.95), Window(5.0, 100.0)]})
+    requests = [(torch.randn(x[0].shape, generator=torch.Generator().manual_seed(s)),) for s in range(8)]
+    with launch_local(slow_uplink.three, timeout=20, emulate_links=True) as a, launch_local(slow_uplink.one, timeout=20) as b:
+        f = Failover([a, b], schedule=day, batch=3, clock=itertools.count(0, 2).__next__)
+        outs = f.run(requests)
+        served = (a.driver._next_id, b.driver._next_id)
+    for (r,), out in zip(requests, outs):
+        torch.testing.assert_close(out, m(r), rtol=0, atol=0)
+    assert [(e.t_s, e.src, e.dst) for e in f.events] == [(2.0, None, 0), (4.0, 0, 1), (6.0, 1, 0)]
+    assert [f.events[0].why, f.events[2].why] == ["first call", "preferred"]
+    lost = re.fullmatch(r"links down: (\d) lost in flight \(ground0 -> orbital0 at ([\d.]+) s\), sent again on the "
+                        r"next route", f.events[1].why)
+    assert lost is not None, f.events[1].why
+    n_lost = int(lost[1])
+    assert n_lost in (2, 3) and 2.95 <= float(lost[2]) < 5.0, f.events[1].why
+    # the ground route took the lost requests (the oldest pending) at 4 s; the orbit route sent 3 at 2 s, the lost ones
+    # among them, and the 8 - 3 - (3 - lost) left after the window reopened
+    assert served == (3 + 8 - 6 + n_lost, 3), served
+    assert f.failed == set() and f.lost_at.keys() == {0}
+
+
+def test_the_last_hop_into_the_driver_is_checked_as_a_stage_checks_its_own(horizon: SimpleNamespace) -> None:
+    """The orbital route's output comes down orbital0 -> ground1 to the driver: lost there when that link is down."""
+    x = horizon.x
+    with launch_local(horizon.root / "route1", timeout=20) as c:
+        d = c.driver
+        assert [(l["src"], l["dst"]) for l in d.plan.hops[-1].links] == [("orbital0", "ground1")]
+        d.set_link_windows({("orbital0", "ground1"): [(0.0, 10.0)]}, time_scale=1e-6)
+        torch.testing.assert_close(d.run([(x,)], at_s=5.0)[0], horizon.model(x), rtol=0, atol=0)
+        with pytest.raises(LinkDownError, match=r"2 request\(s\) lost \(0-1\): link orbital0 -> ground1 down") as e:
+            d.run([(x,), (x,)], at_s=12.0)
+        assert e.value.lost == [0, 1] and e.value.links == ["orbital0 -> ground1"]
+
+
+@pytest.fixture(scope="module")
+def slow_gpt(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path, Path]:
+    """The small GPT's routes with 200 ms of latency on cpu0 -> cpu1."""
+    return _gpt_routes(tmp_path_factory.mktemp("slowgpt"), latency_ms=200.0)
+
+
+def test_a_window_closing_mid_generation_prefills_the_sequences_again_on_the_next_route(slow_gpt: Any) -> None:
+    """Each step of a sequence waits for the one before it to come back over the 200 ms link, so step i (0: the
+    prefill) reaches cpu1 no earlier than 1 + 0.2 (i + 1) s: with the window closing at 1.5 s, every step from the
+    second decode on is lost, each sequence has at most two tokens when its route goes down, and the one-stage
+    route goes on from the tokens it had. The tokens are the model's."""
+    m, three, one = slow_gpt
+    prompt = _ids(2, 9, 128, seed=4)
+    want = _recompute(m, prompt, 6)
+    day = Schedule(START, 100.0, windows={("cpu0", "cpu1"): [Window(0.0, 1.5), Window(50.0, 60.0)]})
+    with launch_local(three, timeout=20, emulate_links=True) as a, launch_local(one, timeout=20) as b:
+        f = Failover([a, b], schedule=day, recheck_tokens=6, clock=itertools.count().__next__)
+        got = f.generate(prompt, max_new_tokens=6)
+        handed_over = b.driver._next_id
+    assert torch.equal(got, want)
+    assert [(e.t_s, e.src, e.dst) for e in f.events] == [(1.0, None, 0), (2.0, 0, 1)]
+    assert re.fullmatch(r"links down: 2 lost in flight \(cpu0 -> cpu1 at [\d.]+ s\), sent again on the next route",
+                        f.events[1].why), f.events[1].why
+    # at least 4 of the 12 tokens come from the ground route: each sequence a prefill, 3+ decodes and a free there
+    assert handed_over >= 2 * 5, handed_over

@@ -13,8 +13,12 @@ EOS) as if nothing had happened, greedy tokens equal to the model's.
 
 With a schedule, time runs from ``start_s`` at ``time_scale`` schedule seconds per wall second
 (a day in minutes), and the route is checked before every ``batch`` requests and every
-``recheck_tokens`` tokens: a route whose window closes takes no new work (what it has under
-way finishes), so the switch happens at that granularity.
+``recheck_tokens`` tokens: a route whose window closes takes no new work. Each route's links
+follow the schedule too (:meth:`~.driver.Driver.set_link_windows`): a message that would arrive
+while a link it crosses is out of its windows is lost, the route raises
+:class:`~.transport.LinkDownError`, and its lost requests (or the sequences that lost a step,
+prefilled again with the tokens they had) go to the next route; the route is down, not failed,
+and takes work again once the schedule has its links up.
 
 :meth:`Failover.from_horizon` serves the routes of a horizon plan (:func:`rotafx.orbits.horizon.export_routes`
 wrote them): at each check the route the plan names for the schedule time comes first (``prefer``), then the
@@ -35,7 +39,7 @@ import torch
 from ...plan.schema import PlanSpec, read_plan
 from ..sampling import GenerationError, token_ids
 from .launch import launch_local
-from .transport import DistributedError
+from .transport import DistributedError, LinkDownError
 
 __all__ = ["Failover", "FailoverEvent", "ROUTE_DIR"]
 
@@ -56,6 +60,12 @@ def _driver(route: Any) -> Any:
     return getattr(route, "driver", route)
 
 
+def _links(plan: PlanSpec) -> list[tuple[str, str]]:
+    """Every link a route's plan crosses: its hops', and a generated token's trip back (``return_links``)."""
+    back = plan.generation.return_links if plan.generation is not None else ()
+    return [(str(l["src"]), str(l["dst"])) for l in (*(l for h in plan.hops for l in h.links), *back)]
+
+
 class Failover:
     """Calls over ``routes`` in order of preference; see the module docstring.
 
@@ -69,6 +79,9 @@ class Failover:
         recheck_tokens: tokens generated between checks of the route (with a schedule).
         clock: wall seconds (tests pass their own).
         prefer: the route to try first at schedule time ``t`` (``None``: none), before the others in order.
+        emulate_windows: with a schedule, make each route's links go down out of their windows
+            (:meth:`Driver.set_link_windows`, schedule time ``start_s`` now); a route without that method (not a
+            Driver) is only switched away from. ``False``: the links are real and go down by themselves.
 
     >>> # with launch_local("orbit-plan") as a, launch_local("ground-plan") as b:
     >>> #     f = Failover([a, b], schedule=day, time_scale=600); outs = f.run(requests)
@@ -76,7 +89,7 @@ class Failover:
 
     def __init__(self, routes: Sequence[Any], *, schedule: Any = None, start_s: float = 0.0, time_scale: float = 1.0,
                  batch: int = 8, recheck_tokens: int = 16, clock: Callable[[], float] = time.monotonic,
-                 prefer: Callable[[float], int | None] | None = None) -> None:
+                 prefer: Callable[[float], int | None] | None = None, emulate_windows: bool = True) -> None:
         if not routes:
             raise ValueError("rotafx: Failover needs at least one route (a Driver or LocalCluster)")
         for i, r in enumerate(routes):
@@ -96,17 +109,28 @@ class Failover:
         self.clock = clock
         self._t0 = clock()
         self.failed: set[int] = set()
+        self.lost_at: dict[int, float] = {}  # route -> the schedule time it last lost work to a link down
         self.events: list[FailoverEvent] = []
         self.current: int | None = None
-        self._why = ""
+        self._why: dict[int, str] = {}  # route -> why it was left (failed, lost work), for the next switch's event
+        self._checked_s = self.start_s  # the schedule time of the last route check
         self.prefer = prefer
         self._owned: list[Any] = []  # routes from_horizon launched: close() ends them
+        self._follows: set[int] = set()  # routes whose links follow the schedule (their calls get at_s)
+        if schedule is not None and emulate_windows:
+            for i, r in enumerate(self.routes):
+                d = _driver(r)
+                if callable(getattr(d, "set_link_windows", None)):
+                    links = dict.fromkeys(_links(d.plan))
+                    d.set_link_windows({k: [(w.start_s, w.end_s) for w in schedule.windows[k]] for k in links
+                                        if k in schedule.windows}, time_scale=self.time_scale, start_s=self.start_s)
+                    self._follows.add(i)
 
     @classmethod
     def from_horizon(cls, plan: Any, directory: str | os.PathLike[str], *, schedule: Any, start_s: float = 0.0,
                      time_scale: float = 1.0, batch: int = 8, recheck_tokens: int = 16,
                      clock: Callable[[], float] = time.monotonic,
-                     launch: Callable[[Path], Any] = launch_local) -> "Failover":
+                     launch: Callable[[Path], Any] = launch_local, emulate_windows: bool = True) -> "Failover":
         """Serve the routes of a horizon plan: at each check, the route ``plan.route_at(t)`` names for the schedule
         time, else the next of ``plan.routes()`` that has not failed and whose links are up (the ground-only
         fallback last).
@@ -115,7 +139,7 @@ class Failover:
             plan: a :class:`~rotafx.orbits.horizon.HorizonPlan`.
             directory: where :func:`~rotafx.orbits.horizon.export_routes` wrote its routes (``route0``, ...).
             schedule: the :class:`~rotafx.orbits.Schedule` the plan was made for.
-            start_s, time_scale, batch, recheck_tokens, clock: as the constructor's.
+            start_s, time_scale, batch, recheck_tokens, clock, emulate_windows: as the constructor's.
             launch: starts a route from its plan directory (``launch_local``, or a ``functools.partial`` of it).
 
         Returns:
@@ -161,7 +185,7 @@ class Failover:
             for spec in specs:
                 launched.append(launch(spec.path))
             f = cls(launched, schedule=schedule, start_s=start_s, time_scale=time_scale, batch=batch,
-                    recheck_tokens=recheck_tokens, clock=clock, prefer=prefer)
+                    recheck_tokens=recheck_tokens, clock=clock, prefer=prefer, emulate_windows=emulate_windows)
         except BaseException:
             for c in launched:
                 c.close(stop=False)
@@ -188,25 +212,30 @@ class Failover:
         return self.start_s + (self.clock() - self._t0) * self.time_scale
 
     def up(self, i: int, t: float) -> bool:
-        """Whether every link route ``i``'s hops cross is up at schedule time ``t``."""
+        """Whether every link route ``i`` crosses (its hops', and a generated token's way back) is up at schedule
+        time ``t``."""
         if self.schedule is None:
             return True
-        plan = _driver(self.routes[i]).plan
-        return all(self.schedule.link_up(str(l["src"]), str(l["dst"]), t) is not None
-                   for hop in plan.hops for l in hop.links)
+        return all(self.schedule.link_up(a, b, t) is not None for a, b in _links(_driver(self.routes[i]).plan))
+
+    def usable(self, i: int, t: float) -> bool:
+        """Route ``i`` has not failed, its links are up at ``t``, and it lost no work to a link down at ``t`` or
+        later (by the stages' reckoning of schedule time)."""
+        return i not in self.failed and self.up(i, t) and t > self.lost_at.get(i, -math.inf)
 
     def route(self) -> int:
-        """The route to use now: the one ``prefer`` names if it has not failed and is up, else the first such in
+        """The route to use now: the one ``prefer`` names if it is usable (:meth:`usable`), else the first such in
         order; raises :class:`DistributedError` when none is."""
-        t = self.now_s()
+        t = self._checked_s = self.now_s()
         first = self.prefer(t) if self.prefer is not None else None
         order = ([first] if first is not None else []) + [i for i in range(len(self.routes)) if i != first]
-        pick = next((i for i in order if i not in self.failed and self.up(i, t)), None)
+        pick = next((i for i in order if self.usable(i, t)), None)
         if pick != self.current:
-            why = ("first call" if self.current is None else self._why if self.current in self.failed else
-                   "links down" if not self.up(self.current, t) else "preferred")
+            why = ("first call" if self.current is None else self._why.get(self.current) or
+                   ("links down" if not self.up(self.current, t) else "preferred"))
             self.events.append(FailoverEvent(t, self.current, pick, why))
             self.current = pick
+        self._why.pop(pick, None)  # a route taken again starts afresh
         if pick is None:
             down = [i for i in range(len(self.routes)) if i not in self.failed]
             raise DistributedError(f"rotafx: no route at schedule time {t:,.1f} s: route(s) "
@@ -215,22 +244,33 @@ class Failover:
 
     def _fail(self, i: int, e: DistributedError) -> None:
         """Route ``i`` failed: the next :meth:`route` logs the switch from it, ``failed: <what the driver said>``."""
+        if isinstance(e, LinkDownError):  # down, not dead: usable again once the schedule has its links up
+            when = self._checked_s if e.t_s is None else e.t_s
+            self.lost_at[i] = max(self.lost_at.get(i, -math.inf), when)
+            self._why[i] = (f"links down: {len(e.lost)} lost in flight ({', '.join(e.links) or 'a link'} at "
+                            f"{when:,.3f} s), sent again on the next route")
+            return
         self.failed.add(i)
-        self._why = f"failed: {e}"
+        self._why[i] = f"failed: {e}"
+
+    def _call(self, i: int, **kw: Any) -> dict[str, Any]:
+        """The options of a call on route ``i``: the schedule time it starts at, for a route that follows it."""
+        return {**kw, "at_s": self._checked_s} if i in self._follows else kw
 
     # -- calls ----------------------------------------------------------------------------------------------------
 
     generates_across_processes = True  # rotafx.generate(failover, ids, ...) calls generate
 
     def run(self, requests: Sequence[Any], **kw: Any) -> list[Any]:
-        """Every request's output, in order, each answered once (``kw`` as :meth:`Driver.run`)."""
+        """Every request's output, in order, each answered once (``kw`` as :meth:`Driver.run`); a request a route
+        failed or lost to a link down goes again on the next route."""
         outputs: dict[int, Any] = {}
         pending = list(range(len(requests)))
         while pending:
             i = self.route()
             chunk = pending[:self.batch] if self.schedule is not None else pending
             try:
-                got = _driver(self.routes[i]).run([requests[k] for k in chunk], **kw)
+                got = _driver(self.routes[i]).run([requests[k] for k in chunk], **self._call(i, **kw))
             except DistributedError as e:
                 self._fail(i, e)
                 for j, out in e.outputs.items():  # what the failed route answered stands
@@ -287,7 +327,8 @@ class Failover:
             prompt = torch.cat([input_ids[seqs], torch.tensor([made[s] for s in seqs], dtype=input_ids.dtype)
                                 .reshape(len(seqs), k)], 1)
             try:
-                out = _driver(self.routes[i]).generate(prompt, n, eos_token_id=eos, pad_token_id=pad, **kw)
+                out = _driver(self.routes[i]).generate(prompt, n, eos_token_id=eos, pad_token_id=pad,
+                                                       **self._call(i, **kw))
             except DistributedError as e:
                 self._fail(i, e)
                 for j, s in enumerate(seqs):  # the tokens made before the fault, finished or not, stand
