@@ -197,3 +197,23 @@ def test_link_windows_lose_what_arrives_while_a_link_is_down_and_the_pipeline_st
             torch.testing.assert_close(y, model(*r), rtol=0, atol=0)
         d.set_link_windows(None)
         torch.testing.assert_close(d.run(reqs[:1])[0], model(*reqs[0]), rtol=0, atol=0)
+
+
+def test_a_windows_table_from_a_peer_is_checked_as_data() -> None:
+    """What a stage reads from the store: the table the driver wrote comes back equal; anything else is a ValueError."""
+    from rotafx.runtime.links import LinkWindows
+
+    w = LinkWindows({("ground0", "orbital0"): [(300.0, 600.0), (0.0, 100.0)], ("orbital0", "ground1"): []}, 600)
+    assert LinkWindows.from_json(w.to_json()) == w
+    assert w.windows[("ground0", "orbital0")] == ((0.0, 100.0), (300.0, 600.0)), "sorted"
+    assert [w.up("ground0", "orbital0", t) for t in (-1.0, 0.0, 99.9, 100.0, 300.0, 600.0)] == \
+        [False, True, True, False, True, False]
+    assert not w.up("orbital0", "ground1", 50.0) and w.up("ground1", "ground0", 50.0), "no windows: down; unlisted: up"
+    for bad, what in (("[" * 100000, "not JSON"), ('{"time_scale": 1}', "must be"),
+                      ('{"time_scale": 1, "links": [["a", "b", [[0, 1]]], ["a", "b", []]]}', "lists a -> b twice"),
+                      ('{"time_scale": -1, "links": []}', "time_scale must be a positive"),
+                      ('{"time_scale": 1, "links": [["a", "b", [[0, NaN]]]]}', "finite seconds"),
+                      ('{"time_scale": 1, "links": [["a", 7, []]]}', "pair of node names"),
+                      ('{"time_scale": 1, "links": [["a", "b", [[0, 1]] ]]}' + " " * (1 << 24), "16 MiB")):
+        with pytest.raises(ValueError, match=what):
+            LinkWindows.from_json(bad)
