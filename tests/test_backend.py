@@ -855,11 +855,13 @@ def test_symbolic_code_of_a_stage_runs_where_its_shape_guards_hold(size: str, mo
     next(iter(gm.graph.nodes)).meta["val"] = fake
     stage = CompiledStage(gm, "aot_eager")
     assert stage.compile_symbolic(torch.device("cpu")) and len(calls) == 1
-    inputs = [torch.randn(7, 3), torch.randn(4, 3), torch.randn(1, 3), torch.randn(3, 7).t(), torch.randn(7, 3).double()]
+    inputs = [torch.randn(7, 3), torch.randn(4, 3), torch.randn(1, 3), torch.randn(3, 7).t(), torch.randn(7, 3).double(),
+              torch.randn(8, 3)[1:], torch.randn(7, 3, requires_grad=True)]  # a view at offset 3; one needing grad
     for x in inputs:
         torch.testing.assert_close(stage(x), gm(x))
     compiled_for = [shapes[0] for shapes, _, _ in calls[1:]]
     if size == "s0":
-        assert compiled_for == [(1, 3), (7, 3), (7, 3)], f"compiled for size 1, column-major and double only: {calls}"
+        assert compiled_for == [(1, 3), (7, 3), (7, 3), (7, 3), (7, 3)], (
+            f"compiled for size 1, column-major, double, another storage offset and requires_grad only: {calls}")
     else:
         assert compiled_for == [tuple(x.shape) for x in inputs], f"compiled for every call: {calls}"

@@ -263,6 +263,33 @@ def test_from_horizon_refuses_what_does_not_match(horizon: SimpleNamespace, tmp_
     (tmp_path / "route1").symlink_to(root / "route0")
     with pytest.raises(ValueError, match=r"route0 holds the plan of another route"):
         Failover.from_horizon(plan, tmp_path, schedule=day, launch=nothing)
+    # a route directory is input from others: one whose hops claim no links (always up) or whose fields are not
+    # what they say is refused before anything is launched
+    import json
+    import shutil
+
+    for k, (i, edit, match) in enumerate(((orbit, lambda d: [h.update(links=[]) for h in d["hops"]], r"its hops cross the links \[\]"),
+                           (0, lambda d: d["partition"].update(stages=["x"] * 5), "must be a list of integers"),
+                           (0, lambda d: d["topology"].update(chain=5), "must be a list of integers"),
+                           (orbit, lambda d: d["hops"][0]["links"][0].pop("src"), "its hops cross the links None"))):
+        bad = tmp_path / f"bad{k}"
+        shutil.copytree(root, bad, symlinks=False)
+        data = json.loads((bad / f"route{i}" / "plan.json").read_text())
+        edit(data)
+        (bad / f"route{i}" / "plan.json").write_text(json.dumps(data))
+        with pytest.raises((ValueError, rotafx.PlanError), match=match):
+            Failover.from_horizon(plan, bad, schedule=day, launch=nothing)
+    # a launch that fails on the second route closes the first one (aborted), and the error comes through
+    closed: list[bool] = []
+
+    def launch(d: Path) -> Any:
+        if d.name == "route1":
+            raise RuntimeError("no room for route 1")
+        return SimpleNamespace(close=lambda stop=True: closed.append(stop), driver=None, plan=read_plan(d))
+
+    with pytest.raises(RuntimeError, match="no room for route 1"):
+        Failover.from_horizon(plan, root, schedule=day, launch=launch)
+    assert closed == [False]
 
 
 def test_horizon_failover_sends_each_request_to_the_route_the_plan_names_for_its_time(horizon: SimpleNamespace) -> None:

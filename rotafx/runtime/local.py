@@ -183,7 +183,7 @@ class _SymbolicCode:
 def _signature(a: Any) -> Any:
     if isinstance(a, torch.Tensor):  # a tensor subclass needs code of its own; a Parameter does not
         kind = torch.Tensor if type(a) is torch.nn.Parameter else type(a)
-        return kind, a.shape, a.stride(), a.dtype, a.device, a.requires_grad
+        return kind, a.shape, a.stride(), a.storage_offset(), a.dtype, a.device, a.requires_grad
     return a if isinstance(a, (int, float, bool, str, type(None))) else repr(a)
 
 

@@ -187,23 +187,22 @@ class Failover:
             f = cls(launched, schedule=schedule, start_s=start_s, time_scale=time_scale, batch=batch,
                     recheck_tokens=recheck_tokens, clock=clock, prefer=prefer, emulate_windows=emulate_windows)
         except BaseException:
-            for c in launched:
-                c.close(stop=False)
+            _close_all(launched, stop=False)
             raise
         f._owned = launched
         return f
 
-    def close(self) -> None:
-        """Stop the routes :meth:`from_horizon` launched (routes given to the constructor are the caller's)."""
+    def close(self, stop: bool = True) -> None:
+        """Stop the routes :meth:`from_horizon` launched (routes given to the constructor are the caller's); with
+        ``stop=False`` abort them. Every route is closed even when closing one raises (the first error is raised)."""
         owned, self._owned = self._owned, []
-        for c in owned:
-            c.close()
+        _close_all(owned, stop)
 
     def __enter__(self) -> "Failover":
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.close()
+        self.close(stop=exc[0] is None)  # leaving on an error: the routes are aborted, not asked to finish
 
     # -- routes ---------------------------------------------------------------------------------------------------
 
@@ -344,6 +343,18 @@ class Failover:
         return torch.cat([input_ids, new.reshape(B, longest)], 1)
 
 
+def _close_all(clusters: Sequence[Any], stop: bool) -> None:
+    """Close every cluster, each even when an earlier one raised; then raise the first error."""
+    first: BaseException | None = None
+    for c in clusters:
+        try:
+            c.close(stop=stop)
+        except BaseException as e:  # noqa: BLE001 - the others must still be closed
+            first = first or e
+    if first is not None:
+        raise first
+
+
 def _route_plan(directory: Path, i: int, r: Any) -> PlanSpec:
     """Route ``i``'s plan as ``export_routes`` wrote it, checked to be that route."""
     path = directory / ROUTE_DIR.format(i)
@@ -351,12 +362,30 @@ def _route_plan(directory: Path, i: int, r: Any) -> PlanSpec:
         raise ValueError(f"rotafx: {path} holds no plan (route {i} of the horizon plan, {r.describe()}); write the "
                          f"routes with export_routes(model, example_inputs, plan, directory={str(directory)!r})")
     spec = read_plan(path)
-    got = [int(s) for s in spec.partition.get("stages", [])]
-    chain = list(spec.topology.get("chain", []))
+    stages, chain = spec.partition.get("stages", []), spec.topology.get("chain", [])
+    # input from others: the fields are checked before they are compared
+    if not (isinstance(stages, list) and all(type(s) is int for s in stages)
+            and isinstance(chain, list) and all(isinstance(n, str) for n in chain)):
+        raise ValueError(f"rotafx: {path}/plan.json: partition.stages must be a list of integers and topology.chain a "
+                         f"list of node names; export the routes of this horizon plan again (export_routes(..., "
+                         f"overwrite=True))")
+    got = list(stages)
     if got != list(r.stages) or chain != list(r.topology.chain):
         raise ValueError(f"rotafx: {path} holds the plan of another route (stages {got[:12]} on {' -> '.join(chain)}, "
                          f"against route {i}'s {list(r.stages)[:12]} on {' -> '.join(r.topology.chain)}); export the "
                          f"routes of this horizon plan again (export_routes(..., overwrite=True))")
+    # whether the route is up is read from the links its hops cross: they must be the route's own
+    from ...costmodel import route
+
+    want = sorted((link.src, link.dst) for _, link in route(r.topology, r.stages).hops if link.kind != "local")
+    try:
+        crossed = sorted((str(link["src"]), str(link["dst"])) for hop in spec.hops for link in hop.links)
+    except (KeyError, TypeError):
+        crossed = None
+    if crossed != want:
+        raise ValueError(f"rotafx: {path}/plan.json: its hops cross the links {crossed}, but route {i} "
+                         f"({r.describe()}) crosses {want}; export the routes of this horizon plan again "
+                         f"(export_routes(..., overwrite=True))")
     return spec
 
 
