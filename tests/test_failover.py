@@ -430,3 +430,29 @@ def test_a_window_closing_mid_generation_prefills_the_sequences_again_on_the_nex
                         f.events[1].why), f.events[1].why
     # at least 4 of the 12 tokens come from the ground route: each sequence a prefill, 3+ decodes and a free there
     assert handed_over >= 2 * 5, handed_over
+
+
+def test_a_route_through_a_node_whose_battery_is_spent_is_down(horizon: SimpleNamespace) -> None:
+    """orbital0 on a 0.05 Wh battery with no sun, drawing 3.6 W while it computes: 50 s of compute, then below its
+    reserve. The orbit route is up while its links are and the node may compute, down after; the ground route,
+    on nodes with no power model, is always up."""
+    from rotafx.orbits import Power
+
+    plan, root = horizon.plan, horizon.root
+    routes = plan.routes()
+    orbit = next(i for i, r in enumerate(routes) if "orbital0" in r.nodes)
+    specs = [read_plan(root / f"route{i}") for i in range(len(routes))]
+    pipes = [SimpleNamespace(plan=spec, run=lambda *a, **k: pytest.fail("nothing is sent"), generate=None)
+             for spec in specs]
+    windows = {("ground0", "orbital0"): [Window(0.0, 100.0)], ("orbital0", "ground1"): [Window(0.0, 100.0)]}
+    tired = Schedule(START, 100.0, windows=windows,
+                     power={"orbital0": Power(battery_wh=0.05, solar_w=0.0, compute_w=3.6, reserve=0.0)},
+                     sunlit={"orbital0": []})
+    ((start, end),) = tired.available_spans("orbital0")  # 50 s of charge, on the schedule's 10 s grid
+    assert start == 0.0 and 30.0 <= end <= 50.0
+    f = Failover(pipes, schedule=tired)
+    times = (0.0, end - 1.0, end, 90.0)
+    assert [f.up(orbit, t) for t in times] == [True, True, False, False]
+    assert all(f.up(1 - orbit, t) for t in times)
+    rested = Failover(pipes, schedule=Schedule(START, 100.0, windows=windows))
+    assert all(rested.up(orbit, t) for t in times)

@@ -73,7 +73,9 @@ class Failover:
         routes: running pipelines (``Driver`` or ``LocalCluster``), the preferred first; for
             :meth:`generate`, plans exported with generation programs for one sequence per call.
         schedule: a :class:`~rotafx.orbits.Schedule`; a route is up at ``t`` when every link its plan's
-            hops cross is in a window at ``t``. ``None``: every route is always up.
+            hops cross is in a window at ``t`` and every node its stages run on may compute then (a node with
+            a power model: its battery above the reserve, ``Schedule.available_spans``). ``None``: every
+            route is always up.
         start_s: the schedule time of the first call; ``time_scale``: schedule seconds per wall second.
         batch: requests sent between checks of the route (with a schedule).
         recheck_tokens: tokens generated between checks of the route (with a schedule).
@@ -108,6 +110,7 @@ class Failover:
         self.batch, self.recheck_tokens = batch, recheck_tokens
         self.clock = clock
         self._t0 = clock()
+        self._computes: dict[str, list[tuple[float, float]]] = {}  # node -> when its battery lets it compute
         self.failed: set[int] = set()
         self.lost_at: dict[int, float] = {}  # route -> the schedule time it last lost work to a link down
         self.events: list[FailoverEvent] = []
@@ -212,10 +215,21 @@ class Failover:
 
     def up(self, i: int, t: float) -> bool:
         """Whether every link route ``i`` crosses (its hops', and a generated token's way back) is up at schedule
-        time ``t``."""
+        time ``t``, and every node it runs on may compute then (its battery, where the schedule has a power model)."""
         if self.schedule is None:
             return True
-        return all(self.schedule.link_up(a, b, t) is not None for a, b in _links(_driver(self.routes[i]).plan))
+        plan = _driver(self.routes[i]).plan
+        if not all(self.schedule.link_up(a, b, t) is not None for a, b in _links(plan)):
+            return False
+        return all(self._may_compute(str(st.node), t) for st in plan.stages)
+
+    def _may_compute(self, node: str, t: float) -> bool:
+        """Whether the schedule's power model lets ``node`` compute at ``t`` (a node without one always may)."""
+        if node not in getattr(self.schedule, "power", {}):
+            return True
+        if node not in self._computes:
+            self._computes[node] = self.schedule.available_spans(node)
+        return any(a <= t < b for a, b in self._computes[node])
 
     def usable(self, i: int, t: float) -> bool:
         """Route ``i`` has not failed, its links are up at ``t``, and it lost no work to a link down at ``t`` or
