@@ -234,6 +234,12 @@ def test_a_route_using_a_layer_not_resident_is_refused(horizon: SimpleNamespace)
     with pytest.raises(ValueError, match=r"gives stages \[2, 2, 0, 0, 0\]; a route is one chain stage in 0\.\.2 per layer, "
                                          r"non-decreasing"):
         bad.routes()
+    # a route on a stage its interval leaves empty (a node without power, or past a link that is down)
+    unpowered = dataclasses.replace(plan, plans=tuple(
+        dataclasses.replace(p, condition=dataclasses.replace(p.condition, empty=frozenset({1})))
+        if p.stages and 1 in p.stages else p for p in plan.plans))
+    with pytest.raises(ValueError, match=r"runs layers on \['orbital0'\], which its interval leaves empty"):
+        unpowered.routes()
     with pytest.raises(ValueError, match="directory must name the folder"):
         export_routes(horizon.model, (horizon.x,), plan, directory="")
     with pytest.raises(ValueError, match=r"the horizon plan places 5 layers but Sequential traced .* has 3"):
