@@ -154,7 +154,9 @@ class Calibration:
 
     ``matmul[dtype]``, ``conv[dtype]`` and ``attention[dtype]`` map a shape to ``(rate, spread)``;
     ``op_times[kind]`` maps the bytes a call of that kind moves to its seconds per call,
-    measured alone; ``op_context_s`` is what each op adds inside a model's forward;
+    measured alone; ``op_context_s`` is what each op adds inside a model's forward (the
+    Python around it; ``program_op_s`` the same inside an exported program's graph module);
+    ``module_call_s`` is what one ``nn.Module`` call adds in an eager forward;
     ``transfers["cpu->cuda:0"]`` is ``{"latency_s", "bandwidth_Bps"}``; ``codecs[name]`` is
     ``{"encode_s_per_byte", "decode_s_per_byte"}``. A calibration written before ``conv``,
     ``op_times`` and ``op_context_s`` existed has them empty and prices every op as
@@ -177,6 +179,12 @@ class Calibration:
     view_overhead_s: float = 0.0
     op_times: dict[str, dict[int, float]] = field(default_factory=dict)  # kind -> bytes moved -> seconds per call
     op_context_s: float = 0.0
+    # one nn.Module call in an eager forward (0 in a file from before it: op_context_s holds it, spread over the ops)
+    module_call_s: float = 0.0
+    # what each op adds in an exported program's graph module (torch.export; 0 when not measured: op_context_s)
+    program_op_s: float = 0.0
+    # an exported program's own call (its input checks and pytree code): per stage, not in a layer's time
+    program_call_s: float = 0.0
     codecs: dict[str, dict[str, float]] = field(default_factory=dict)
     # code compiled by inductor: {"call_s": a compiled call's fixed cost, "kernel_s": each kernel's launch in it}
     compiled: dict[str, float] = field(default_factory=dict)
@@ -248,8 +256,12 @@ class Calibration:
         rate = _interpolate(rows, (at[0], at[1], at[2]))
         return op.flops * math.prod(a / max(x, 1) for a, x in zip(at, shape)) / rate if rate else None
 
-    def op_time_s(self, op: Any, dtype: str = "float32", compiled: bool = False) -> float:
+    def op_time_s(self, op: Any, dtype: str = "float32", compiled: bool = False, runs_as: str = "modules") -> float:
         """One op's time in a model's forward.
+
+        ``runs_as`` (:attr:`~rotafx.profile.ModelProfile.runs_as`) says what calls the op: in an
+        exported program (``"program"``) its context is ``program_op_s`` when measured; in an
+        eager forward or an fx graph, ``op_context_s``.
 
         ``compiled``: the op runs in code inductor compiled (the ``rotastellar`` backend with an
         inner compiler), priced with the compiled launch costs when this calibration measured them
@@ -281,13 +293,16 @@ class Calibration:
         if work is not None:
             if alone is None:
                 return self.op_overhead_s + work
-            return self.op_context_s + max(work, self.kind_time_s(kind, 0) or 0.0)
+            return self._context_s(runs_as) + max(work, self.kind_time_s(kind, 0) or 0.0)
         if alone is not None and kind not in _KERNEL_KINDS:
-            return self.op_context_s + alone
+            return self._context_s(runs_as) + alone
         peak = self.peak_flops(self._table(self.matmul, dtype))
         compute = op.flops / peak if peak else 0.0
         memory = op.bytes_moved / self.bandwidth_at(op.bytes_moved) if op.bytes_moved else 0.0
         return self.op_overhead_s + max(compute, memory)
+
+    def _context_s(self, runs_as: str) -> float:
+        return self.program_op_s if runs_as == "program" and self.program_op_s else self.op_context_s
 
     def _compiled_op_s(self, op: Any, kind: str | None, dtype: str) -> float:
         if op.view:
@@ -315,14 +330,24 @@ class Calibration:
             return dtype
         return "float32" if "float32" in tables else next(iter(tables), dtype)
 
-    def layer_time_s(self, layer: Any, dtype: str = "float32", compiled: bool = False) -> float:
+    def layer_time_s(self, layer: Any, dtype: str = "float32", compiled: bool = False, runs_as: str = "modules") -> float:
         """A layer's time on this device: the sum of its ops' :meth:`op_time_s` (a layer with no op
         records, e.g. from ``from_layers``, as one op per entry of its ``work``), as compiled code
-        with ``compiled``."""
+        with ``compiled``; run as the model's modules (``runs_as="modules"``, eager), plus
+        ``module_call_s`` for each of its ``module_calls``.
+
+        >>> from rotafx.layers import LayerProfile, OpCost
+        >>> c = Calibration("cpu", 1, bandwidth_Bps=1e10, op_times={"pointwise": {8: 2e-6}}, op_context_s=1e-6, module_call_s=4e-6)
+        >>> relu = LayerProfile(0, "act", 0, 0, 0, 0, 0, 0, 8, op_costs=(OpCost(0, 8, None, False, "relu"),), module_calls=1)
+        >>> round(c.layer_time_s(relu) * 1e6, 3), round(c.layer_time_s(relu, runs_as="graph") * 1e6, 3)
+        (7.0, 3.0)
+        """
         from .layers import OpCost
 
         ops = layer.op_costs or tuple(OpCost(f, b, None, False) for f, b in (layer.work or ((layer.flops, layer.bytes_moved),)))
-        return sum(self.op_time_s(op, dtype, compiled) for op in ops)
+        calls = self.module_call_s * getattr(layer, "module_calls", 0) if runs_as == "modules" and not (
+            compiled and self.compiled) else 0.0
+        return calls + sum(self.op_time_s(op, dtype, compiled, runs_as) for op in ops)
 
     def codec_s(self, codec: str, nbytes: float) -> float:
         """Seconds to encode ``nbytes`` of activations with ``codec`` and decode them (0 when not measured)."""
@@ -347,6 +372,9 @@ class Calibration:
                 "op_overhead_s": self.op_overhead_s,
                 "view_overhead_s": self.view_overhead_s,
                 "op_context_s": self.op_context_s,
+                "module_call_s": self.module_call_s,
+                "program_op_s": self.program_op_s,
+                "program_call_s": self.program_call_s,
                 "op_times": {k: [[n, t] for n, t in sorted(rows.items())] for k, rows in self.op_times.items()},
                 "matmul": table(self.matmul), "attention": table(self.attention), "conv": table(self.conv),
                 "codecs": {k: dict(v) for k, v in self.codecs.items()},
@@ -491,6 +519,9 @@ class Calibration:
         return cls(bandwidth=bandwidth, device=device, threads=threads, matmul=table("matmul"), attention=table("attention"),
                    conv=table("conv"), op_times=op_times,
                    op_context_s=num("op_context_s", data.get("op_context_s", 0.0), False),
+                   module_call_s=num("module_call_s", data.get("module_call_s", 0.0), False),
+                   program_op_s=num("program_op_s", data.get("program_op_s", 0.0), False),
+                   program_call_s=num("program_call_s", data.get("program_call_s", 0.0), False),
                    bandwidth_Bps=num("bandwidth_Bps", data.get("bandwidth_Bps")),
                    op_overhead_s=num("op_overhead_s", data.get("op_overhead_s"), False),
                    view_overhead_s=num("view_overhead_s", data.get("view_overhead_s"), False),
@@ -703,21 +734,53 @@ def calibrate(device: str | torch.device = "cpu", *, dtypes: Sequence[str] | Non
 
         net = _launch_probe().to(dev).eval()
         x = torch.randn(4, 16, device=dev)
-        best = _best_of({"ops": lambda: ops, "views": lambda: views, "net": lambda: lambda: net(x)}, threads,
-                        run / passes, passes)
-        (t_ops, _), (t_views, _), (t_net, _) = best["ops"], best["views"], best["net"]
+        # the same forward three ways: the modules (eager), the same ops called as functions (no module call),
+        # and torch.export's program of it (rotafx.load's stages); and a one-op program for the program's own call
+        F = torch.nn.functional
+        weights = [(b.fc.weight, b.fc.bias, b.norm.weight, b.norm.bias) for b in net]
+        w0, b0, nw0, nb0 = weights[0]
+
+        def functional() -> Any:
+            y = x
+            for w, b, nw, nb in weights:
+                y = y + F.gelu(F.layer_norm(F.linear(y, w, b), (16,), nw, nb))
+            return y
+
+        # each of a block's four ops alone, at the probe's size (a 16x16 linear is below the matmul grid)
+        block_ops = {"linear": lambda: F.linear(x, w0, b0), "norm": lambda: F.layer_norm(x, (16,), nw0, nb0),
+                     "gelu": lambda: F.gelu(x), "add": lambda: x + x}
+
+        with torch.no_grad():
+            program = torch.export.export(net, (x,)).module()
+            one = torch.export.export(_OneOp().to(dev), (x,)).module()
+        best = _best_of({"ops": lambda: ops, "views": lambda: views, "net": lambda: lambda: net(x),
+                         "functional": lambda: functional, "program": lambda: lambda: program(x),
+                         "one": lambda: lambda: one(x), **{k: (lambda f=f: f) for k, f in block_ops.items()}},
+                        threads, run / passes, passes)
+        t_ops, t_views, t_net, t_fn, t_prog, t_one = (best[k][0] for k in ("ops", "views", "net", "functional",
+                                                                           "program", "one"))
         cal.view_overhead_s = t_views / 6
-        # what an op adds in a model's forward, module calls included: a small net of tiny layers (no arithmetic to
-        # speak of) timed whole, less its ops priced as measured alone, per op
+        # what an op adds in a forward: a small net of tiny layers (no arithmetic to speak of) timed whole, less its
+        # ops priced as measured alone, per op; called as functions for the op's own context, as modules for what
+        # each module call adds, as an exported program for what each op adds there
         from .profile import ModelProfile
 
         prof = ModelProfile.from_pytorch(net, (x.to("cpu"),) if dev.type != "cpu" else (x,))
         costs = [c for layer in prof.layers for c in layer.op_costs]
         n_ops = max(1, sum(1 for c in costs if not c.view))
-        cal.op_context_s = max(0.0, (t_net - sum(cal.op_time_s(c) for c in costs)) / n_ops)
+        n_calls = max(1, sum(layer.module_calls for layer in prof.layers))
+        add = best["add"][0]
+        alone = len(net) * sum(best[k][0] for k in block_ops)  # the net's ops, each as measured alone
+        cal.op_context_s = max(0.0, (t_fn - alone) / n_ops)
+        cal.module_call_s = max(0.0, (t_net - t_fn) / n_calls)
+        # program: t_prog = call + n_ops * (context + op) and t_one = call + context + add
+        cal.program_op_s = max(0.0, (t_prog - t_one - (alone - add)) / max(1, n_ops - 1))
+        cal.program_call_s = max(0.0, t_one - add - cal.program_op_s)
         cal.op_overhead_s = cal.op_context_s + t_ops / 10
-        say(f"calibrate {dev}: {cal.op_context_s * 1e6:.1f} us per op in a forward, {cal.op_overhead_s * 1e6:.1f} us "
-            f"per op of no kind, {cal.view_overhead_s * 1e6:.1f} us per view")
+        say(f"calibrate {dev}: {cal.op_context_s * 1e6:.1f} us per op in a forward, {cal.module_call_s * 1e6:.1f} us "
+            f"per module call, {cal.program_op_s * 1e6:.1f} us per op in an exported program "
+            f"({cal.program_call_s * 1e6:.1f} us per program call), {cal.op_overhead_s * 1e6:.1f} us per op of no "
+            f"kind, {cal.view_overhead_s * 1e6:.1f} us per view")
         if compiled:
             say(f"calibrate {dev}: compiling two probes with inductor (10-30 s) ...")
             cal.compiled = _compiled_launch(dev, threads, run, passes)
@@ -868,6 +931,11 @@ def _compiled_launch(dev: torch.device, threads: int, run: float, passes: int) -
     raise CalibrationError(f"rotafx: calibrate(compiled=True): eight compiled kernels timed {eight * 1e6:.1f} us, no "
                            f"more than one ({one * 1e6:.1f} us), three times: the machine is too busy to measure a "
                            f"kernel's launch; calibrate again when it is quieter")
+
+
+class _OneOp(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + x
 
 
 def _launch_probe() -> torch.nn.Module:

@@ -88,7 +88,7 @@ def _compute_ms(profile: ModelProfile, topology: Topology) -> tuple[np.ndarray, 
                 here, there = cal.layer_time_s(layer, dtype), source.layer_time_s(layer, dtype)
                 out[l, s] = layer.measured_ms * (here / there if there > 0 else 1.0)
             else:
-                out[l, s] = 1e3 * cal.layer_time_s(layer, dtype, compiled)
+                out[l, s] = 1e3 * cal.layer_time_s(layer, dtype, compiled, profile.runs_as)
         figures.append("datasheet" if cal is None else
                        "measured" if source is not None and profile.measured_ms is not None else
                        "calibrated, compiled" if compiled and cal.compiled else "calibrated")
@@ -212,8 +212,9 @@ class CostTables:
         if self.generation is not None:
             gen = self.generation
             decode = profile.decode  # runs as the prefill does (a profile marked compiled: its decode step too)
-            if profile.compiled and not decode.compiled:
-                decode = dataclasses.replace(decode, compiled=True)
+            if (profile.compiled and not decode.compiled) or decode.runs_as != profile.runs_as:
+                decode = dataclasses.replace(decode, compiled=profile.compiled or decode.compiled,
+                                             runs_as=profile.runs_as)
             self.decode = CostTables(decode, topology, codec=codec, memory_rule=memory_rule)
             self.kv_bytes = np.array([l.kv_bytes_per_token for l in profile.layers], dtype=float) * gen.kv_rows \
                 * gen.context_len

@@ -94,6 +94,9 @@ class OpRecord:
     measured_ms: float | None = None
     kernel: tuple[str, int, int, int] | None = None
     kv_bytes_per_token: int = 0
+    # the module calls it runs inside, outermost first (a PyTorch trace's nn_module_stack keys; a module called
+    # twice has two keys): the calls a layer's eager forward makes (LayerProfile.module_calls)
+    modules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,9 @@ class LayerProfile:
     :class:`OpCost` (views included: on a calibrated device each op has a launch cost);
     ``measured_ms``: its time on this machine, when measured; ``kv_bytes_per_token``: what
     a KV cache of its attention holds per token of one sequence (its keys and values, before
-    any grouped-query repeat; 0 for a layer with no self-attention).
+    any grouped-query repeat; 0 for a layer with no self-attention); ``module_calls``: the
+    ``nn.Module`` calls its eager forward makes (each counted in the layer of its first op;
+    0 for a profile not read from PyTorch modules).
     """
 
     index: int
@@ -162,6 +167,7 @@ class LayerProfile:
     measured_ms: float | None = None
     op_costs: tuple[OpCost, ...] = field(default=(), repr=False)
     kv_bytes_per_token: int = 0
+    module_calls: int = 0
 
     @property
     def activation_size_mb(self) -> float:
@@ -348,6 +354,14 @@ def group_layers(graph: OpGraph) -> tuple[list[LayerProfile], list[tuple[TensorI
         for p in range(made_in + 1, max(later) + 1):
             boundaries[p].append(tensors[t])
 
+    # each module call in the layer of its first op
+    calls = [0] * L
+    seen: set[str] = set()
+    for i, op in enumerate(ops):
+        new = [m for m in op.modules if m not in seen]
+        seen.update(new)
+        calls[layer_of_op[i]] += len(new)
+
     layers: list[LayerProfile] = []
     for li, ((_, idx), lname) in enumerate(zip(runs, names)):
         lops = [ops[i] for i in idx]
@@ -374,5 +388,6 @@ def group_layers(graph: OpGraph) -> tuple[list[LayerProfile], list[tuple[TensorI
             measured_ms=sum(t for t in times if t is not None) if any(t is not None for t in times) else None,
             op_costs=tuple(OpCost(op.flops, op.bytes_moved, op.kernel, op.view, op.op_type) for op in lops),
             kv_bytes_per_token=sum(op.kv_bytes_per_token for op in lops),
+            module_calls=calls[li],
         ))
     return layers, [tuple(b) for b in boundaries]

@@ -68,6 +68,9 @@ class Generation:
         return self.batch_size * self.sequences
 
 
+RUNS_AS = ("modules", "graph", "program")
+
+
 @dataclass(frozen=True)
 class ModelProfile:
     """Layers of a model with their costs, and the tensors that cross each layer boundary.
@@ -108,6 +111,15 @@ class ModelProfile:
     # the layers run as code inductor compiled (the backend with an inner compiler): a calibrated device prices
     # them with its compiled launch costs (Calibration.compiled), when it measured them
     compiled: bool = False
+    # how the layers run, which sets what a calibrated device charges around each op (Calibration.layer_time_s):
+    # "modules", the model's own nn.Modules in eager PyTorch (each module call costs module_call_s); "graph", an fx
+    # graph of the traced ops (the backend's stages: no module calls); "program", exported programs loaded by
+    # rotafx.load (each op called through torch.export's graph module: program_op_s)
+    runs_as: str = "modules"
+
+    def __post_init__(self) -> None:
+        if self.runs_as not in RUNS_AS:
+            raise ProfileError(f"rotafx: ModelProfile.runs_as must be one of {', '.join(RUNS_AS)}, got {self.runs_as!r}")
 
     # -- the seed's properties -----------------------------------------------
     @property
@@ -314,7 +326,7 @@ class ModelProfile:
     def from_pytorch(cls, model: torch.nn.Module, example_inputs: Any = None, *, example_kwargs: Mapping[str, Any] | None = None,
                      dtype: torch.dtype | None = None, batch_size: int | None = None, seq_len: int = 128,
                      strict: bool = False, progress: bool = False, measure: bool = False,
-                     device: Any = None, repeats: int = 5) -> "ModelProfile":
+                     device: Any = None, repeats: int = 5, runs_as: str = "modules") -> "ModelProfile":
         """Trace a PyTorch model with ``torch.export`` and profile it.
 
         Works on the ``meta`` device (no weights allocated). ``example_inputs`` is a
@@ -325,6 +337,10 @@ class ModelProfile:
         An op with no cost rule counts 0 FLOPs with a warning (listed in ``unknown_ops``),
         or raises :class:`~rotafx.layers.CostRuleError` under ``strict=True``.
         ``measure=True`` also times every layer on ``device`` (see :meth:`measure`).
+        ``runs_as`` (:attr:`runs_as`) says how the layers will run, for a calibrated device's
+        price: ``"modules"`` (the model called eagerly, each of its module calls counted
+        per layer in ``module_calls``), ``"graph"`` or ``"program"`` (rotafx's exported
+        stages: what :func:`rotafx.partition` and :func:`rotafx.export` plan with).
 
         >>> import torch
         >>> p = ModelProfile.from_pytorch(torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU()))
@@ -334,7 +350,7 @@ class ModelProfile:
         args = example_args(model, example_inputs, batch_size, seq_len) if measure else example_inputs
         prof = cls.from_graph(read_module(model, args, example_kwargs=example_kwargs, dtype=dtype,
                                           batch_size=batch_size, seq_len=seq_len, strict=strict, progress=progress))
-        prof = dataclasses.replace(prof, seq_len=seq_len)
+        prof = dataclasses.replace(prof, seq_len=seq_len, runs_as=runs_as)
         if measure:
             prof = prof.measure(model, args, example_kwargs=example_kwargs, device=device, repeats=repeats,
                                 progress=progress)
@@ -376,7 +392,7 @@ class ModelProfile:
     @classmethod
     def for_generation(cls, model: torch.nn.Module, *, prompt_len: int, new_tokens: int, batch_size: int = 1,
                        sequences: int = 1, dtype: torch.dtype | None = None, strict: bool = False,
-                       progress: bool = False) -> "ModelProfile":
+                       progress: bool = False, runs_as: str = "modules") -> "ModelProfile":
         """Profile a causal LM for token generation: its prefill and one decode step, on any device (``meta`` too).
 
         The returned profile's layers are the **prefill** (``batch_size x prompt_len`` tokens at once);
@@ -409,7 +425,7 @@ class ModelProfile:
         (1024, True)
         """
         gen = Generation(prompt_len, new_tokens, batch_size, sequences)
-        kw = dict(dtype=dtype, batch_size=batch_size, strict=strict, progress=progress)
+        kw = dict(dtype=dtype, batch_size=batch_size, strict=strict, progress=progress, runs_as=runs_as)
         prefill = cls.from_pytorch(model, seq_len=prompt_len, **kw)
         if not prefill.kv_bytes_per_token:
             raise ProfileError(f"rotafx: {type(model).__name__} has no self-attention that rotafx can see (no "

@@ -99,7 +99,7 @@ def plans() -> list[Plan]:
 def plan_graph(gm: fx.GraphModule, weights: Mapping[str, str], params: frozenset[str], values: Mapping[str, torch.Tensor],
                cfg: Config, *, name: str, graph_index: int = 0, in_spec: Any = None, out_spec: Any = None,
                assignment: Callable[[ModelProfile], Sequence[int]] | None = None,
-               state: frozenset[str] = frozenset()) -> Plan:
+               state: frozenset[str] = frozenset(), runs_as: str = "program") -> Plan:
     """annotate -> profile -> solve -> rewrite -> runtime, for one graph.
 
     ``weights`` maps weight placeholders to weight names, ``params`` names the parameters
@@ -112,7 +112,9 @@ def plan_graph(gm: fx.GraphModule, weights: Mapping[str, str], params: frozenset
     that check's message.
     """
     annotate(gm, weights)
-    profile = ModelProfile.from_graph(read_graph(gm, weights, params, name=name))
+    # the stages run this graph's ops, no module calls: a torch.export graph's ATen ops ("program", partition and
+    # export), dynamo's torch-level calls ("graph", the backend)
+    profile = dataclasses.replace(ModelProfile.from_graph(read_graph(gm, weights, params, name=name)), runs_as=runs_as)
     if cfg.inner == "inductor":  # the stages run as inductor's code: priced so where the device measured it
         profile = dataclasses.replace(profile, compiled=True)
     if assignment is not None:
@@ -224,4 +226,4 @@ def cost_key(profile: ModelProfile) -> tuple:
                    for l in profile.layers)
     boundaries = tuple(tuple(sorted((t.numel, t.itemsize, t.floating) for t in b)) for b in profile.boundaries)
     return (layers, boundaries, tuple(sorted(profile.weights.items())), profile.param_names, str(profile.dtype),
-            profile.measured_on, profile.compiled)
+            profile.measured_on, profile.compiled, profile.runs_as)

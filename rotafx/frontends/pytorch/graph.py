@@ -107,7 +107,7 @@ def read_graph(gm: fx.GraphModule, weights: Mapping[str, str], params: frozenset
             inputs=tuple(dict.fromkeys(a.name for a in n.all_input_nodes if a not in is_weight)),
             outputs=(n.name,), weights=tuple(dict.fromkeys(weight_name[a] for a in n.all_input_nodes if a in is_weight)),
             flops=c.flops, bytes_moved=c.bytes_moved, buffer_bytes=c.buffer_bytes, view=c.is_view, kernel=c.kernel,
-            kv_bytes_per_token=c.kv_bytes_per_token))
+            kv_bytes_per_token=c.kv_bytes_per_token, modules=tuple(n.meta.get("nn_module_stack") or ())))
     output = next(n for n in reversed(nodes) if n.op == "output")
     outputs = tuple(dict.fromkeys(a.name for a in output.all_input_nodes if a not in is_weight))
     return OpGraph(ops=ops, tensors=tensors, inputs=tuple(inputs), outputs=outputs, weights=table,
