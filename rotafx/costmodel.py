@@ -11,6 +11,8 @@ so the estimator and the solvers cannot disagree.
   lives in cache); a layer's time is the sum over its ops; a calibrated device prices each op by
   its measurements instead (:meth:`rotafx.calibrate.Calibration.op_time_s`), as compiled code when
   the profile is marked ``compiled`` and the device measured compiled code;
+* a stage's call: a fixed cost each stage that runs any layer pays once per forward pass, whatever
+  its layers (:attr:`CostTables.stage_call_ms`): calling inductor-compiled code, or an exported program;
 * a transfer: ``bytes * 8 / bandwidth_bps`` (:func:`rotafx.wire.serialization_ms`) plus
   the link's one-way latency; compressed transfers (codec ``fp16``, ``bf16``, ``int8``)
   send floating tensors at 2, 2 or 1 bytes per element (:func:`rotafx.wire.wire_bytes`);
@@ -93,6 +95,23 @@ def _compute_ms(profile: ModelProfile, topology: Topology) -> tuple[np.ndarray, 
                        "measured" if source is not None and profile.measured_ms is not None else
                        "calibrated, compiled" if compiled and cal.compiled else "calibrated")
     return out, figures
+
+
+def _stage_call_ms(profile: ModelProfile, topology: Topology) -> np.ndarray:
+    """``ms[s]``: the fixed cost of one call of chain stage ``s``'s code on its device: a call of inductor-compiled
+    code (:attr:`~rotafx.calibrate.Calibration.compiled_call_s`) for a profile marked ``compiled`` on a device that
+    measured compiled code, else an exported program's call (``program_call_s``) for a profile that runs as one;
+    0 on a datasheet device and for modules or an fx graph run eagerly."""
+    out = np.zeros(topology.num_stages)
+    for s, name in enumerate(topology.chain):
+        cal = topology.devices[name].calibration
+        if cal is None:
+            continue
+        if profile.compiled and cal.compiled:
+            out[s] = 1e3 * cal.compiled_call_s
+        elif profile.runs_as == "program":
+            out[s] = 1e3 * cal.program_call_s
+    return out
 
 
 def token_return(topology: Topology) -> tuple[Link, ...]:
@@ -180,6 +199,9 @@ class CostTables:
     ``compute_ms[l, s]``: layer ``l`` on the device of stage ``s``;
     ``stage_terms[term][l, s]``: what layer ``l`` on stage ``s`` adds to each additive
     objective term (latency ms, energy J, bandwidth bytes);
+    ``stage_call_ms[s]``: the fixed cost of one call of stage ``s``'s code, paid once per forward
+    pass by a stage that runs any layer; ``call_terms[term][s]``: what it adds to each term (the
+    stage's period includes it; a generation term mixes the prefill's and the decode step's calls);
     ``boundary_bytes[p]``: bytes crossing the boundary before layer ``p`` (0..L);
     ``links[b]``: the chain link from stage ``b`` to ``b + 1``; ``bypass_links[i]``: the
     link of the topology's bypass ``i``.
@@ -200,6 +222,9 @@ class CostTables:
         self.power_w = np.array([topology.devices[n].power_w for n in topology.chain])
         self.stage_terms = {"latency": self.compute_ms, "energy": self.compute_ms * 1e-3 * self.power_w[None, :],
                             "bandwidth": np.zeros((L, K))}
+        self.stage_call_ms = _stage_call_ms(profile, topology)
+        self.call_terms = {"latency": self.stage_call_ms, "energy": self.stage_call_ms * 1e-3 * self.power_w,
+                           "bandwidth": np.zeros(K)}
         self.boundary_bytes = np.array([profile.boundary_bytes(p, self.codec) for p in range(L + 1)], dtype=float)
         # token generation: the decode step's own tables, the KV cache held per layer, and each generation term
         # as a mix of the prefill's and the decode step's (see _MIX)
@@ -229,6 +254,7 @@ class CostTables:
                 prefill = self.stage_terms[base] if wp else 0.0
                 dec = self.decode.stage_terms[base] if wd else 0.0
                 self.stage_terms[term] = wp * prefill + wd * dec
+                self.call_terms[term] = wp * self.call_terms[base] + wd * self.decode.call_terms[base]
             n, rows = gen.new_tokens, gen.batch_size * gen.new_tokens
             self.constants = {"tpot": self.return_ms, "generation": (n - 1) * self.return_ms,
                               "energy_per_token": (n - 1) * self.return_j / rows,

@@ -18,13 +18,16 @@ __all__ = ["Estimate", "GenerationEstimate", "LayerEstimate", "TransferEstimate"
 
 @dataclass(frozen=True)
 class LayerEstimate:
-    """One layer's compute time (ms) on the node that runs it."""
+    """One layer's compute time (ms) on the node that runs it; the first layer of a stage also carries the
+    stage's call (``call_ms``, :attr:`~rotafx.costmodel.CostTables.stage_call_ms`), so a stage's layers add up
+    to the stage's compute."""
 
     index: int
     name: str
     node: str
     stage: int
-    total_ms: float
+    total_ms: float  # the call included
+    call_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -225,8 +228,8 @@ def estimate_from_dict(d: Mapping[str, Any]) -> Estimate:
     """
     try:
         parts = {str(k): float(v) for k, v in d["parts"].items()}
-        by_layer = tuple(LayerEstimate(int(r["index"]), str(r["name"]), str(r["node"]), int(r["stage"]), float(r["ms"]))
-                         for r in d["by_layer"])
+        by_layer = tuple(LayerEstimate(int(r["index"]), str(r["name"]), str(r["node"]), int(r["stage"]), float(r["ms"]),
+                                       float(r.get("call_ms", 0.0))) for r in d["by_layer"])
         transfers = tuple(TransferEstimate(int(t["boundary"]), str(t["src"]), str(t["dst"]), str(t["link_kind"]),
                                            int(t["bytes"]), float(t["transfer_ms"]), float(t["propagation_ms"]))
                           for t in d["transfers"])
@@ -247,8 +250,9 @@ def estimate_from_dict(d: Mapping[str, Any]) -> Estimate:
 def evaluate(tables: CostTables, stages: Sequence[int]) -> Estimate:
     """Price a placement given as the chain stage of every layer (non-decreasing).
 
-    Each layer adds ``tables.stage_terms`` and each hop of the route its
-    ``tables.hop_coefficients``: the coefficients the DP and the MILP optimise.
+    Each layer adds ``tables.stage_terms``, each stage that runs any layer its ``tables.call_terms``
+    once, and each hop of the route its ``tables.hop_coefficients``: the coefficients the DP and the
+    MILP optimise.
     """
     topo, prof = tables.topology, tables.profile
     try:
@@ -270,12 +274,14 @@ def evaluate(tables: CostTables, stages: Sequence[int]) -> Estimate:
     energy = 0.0
     for l, s in enumerate(stages):
         name = topo.chain[s]
-        t = float(tables.stage_terms["latency"][l, s])
+        first = l == 0 or stages[l - 1] != s  # a stage's code is called once, when its first layer starts
+        call = float(tables.call_terms["latency"][s]) if first else 0.0
+        t = float(tables.stage_terms["latency"][l, s]) + call
         kind = topo.devices[name].kind
         compute_by_kind[kind] = compute_by_kind.get(kind, 0.0) + t
         busy_ms[name] = busy_ms.get(name, 0.0) + t
-        energy += float(tables.stage_terms["energy"][l, s])
-        by_layer.append(LayerEstimate(l, prof.layers[l].name, name, s, t))
+        energy += float(tables.stage_terms["energy"][l, s]) + (float(tables.call_terms["energy"][s]) if first else 0.0)
+        by_layer.append(LayerEstimate(l, prof.layers[l].name, name, s, t, call))
     cuts = tables.cut_positions(stages)
     transfer_by_kind: dict[str, float] = {}
     transfers = []

@@ -445,6 +445,7 @@ def estimate_dict(e: Any) -> dict[str, Any]:
         "transfer_bytes": e.transfer_bytes, "codec": e.codec,
         "transfers": [{"boundary": t.boundary, "src": t.src, "dst": t.dst, "link_kind": t.link_kind, "bytes": t.bytes,
                        "transfer_ms": t.transfer_ms, "propagation_ms": t.propagation_ms} for t in e.transfers],
-        "by_layer": [{"index": l.index, "name": l.name, "node": l.node, "stage": l.stage, "ms": l.total_ms} for l in e.by_layer],
+        "by_layer": [{"index": l.index, "name": l.name, "node": l.node, "stage": l.stage, "ms": l.total_ms,
+                      **({"call_ms": l.call_ms} if l.call_ms else {})} for l in e.by_layer],  # ms: the call included
         "bandwidth_bytes": e.bandwidth_bytes, "memory_bytes": {k: float(v) for k, v in e.memory_bytes.items()},
     }
