@@ -1,19 +1,28 @@
 """The fixed cost of a stage's call (an exported program's, or inductor-compiled code's): which devices pay it, the
-estimator's figures with it by hand, and the decode step's."""
+estimator's figures with it by hand, the decode step's, and every solver against brute force with it."""
 
 from __future__ import annotations
 
 import dataclasses
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from rotafx import LatencyEstimator, ModelProfile
 from rotafx.calibrate import Calibration
 from rotafx.costmodel import CostTables
 from rotafx.estimate import evaluate
+from rotafx.objective import GENERATION_OBJECTIVES, Objective, objective
 from rotafx.profile import Generation
-from rotafx.topology import Topology
-from tests.test_generation_cost import _gen_profile
+from rotafx.solve import milp as milp_module
+from rotafx.solve.brute_force import solve_brute_force
+from rotafx.solve.dp import dp_applies, solve_dp
+from rotafx.solve.milp import solve_milp
+from rotafx.topology import Topology, TopologyError
+from tests.test_generation_cost import _gen_profile, generation_problems
+from tests.test_generation_cost import close_milp as close_milp_generation
+from tests.test_solve import _cvxpy_count, close, close_milp, feasible_exists, magnification
 
 
 def _cal(flops: float, bandwidth: float = 1e10, **kw: object) -> Calibration:
@@ -126,7 +135,114 @@ def test_generation_pays_the_call_in_the_prefill_and_in_every_decode_step_by_han
     # the terms the solvers optimise charge the same calls (prefill once, each decode step once)
     assert tables.call_terms["ttft"].tolist() == pytest.approx([2, 5])
     assert tables.call_terms["generation"].tolist() == pytest.approx([2 + 4 * 2, 5 + 4 * 5])
+    tokens = objective("maximize_tokens_per_s")  # this plan's 35 ms is the best (32.3 ms were the calls free)
+    assert solve_brute_force(tables, tokens) == ([0, 1, 1], (pytest.approx(35), pytest.approx(4027)))
+    assert solve_milp(tables, tokens).value == pytest.approx(35)
     # a profile marked compiled runs its decode step compiled, with a's compiled call (3 ms)
     compiled = CostTables(dataclasses.replace(prof, compiled=True),
                           _calibrated(compiled={"call_s": 3e-3, "kernel_s": 0.0}))
     assert compiled.decode.stage_call_ms.tolist() == pytest.approx([3, 5])
+
+
+# ---------------------------------------------------------------------------
+# the solvers
+
+
+def _affinity(call_s: float) -> tuple[ModelProfile, Topology]:
+    """Layer 0 is compute-bound (0.1 ms on a, 1 ms on b), layer 1 memory-bound (1 ms on a, 0.2 ms on b): without a
+    call the two stages split them (0.3 ms); with a 1 ms call each, a runs both (1.1 ms + one call; b 1.2 ms)."""
+    prof = ModelProfile.from_layers([{"name": "mm", "params": 10, "flops": 1e6, "activation_bytes": 100, "bytes_moved": 0},
+                                     {"name": "copy", "params": 10, "flops": 0, "activation_bytes": 100,
+                                      "bytes_moved": 1e6}], input_bytes=100, itemsize=4)
+    topo = Topology.from_dict({"devices": [
+        {"name": "a", "flops": 1e10, "memory": 1e12, "calibration": _cal(1e10, 1e9, program_call_s=call_s)},
+        {"name": "b", "flops": 1e9, "memory": 1e12, "calibration": _cal(1e9, 5e9, program_call_s=call_s)}],
+        "links": [{"src": "a", "dst": "b", "bandwidth_bps": 1e12}], "chain": ["a", "b"]})
+    return dataclasses.replace(prof, runs_as="program"), topo
+
+
+@pytest.mark.parametrize("call_s, want", [(0.0, [0, 1]), (1e-3, [0, 0])])
+def test_a_call_makes_the_optimum_use_fewer_stages(call_s: float, want: list[int]) -> None:
+    prof, topo = _affinity(call_s)
+    tables = CostTables(prof, topo)
+    obj = objective("minimize_latency")
+    stages, (value, _) = solve_brute_force(tables, obj)
+    assert stages == want
+    # [0, 1]: 0.3 ms and two calls; [0, 0]: 1.1 ms and one call; plus the hop to b, where the output is wanted
+    hop = 100 * 8 / 1e12 * 1e3
+    assert value == pytest.approx(min(0.3 + 2 * 1e3 * call_s, 1.1 + 1e3 * call_s) + hop)
+    assert solve_dp(tables, obj)[0] == want
+    assert solve_milp(tables, obj).stages == want
+
+
+def test_a_stages_period_includes_its_call_in_every_solver() -> None:
+    """Throughput: [0, 0, 1] keeps a busy 30 + 2 ms and b 20 + 5 ms, [0, 1, 1] a 10 + 2 and b 30 + 5: 32 ms is best
+    (without the calls the two tie at 30 ms)."""
+    tables = CostTables(_three_layers(), _calibrated())
+    obj = objective("maximize_throughput")
+    stages, (value, _) = solve_brute_force(tables, obj)
+    assert (stages, value) == ([0, 0, 1], pytest.approx(32))
+    assert solve_dp(tables, obj) == ([0, 0, 1], pytest.approx(32))
+    res = solve_milp(tables, obj)
+    assert (res.stages, res.value) == ([0, 0, 1], pytest.approx(32))
+
+
+CALLS_S = st.sampled_from([0.0, 1e-4, 1e-3, 1e-2, 1e-1])
+ONE_PASS = ("minimize_latency", "maximize_throughput", "minimize_bandwidth", "minimize_energy")
+
+
+def _with_calls(topology: Topology, calls: list[float]) -> Topology:
+    """Each device calibrated at its datasheet roofline, with a program call of ``calls[i]`` seconds."""
+    devices = {n: dataclasses.replace(d, calibration=_cal(d.flops, d.memory_bandwidth, program_call_s=c))
+               for (n, d), c in zip(topology.devices.items(), calls)}
+    return dataclasses.replace(topology, devices=devices)
+
+
+@settings(max_examples=25, deadline=None)
+@given(case=generation_problems(), calls=st.lists(CALLS_S, min_size=5, max_size=5))
+def test_dp_milp_and_brute_force_agree_with_calls(case: tuple, calls: list[float]) -> None:
+    """Every objective, one pass and generation, on random chains whose stages pay a call: the MILP and, where it is
+    exact, the DP find brute force's optimum (which the estimator prices)."""
+    problem, gen_profile = case
+    topo = _with_calls(problem.topology, calls)
+    assume(any(d.calibration.program_call_s for d in topo.devices.values()))
+    balance = Objective("balance", {"latency": 1.0, "energy": 1.0}, {"latency": 10.0, "energy": 1.0})
+    runs = [(dataclasses.replace(problem.profile, runs_as="program"), [*map(objective, ONE_PASS), balance]),
+            (dataclasses.replace(gen_profile, runs_as="program"), [*map(objective, GENERATION_OBJECTIVES)])]
+    for prof, objectives in runs:
+        try:
+            tables = CostTables(prof, topo, memory_rule=problem.memory_rule)
+        except TopologyError:  # a chain with no way back for a generated token
+            continue
+        assert tables.stage_call_ms.tolist() == pytest.approx([1e3 * calls[list(topo.devices).index(n)]
+                                                               for n in topo.chain])
+        if not feasible_exists(tables):
+            continue
+        for obj in objectives:
+            agree = close_milp_generation if obj.name in GENERATION_OBJECTIVES else close_milp
+            _, best = solve_brute_force(tables, obj)
+            res = solve_milp(tables, obj, time_limit=60)  # (one stage: nothing to solve, no value)
+            assert res.status == "optimal" and (tables.K == 1 or agree(res.value, best[0], tables, obj)), (obj.name, res)
+            assert agree(obj.value(evaluate(tables, res.stages)), best[0], tables, obj), (obj.name, res, best)
+            if dp_applies(tables, obj) is None:
+                dp_stages, dp_value = solve_dp(tables, obj)
+                assert close(dp_value, best[0], magnification(obj)), (obj.name, dp_stages, dp_value, best)
+                assert close(obj.value(evaluate(tables, dp_stages)), best[0], magnification(obj)), (obj.name, best)
+
+
+@pytest.mark.parametrize("name", [*ONE_PASS, "minimize_tpot", "maximize_tokens_per_s"])
+def test_model_size_counts_the_stage_binaries(name: str) -> None:
+    """The MILP's size estimate counts what the calls add (a row and a binary per called stage) as cvxpy does:
+    the same rows more, and nonzeros within its bounds."""
+    gen = Generation(prompt_len=10, new_tokens=5, batch_size=2, sequences=3)
+    prof = _gen_profile([1e9] * 8, [1e7] * 8, [0] * 8, act=10_000, decode_act=1_000, gen=gen)
+    topo = Topology.from_dict({**_calibrated().to_dict(), "chain": ["a", "b", "a"]})
+    obj = objective(name)
+    sizes = []
+    for runs_as in ("graph", "program"):
+        tables = CostTables(dataclasses.replace(prof, runs_as=runs_as), topo)
+        sizes.append((milp_module.model_size(tables, obj), _cvxpy_count(tables, obj)))
+    assert tables.stage_call_ms.tolist() == pytest.approx([2, 5, 2])
+    ((rows0, real_rows0), ((nnz, rows), (real_nnz, real_rows))) = (((sizes[0][0][1], sizes[0][1][1])), sizes[1])
+    assert rows - rows0 == real_rows - real_rows0 == 3
+    assert real_nnz <= nnz <= 2 * real_nnz, (nnz, real_nnz)

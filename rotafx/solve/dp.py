@@ -114,10 +114,13 @@ def _dp_chain(tables: CostTables, obj: Objective, mem: np.ndarray, stages: list[
     back: list[np.ndarray] = []
     P = np.arange(L + 1)
     upper = P[:, None] <= P[None, :]
+    nonempty = P[:, None] < P[None, :]
     for i, s in enumerate(stages):
         cap = tables.capacity[topo.chain[s]]
-        # R[term][q, p]: layers q..p-1 on stage s; its period is its busy time, the same as its latency
-        R = {term: _range_sums(v[:, s]) for term, v in tables.stage_terms.items()}
+        # R[term][q, p]: layers q..p-1 on stage s, and the stage's call when it runs any (q < p); its period is
+        # its busy time, the same as its latency
+        R = {term: _range_sums(v[:, s]) + np.where(nonempty, tables.call_terms[term][s], 0.0)
+             for term, v in tables.stage_terms.items()}
         R["period"] = R["latency"]
         feasible = upper & (mem <= cap)
         stage_cost = R["period"] if bottleneck else obj.combine(R)
@@ -143,7 +146,7 @@ def _dp_chain(tables: CostTables, obj: Objective, mem: np.ndarray, stages: list[
                 cand_p = prev_p[f_prev][:, None] + np.where(feasible, stage_cost, INF)
             cand_s = prev_s[f_prev][:, None] + np.where(feasible, stage_lat, INF)
             for used_here in (False, True):
-                mask = (P[None, :] > P[:, None]) if used_here else (P[None, :] == P[:, None])
+                mask = nonempty if used_here else (P[None, :] == P[:, None])
                 if in_seg:
                     f_new = 1 if (used_here or (f_prev == 1 and not starts_seg)) else 0
                 else:

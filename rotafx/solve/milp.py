@@ -6,7 +6,8 @@ Contiguity holds by construction (``y`` non-increasing in ``l``, non-decreasing 
 ``z[p, b] = y[p-1, b] - y[p, b]`` the one-hot cut position of boundary ``b``, so every
 cost (compute per layer and stage, bytes per cut position and link) is linear.
 A bypass (skip an empty run of stages) is one binary ``u``: its hops are switched on
-or off with big-M bounds. Memory: for each device and each of its layers, its stages'
+or off with big-M bounds; a stage whose call has a fixed cost has a binary ``v`` of the same kind (1 when
+it runs any layer), which pays that cost once. Memory: for each device and each of its layers, its stages'
 weights plus that layer's live-activation peak fit its capacity; a weight several layers read
 (a tied embedding) is counted once per device, through a variable bounded below by each of
 its readers' placement on that device.
@@ -146,17 +147,34 @@ def _route_hops(tables: CostTables, ZC, U, cons, term: str) -> list:  # type: ig
     return out
 
 
+def _stage_used(tables: CostTables, XC, cons) -> dict[int, Any]:  # type: ignore[no-untyped-def]
+    """For each stage whose call has a fixed cost (:attr:`~rotafx.costmodel.CostTables.call_terms`), one binary
+    ``v``, 1 when the stage runs any layer (bounded as a bypass's ``u``): the cost is paid once per used stage.
+    Only its lower bound is needed: a minimum takes ``v = 0`` on an empty stage, as the cost is positive."""
+    import cvxpy as cp
+
+    V = {}
+    for s, x in enumerate(XC):
+        if any(c[s] for c in tables.call_terms.values()):
+            v = cp.Variable(boolean=True)
+            cons.append(cp.sum(x) <= tables.L * v)  # x: the layers on stage s
+            V[s] = v
+    return V
+
+
 def _terms(tables: CostTables, XC, ZC, U, cons, needed: set[str]):  # type: ignore[no-untyped-def]
-    """The cvxpy expression of each needed objective term: the cost model's stage terms over ``XC`` plus the
-    route's hops plus what every plan adds (the generated token's trip back)."""
+    """The cvxpy expression of each needed objective term: the cost model's stage terms over ``XC`` and the call
+    of each used stage, plus the route's hops plus what every plan adds (the generated token's trip back)."""
     import cvxpy as cp
 
     out = {}
+    V = _stage_used(tables, XC, cons)
     additive = needed - {"period", "token_period"}
     if "token_period" in needed:
         additive.add("tpot")
     for term in additive:
         stage = [tables.stage_terms[term][:, s] @ x for s, x in enumerate(XC)]
+        stage += [tables.call_terms[term][s] * v for s, v in V.items()]
         hops = [piece for h, c in _route_hops(tables, ZC, U, cons, term) for piece in (h, c)]
         out[term] = _total(stage + hops + [tables.constants.get(term, 0.0)])
     for term, busy in (("period", "latency"), ("token_period", "token_period")):
@@ -165,7 +183,8 @@ def _terms(tables: CostTables, XC, ZC, U, cons, needed: set[str]):  # type: igno
         # the slowest device or link: a bound above every one of them
         T = cp.Variable(nonneg=True)
         for dev, ss in tables.device_stages.items():
-            cons.append(T >= _total([tables.stage_terms[busy][:, s] @ XC[s] for s in ss]))
+            cons.append(T >= _total([tables.stage_terms[busy][:, s] @ XC[s] for s in ss]
+                                    + [tables.call_terms[busy][s] * V[s] for s in ss if s in V]))
         cons.extend(T >= h + c for h, c in _route_hops(tables, ZC, U, cons, term))  # c: a message's fixed cost
         if term == "token_period":  # several sequences in flight: no faster than one token per TPOT each
             cons += [T >= tables.return_period_ms, T >= out["tpot"] / tables.generation.sequences]
@@ -223,8 +242,12 @@ def model_size(tables: CostTables, obj: Objective) -> tuple[int, int]:
     additive = len(needed - {"period", "token_period"} | ({"tpot"} if "token_period" in needed else set()))
     nnz, rows = nnz + additive * big_m * (L + 3), rows + additive * big_m
     nnz += L * (K - 1)  # the objective itself (all its terms on the same variables)
+    called = [s for s in range(K) if any(c[s] for c in tables.call_terms.values())]  # _stage_used's binaries
+    nnz += sum(L * on_nnz([s]) + 1 + 2 for s in called)  # a row each; in the objective and the cutoff
+    rows += len(called)
     for _ in needed & {"period", "token_period"}:
         nnz += sum(L * on_nnz(ss) + 1 for ss in tables.device_stages.values()) + (K - 1 + nb) * (L + 3)
+        nnz += len(called)
         rows += len(tables.device_stages) + (K - 1 + nb) + big_m
     return nnz + L * (K - 1), rows + 1  # and the cutoff row: the objective again
 
