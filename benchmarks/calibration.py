@@ -67,6 +67,8 @@ class Case:
     profile: Any = None
     measured_profile: Any = None
     runs_ms: list[float] = field(default_factory=list)  # whole-request medians, one per round
+    program: Any = None  # torch.export's program of the model (.module()): what rotafx.load runs for one stage
+    program_runs_ms: list[float] = field(default_factory=list)  # its medians, one per round
     est: dict[str, float] = field(default_factory=dict)  # "a", "b", "c" -> ms
 
     @property
@@ -154,9 +156,9 @@ def estimate_ms(topo: dict[str, Any], profile: Any) -> tuple[float, Any]:
 # -- timing ------------------------------------------------------------------------------------
 
 
-def time_request(case: Case, min_run_time: float) -> float:
-    """Median ms of one eager forward, by torch.utils.benchmark."""
-    m, x = case.model, case.inputs
+def time_request(case: Case, min_run_time: float, program: bool = False) -> float:
+    """Median ms of one eager forward (``program``: of the exported program), by torch.utils.benchmark."""
+    m, x = case.program if program else case.model, case.inputs
     with torch.no_grad():
         t = Timer(stmt="m(*x)", globals={"m": m, "x": x}, num_threads=1).blocked_autorange(min_run_time=min_run_time)
     return t.median * 1e3
@@ -167,6 +169,7 @@ def interleaved(cs: list[Case], rounds: int, min_run_time: float, say: Callable[
     for r in range(rounds):
         for c in cs:
             c.runs_ms.append(time_request(c, min_run_time))
+            c.program_runs_ms.append(time_request(c, min_run_time, program=True))
         say(f"whole-request round {r + 1}/{rounds}")
 
 
@@ -319,11 +322,20 @@ def main(argv: list[str] | None = None) -> int:
             "pointwise us per call, smallest probe": min(cal.op_times["pointwise"].values()) * 1e6,
             "linear launch us (smallest F.linear)": min(cal.op_times["matmul"].values()) * 1e6,
             "context us per op in a forward": cal.op_context_s * 1e6,
+            "module call us": cal.module_call_s * 1e6,
+            "context us per op in an fx graph": cal.graph_op_s * 1e6,
+            "context us per op in an exported program": cal.program_op_s * 1e6,
+            "exported program's own call us": cal.program_call_s * 1e6,
             "op of no kind us (launch + context)": cal.op_overhead_s * 1e6, "view us": cal.view_overhead_s * 1e6}
     for k, v in head.items():
         say(f"  {k}: {v:.2f}")
     # what-if: the cost model before the op-kind tables (every op: one launch cost + its roofline; a matmul its rate)
-    cals = {"b": cal, "b-flat": dataclasses.replace(cal, op_times={}, conv={}, op_context_s=0.0)}
+    cals = {"b": cal, "b-flat": dataclasses.replace(cal, op_times={}, conv={}, op_context_s=0.0, module_call_s=0.0)}
+    # what-if: each op its context in an fx graph, plus each module call of the layer (module_calls) at module_call_s
+    cals["b-calls"] = dataclasses.replace(cal, op_context_s=cal.graph_op_s)
+
+    def calls_ms(layers: Any) -> float:
+        return 1e3 * cal.module_call_s * sum(layer.module_calls for layer in layers)
     variants = ["a", *cals, "c"]
 
     cs = cases(args.quick)
@@ -333,10 +345,15 @@ def main(argv: list[str] | None = None) -> int:
         c.est["a"], _ = estimate_ms(datasheet(cal), c.profile)
         for name, k in cals.items():
             c.est[name], _ = estimate_ms(calibrated(k), c.profile)
+        c.est["b-calls"] += calls_ms(c.profile.layers)
+        c.est["program"], _ = estimate_ms(calibrated(cal), dataclasses.replace(c.profile, runs_as="program"))
+        with torch.no_grad():
+            c.program = torch.export.export(c.model, c.inputs).module()
     say(f"{len(cs)} cases profiled and checked")
 
     for c in cs:  # warm every model before any round
         time_request(c, 0.02)
+        time_request(c, 0.02, program=True)
     interleaved(cs, rounds // 2, run_s, say)
     for c in cs:
         c.measured_profile = c.profile.measure(c.model, c.inputs, threads=1, repeats=layer_repeats)
@@ -364,13 +381,15 @@ def main(argv: list[str] | None = None) -> int:
     say("ops timed")
 
     errs = {k: [err(c.est[k], c.measured_ms) for c in cs] for k in variants}
-    lerr = {name: [err(1e3 * k.layer_time_s(layer), layer.measured_ms) for c in cs for layer in c.measured_profile.layers
-                   if layer.measured_ms > 0] for name, k in cals.items()}
+    lerr = {name: [err(1e3 * k.layer_time_s(layer) + (calls_ms([layer]) if name == "b-calls" else 0.0),
+                       layer.measured_ms) for c in cs for layer in c.measured_profile.layers if layer.measured_ms > 0]
+            for name, k in cals.items()}
     lrows = layer_rows(cs, cal)
     elapsed = time.time() - start
     what = {"a": "(a) datasheet", "b": "(b) calibrated", "c": "(c) measured layers",
-            "b-flat": "what-if: (b) with one launch cost for every op kind (no op-kind tables)"}
-    goal = {"a": "(the baseline)", "b": "within 15%", "c": "within 5%", "b-flat": ""}
+            "b-flat": "what-if: (b) with one launch cost for every op kind (no op-kind tables)",
+            "b-calls": "what-if: (b) with each module call priced in its layer (module_calls x module_call_s)"}
+    goal = {"a": "(the baseline)", "b": "within 15%", "c": "within 5%", "b-flat": "", "b-calls": ""}
 
     lines = ["# The estimator against this CPU (issue 13)", "",
              f"`.venv/bin/python benchmarks/calibration.py{' --quick' if args.quick else ''}`, "
@@ -403,10 +422,12 @@ def main(argv: list[str] | None = None) -> int:
               f"whole-request medians before and after the layer measurements differ by {statistics.median(drift):.1%} "
               f"(median over cases, worst {max(drift):.1%}); median spread "
               f"{statistics.median(c.spread for c in cs):.1%}, worst {max(c.spread for c in cs):.1%}.", "",
-              "What-if row (not the shipped cost model's figures): the same `Calibration.op_time_s` on the same "
+              "What-if rows (not the shipped cost model's figures): b-flat, the same `Calibration.op_time_s` on the same "
               "calibration with its op-kind tables, convolution table and context cost dropped, so that every op pays "
-              "`op_overhead_s` plus its roofline (a matmul or attention its rate at its shape), as before the tables. "
-              "Per case:", "",
+              "`op_overhead_s` plus its roofline (a matmul or attention its rate at its shape), as before the tables; "
+              "b-calls, each op's context as in an fx graph (`graph_op_s`) and each layer's module calls "
+              "(`LayerProfile.module_calls`, from the trace's module stack) at `module_call_s`, instead of one "
+              "context per op that spreads the probe's module calls over its ops. Per case:", "",
               "| model | shape | " + " | ".join(f"{k} err" for k in cals) + " | implied context us per op |",
               "|---|---|" + "---:|" * (len(cals) + 1)]
     implied = []
@@ -418,6 +439,19 @@ def main(argv: list[str] | None = None) -> int:
                      " | ".join(f"{err(c.est[k], c.measured_ms):+.1%}" for k in cals) + f" | {implied[-1]:.1f} |")
     lines += ["", f"Implied context us per op: the context cost per op (calibrated: {cal.op_context_s * 1e6:.2f} us) "
               f"that would make (b)'s estimate equal the measurement; median {statistics.median(implied):.1f} us."]
+
+    perr = [err(c.est["program"], statistics.median(c.program_runs_ms)) for c in cs]
+    lines += ["", "## The exported program: what rotafx.load runs", "",
+              "Each case's `torch.export.export(model, inputs).module()` timed in the same rounds as the eager forward "
+              "(interleaved with it), against the calibrated estimate of the profile with `runs_as=\"program\"` (each "
+              f"op's context `program_op_s` = {cal.program_op_s * 1e6:.2f} us instead of `op_context_s` + module calls; "
+              f"the program's own call, {cal.program_call_s * 1e6:.1f} us, is per stage).", "",
+              "| case | eager ms | program ms | program / eager | (b) as program ms | err |", "|---|---:|---:|---:|---:|---:|"]
+    for c, e in zip(cs, perr):
+        pm = statistics.median(c.program_runs_ms)
+        lines.append(f"| {c.label} | {c.measured_ms:.3f} | {pm:.3f} | {pm / c.measured_ms:.2f} | {c.est['program']:.3f} | "
+                     f"{e:+.1%} |")
+    lines += ["", f"Median \\|err\\| {median_abs(perr):.1%}, worst {max(map(abs, perr)):.1%}."]
 
     lines += ["", "## Per layer, (b) against measured layers", "",
               "| case | layer | ops | (b) ms | measured ms | err |", "|---|---|---:|---:|---:|---:|"]

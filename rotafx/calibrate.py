@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import bisect
 import datetime
+import functools
 import json
 import math
 import os
@@ -154,9 +155,11 @@ class Calibration:
 
     ``matmul[dtype]``, ``conv[dtype]`` and ``attention[dtype]`` map a shape to ``(rate, spread)``;
     ``op_times[kind]`` maps the bytes a call of that kind moves to its seconds per call,
-    measured alone; ``op_context_s`` is what each op adds inside a model's forward (the
-    Python around it; ``program_op_s`` the same inside an exported program's graph module);
-    ``module_call_s`` is what one ``nn.Module`` call adds in an eager forward;
+    measured alone; ``op_context_s`` is what each op adds inside a model's eager forward (the
+    Python around it, module calls included), ``graph_op_s`` inside an fx graph of the same
+    calls, ``program_op_s`` inside an exported program's graph module; ``module_call_s`` is
+    what one ``nn.Module`` call adds in an eager forward (a figure of the machine: the
+    cost model spreads module calls over the ops, in ``op_context_s``);
     ``transfers["cpu->cuda:0"]`` is ``{"latency_s", "bandwidth_Bps"}``; ``codecs[name]`` is
     ``{"encode_s_per_byte", "decode_s_per_byte"}``. A calibration written before ``conv``,
     ``op_times`` and ``op_context_s`` existed has them empty and prices every op as
@@ -179,10 +182,12 @@ class Calibration:
     view_overhead_s: float = 0.0
     op_times: dict[str, dict[int, float]] = field(default_factory=dict)  # kind -> bytes moved -> seconds per call
     op_context_s: float = 0.0
-    # one nn.Module call in an eager forward (0 in a file from before it: op_context_s holds it, spread over the ops)
-    module_call_s: float = 0.0
-    # what each op adds in an exported program's graph module (torch.export; 0 when not measured: op_context_s)
+    # what each op adds in an fx graph of torch calls (the backend's stages), and in an exported program's graph module
+    # (torch.export: partition, export, load); 0 when not measured (a file from before them): op_context_s
+    graph_op_s: float = 0.0
     program_op_s: float = 0.0
+    # one nn.Module call in an eager forward, measured on its own (reported; op_context_s holds it, spread over the ops)
+    module_call_s: float = 0.0
     # an exported program's own call (its input checks and pytree code): per stage, not in a layer's time
     program_call_s: float = 0.0
     codecs: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -259,9 +264,10 @@ class Calibration:
     def op_time_s(self, op: Any, dtype: str = "float32", compiled: bool = False, runs_as: str = "modules") -> float:
         """One op's time in a model's forward.
 
-        ``runs_as`` (:attr:`~rotafx.profile.ModelProfile.runs_as`) says what calls the op: in an
-        exported program (``"program"``) its context is ``program_op_s`` when measured; in an
-        eager forward or an fx graph, ``op_context_s``.
+        ``runs_as`` (:attr:`~rotafx.profile.ModelProfile.runs_as`) says what calls the op, which sets
+        its context: an eager forward (``"modules"``) ``op_context_s``, an fx graph (``"graph"``)
+        ``graph_op_s``, an exported program (``"program"``) ``program_op_s`` (each, when not
+        measured, ``op_context_s``).
 
         ``compiled``: the op runs in code inductor compiled (the ``rotastellar`` backend with an
         inner compiler), priced with the compiled launch costs when this calibration measured them
@@ -302,7 +308,8 @@ class Calibration:
         return self.op_overhead_s + max(compute, memory)
 
     def _context_s(self, runs_as: str) -> float:
-        return self.program_op_s if runs_as == "program" and self.program_op_s else self.op_context_s
+        own = {"graph": self.graph_op_s, "program": self.program_op_s}.get(runs_as, 0.0)
+        return own or self.op_context_s
 
     def _compiled_op_s(self, op: Any, kind: str | None, dtype: str) -> float:
         if op.view:
@@ -333,21 +340,19 @@ class Calibration:
     def layer_time_s(self, layer: Any, dtype: str = "float32", compiled: bool = False, runs_as: str = "modules") -> float:
         """A layer's time on this device: the sum of its ops' :meth:`op_time_s` (a layer with no op
         records, e.g. from ``from_layers``, as one op per entry of its ``work``), as compiled code
-        with ``compiled``; run as the model's modules (``runs_as="modules"``, eager), plus
-        ``module_call_s`` for each of its ``module_calls``.
+        with ``compiled``, called as ``runs_as`` says (:meth:`op_time_s`).
 
         >>> from rotafx.layers import LayerProfile, OpCost
-        >>> c = Calibration("cpu", 1, bandwidth_Bps=1e10, op_times={"pointwise": {8: 2e-6}}, op_context_s=1e-6, module_call_s=4e-6)
-        >>> relu = LayerProfile(0, "act", 0, 0, 0, 0, 0, 0, 8, op_costs=(OpCost(0, 8, None, False, "relu"),), module_calls=1)
-        >>> round(c.layer_time_s(relu) * 1e6, 3), round(c.layer_time_s(relu, runs_as="graph") * 1e6, 3)
-        (7.0, 3.0)
+        >>> c = Calibration("cpu", 1, bandwidth_Bps=1e10, op_times={"pointwise": {8: 2e-6}}, op_context_s=4e-6,
+        ...                 graph_op_s=1e-6, program_op_s=9e-6)
+        >>> relu = LayerProfile(0, "act", 0, 0, 0, 0, 0, 0, 8, op_costs=(OpCost(0, 8, None, False, "relu"),))
+        >>> [round(c.layer_time_s(relu, runs_as=r) * 1e6, 3) for r in ("modules", "graph", "program")]
+        [6.0, 3.0, 11.0]
         """
         from .layers import OpCost
 
         ops = layer.op_costs or tuple(OpCost(f, b, None, False) for f, b in (layer.work or ((layer.flops, layer.bytes_moved),)))
-        calls = self.module_call_s * getattr(layer, "module_calls", 0) if runs_as == "modules" and not (
-            compiled and self.compiled) else 0.0
-        return calls + sum(self.op_time_s(op, dtype, compiled, runs_as) for op in ops)
+        return sum(self.op_time_s(op, dtype, compiled, runs_as) for op in ops)
 
     def codec_s(self, codec: str, nbytes: float) -> float:
         """Seconds to encode ``nbytes`` of activations with ``codec`` and decode them (0 when not measured)."""
@@ -372,8 +377,9 @@ class Calibration:
                 "op_overhead_s": self.op_overhead_s,
                 "view_overhead_s": self.view_overhead_s,
                 "op_context_s": self.op_context_s,
-                "module_call_s": self.module_call_s,
+                "graph_op_s": self.graph_op_s,
                 "program_op_s": self.program_op_s,
+                "module_call_s": self.module_call_s,
                 "program_call_s": self.program_call_s,
                 "op_times": {k: [[n, t] for n, t in sorted(rows.items())] for k, rows in self.op_times.items()},
                 "matmul": table(self.matmul), "attention": table(self.attention), "conv": table(self.conv),
@@ -520,6 +526,7 @@ class Calibration:
                    conv=table("conv"), op_times=op_times,
                    op_context_s=num("op_context_s", data.get("op_context_s", 0.0), False),
                    module_call_s=num("module_call_s", data.get("module_call_s", 0.0), False),
+                   graph_op_s=num("graph_op_s", data.get("graph_op_s", 0.0), False),
                    program_op_s=num("program_op_s", data.get("program_op_s", 0.0), False),
                    program_call_s=num("program_call_s", data.get("program_call_s", 0.0), False),
                    bandwidth_Bps=num("bandwidth_Bps", data.get("bandwidth_Bps")),
@@ -733,52 +740,49 @@ def calibrate(device: str | torch.device = "cpu", *, dtypes: Sequence[str] | Non
             return x.narrow(0, 0, 2)
 
         net = _launch_probe().to(dev).eval()
-        x = torch.randn(4, 16, device=dev)
-        # the same forward three ways: the modules (eager), the same ops called as functions (no module call),
-        # and torch.export's program of it (rotafx.load's stages); and a one-op program for the program's own call
-        F = torch.nn.functional
-        weights = [(b.fc.weight, b.fc.bias, b.norm.weight, b.norm.bias) for b in net]
-        w0, b0, nw0, nb0 = weights[0]
+        x = torch.randn(1, 16, _PROBE_WIDTH, device=dev)
+        # the same forward three ways: the modules (eager), the same code with each module's function called
+        # directly (no module call: what an fx graph of the calls runs), and torch.export's program of it
+        # (rotafx.load's stages); and a one-op program for a program's own call
+        functions = [block.functions() for block in net]
 
         def functional() -> Any:
             y = x
-            for w, b, nw, nb in weights:
-                y = y + F.gelu(F.layer_norm(F.linear(y, w, b), (16,), nw, nb))
+            for f in functions:
+                y = _probe_block(y, *f)
             return y
-
-        # each of a block's four ops alone, at the probe's size (a 16x16 linear is below the matmul grid)
-        block_ops = {"linear": lambda: F.linear(x, w0, b0), "norm": lambda: F.layer_norm(x, (16,), nw0, nb0),
-                     "gelu": lambda: F.gelu(x), "add": lambda: x + x}
 
         with torch.no_grad():
             program = torch.export.export(net, (x,)).module()
             one = torch.export.export(_OneOp().to(dev), (x,)).module()
         best = _best_of({"ops": lambda: ops, "views": lambda: views, "net": lambda: lambda: net(x),
                          "functional": lambda: functional, "program": lambda: lambda: program(x),
-                         "one": lambda: lambda: one(x), **{k: (lambda f=f: f) for k, f in block_ops.items()}},
-                        threads, run / passes, passes)
+                         "one": lambda: lambda: one(x)}, threads, run / passes, passes)
         t_ops, t_views, t_net, t_fn, t_prog, t_one = (best[k][0] for k in ("ops", "views", "net", "functional",
                                                                            "program", "one"))
         cal.view_overhead_s = t_views / 6
-        # what an op adds in a forward: a small net of tiny layers (no arithmetic to speak of) timed whole, less its
-        # ops priced as measured alone, per op; called as functions for the op's own context, as modules for what
-        # each module call adds, as an exported program for what each op adds there
+        # what an op adds in a forward: a small transformer-like net (its matmuls and attention inside the measured
+        # grids) timed whole, less its ops as this calibration prices them alone, per op, each way (a view is priced
+        # view_overhead_s in each); the modules less the functions, per module call
+        from .layers import OpCost
         from .profile import ModelProfile
 
         prof = ModelProfile.from_pytorch(net, (x.to("cpu"),) if dev.type != "cpu" else (x,))
         costs = [c for layer in prof.layers for c in layer.op_costs]
-        n_ops = max(1, sum(1 for c in costs if not c.view))
+        n_ops = max(2, sum(1 for c in costs if not c.view))
         n_calls = max(1, sum(layer.module_calls for layer in prof.layers))
-        add = best["add"][0]
-        alone = len(net) * sum(best[k][0] for k in block_ops)  # the net's ops, each as measured alone
-        cal.op_context_s = max(0.0, (t_fn - alone) / n_ops)
+        priced = sum(cal.op_time_s(c) for c in costs)  # no context yet: each op as priced alone
+        add = cal.op_time_s(OpCost(0, 3 * x.numel() * x.element_size(), None, False, "add"))
+        cal.op_context_s = max(0.0, (t_net - priced) / n_ops)
+        cal.graph_op_s = max(0.0, (t_fn - priced) / n_ops)
         cal.module_call_s = max(0.0, (t_net - t_fn) / n_calls)
-        # program: t_prog = call + n_ops * (context + op) and t_one = call + context + add
-        cal.program_op_s = max(0.0, (t_prog - t_one - (alone - add)) / max(1, n_ops - 1))
+        # program: t_prog = call + n_ops * context + priced, and t_one = call + context + add
+        cal.program_op_s = max(0.0, (t_prog - t_one - (priced - add)) / (n_ops - 1))
         cal.program_call_s = max(0.0, t_one - add - cal.program_op_s)
         cal.op_overhead_s = cal.op_context_s + t_ops / 10
-        say(f"calibrate {dev}: {cal.op_context_s * 1e6:.1f} us per op in a forward, {cal.module_call_s * 1e6:.1f} us "
-            f"per module call, {cal.program_op_s * 1e6:.1f} us per op in an exported program "
+        say(f"calibrate {dev}: {cal.op_context_s * 1e6:.1f} us per op in an eager forward ({cal.module_call_s * 1e6:.1f} "
+            f"us per module call), {cal.graph_op_s * 1e6:.1f} us in an fx graph, {cal.program_op_s * 1e6:.1f} us in an "
+            f"exported program "
             f"({cal.program_call_s * 1e6:.1f} us per program call), {cal.op_overhead_s * 1e6:.1f} us per op of no "
             f"kind, {cal.view_overhead_s * 1e6:.1f} us per view")
         if compiled:
@@ -938,18 +942,53 @@ class _OneOp(torch.nn.Module):
         return x + x
 
 
+_PROBE_WIDTH = 64  # the probe's matmuls (16 x 64 x 64..192) and attention (BH 2, S 16, D 32) lie in the grids
+
+
+def _probe_block(x: torch.Tensor, heads: int, ln1: Callable, qkv: Callable, proj: Callable, ln2: Callable,
+                 gate: Callable, up: Callable, down: Callable, act: Callable) -> torch.Tensor:
+    """A pre-norm attention block with a gated MLP, calling what it is given (modules, or their functions)."""
+    b, s, d = x.shape
+    q, k, v = qkv(ln1(x)).split(d, dim=-1)
+    q, k, v = (t.view(b, s, heads, d // heads).transpose(1, 2) for t in (q, k, v))
+    a = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    x = x + proj(a.transpose(1, 2).reshape(b, s, d))
+    h = ln2(x)
+    return x + down(act(gate(h)) * up(h))
+
+
+class _ProbeBlock(torch.nn.Module):
+    def __init__(self, d: int = _PROBE_WIDTH, heads: int = 2) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.heads = heads
+        self.ln1, self.qkv, self.proj = nn.LayerNorm(d), nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.ln2, self.gate, self.up, self.down = nn.LayerNorm(d), nn.Linear(d, 2 * d), nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _probe_block(x, self.heads, self.ln1, self.qkv, self.proj, self.ln2, self.gate, self.up, self.down,
+                            self.act)
+
+    def functions(self) -> tuple:
+        """The block's arguments to :func:`_probe_block` with each module replaced by its function."""
+        F = torch.nn.functional
+
+        def linear(m: torch.nn.Linear) -> Callable:
+            return functools.partial(F.linear, weight=m.weight, bias=m.bias)
+
+        def norm(m: torch.nn.LayerNorm) -> Callable:
+            return functools.partial(F.layer_norm, normalized_shape=m.normalized_shape, weight=m.weight, bias=m.bias,
+                                     eps=m.eps)
+
+        return (self.heads, norm(self.ln1), linear(self.qkv), linear(self.proj), norm(self.ln2), linear(self.gate),
+                linear(self.up), linear(self.down), F.silu)
+
+
 def _launch_probe() -> torch.nn.Module:
-    """Eight tiny blocks (linear, layer norm, GELU, a residual add): what a model's forward does, at no size."""
-    class Block(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc, self.norm = torch.nn.Linear(16, 16), torch.nn.LayerNorm(16)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x + torch.nn.functional.gelu(self.norm(self.fc(x)))
-
+    """Four small transformer-like blocks: what a model's forward does around its ops, at small sizes."""
     torch.manual_seed(0)
-    return torch.nn.Sequential(*(Block() for _ in range(8)))
+    return torch.nn.Sequential(*(_ProbeBlock() for _ in range(4)))
 
 
 def _fmt_bytes(n: int) -> str:

@@ -148,7 +148,8 @@ class LayerProfile:
     a KV cache of its attention holds per token of one sequence (its keys and values, before
     any grouped-query repeat; 0 for a layer with no self-attention); ``module_calls``: the
     ``nn.Module`` calls its eager forward makes (each counted in the layer of its first op;
-    0 for a profile not read from PyTorch modules).
+    0 for a profile not read from PyTorch modules; what ``module_call_s`` would multiply: the
+    cost model spreads module calls over the ops instead, which measured closer).
     """
 
     index: int

@@ -111,10 +111,10 @@ class ModelProfile:
     # the layers run as code inductor compiled (the backend with an inner compiler): a calibrated device prices
     # them with its compiled launch costs (Calibration.compiled), when it measured them
     compiled: bool = False
-    # how the layers run, which sets what a calibrated device charges around each op (Calibration.layer_time_s):
-    # "modules", the model's own nn.Modules in eager PyTorch (each module call costs module_call_s); "graph", an fx
-    # graph of the traced ops (the backend's stages: no module calls); "program", exported programs loaded by
-    # rotafx.load (each op called through torch.export's graph module: program_op_s)
+    # how the layers run, which sets what a calibrated device charges around each op (Calibration.op_time_s):
+    # "modules", the model's own nn.Modules in eager PyTorch (op_context_s, module calls included); "graph", an fx
+    # graph of the traced torch calls (the backend's stages: graph_op_s); "program", torch.export's graph of ATen ops
+    # (partition, export and rotafx.load's stages: program_op_s)
     runs_as: str = "modules"
 
     def __post_init__(self) -> None:
@@ -338,9 +338,10 @@ class ModelProfile:
         or raises :class:`~rotafx.layers.CostRuleError` under ``strict=True``.
         ``measure=True`` also times every layer on ``device`` (see :meth:`measure`).
         ``runs_as`` (:attr:`runs_as`) says how the layers will run, for a calibrated device's
-        price: ``"modules"`` (the model called eagerly, each of its module calls counted
-        per layer in ``module_calls``), ``"graph"`` or ``"program"`` (rotafx's exported
-        stages: what :func:`rotafx.partition` and :func:`rotafx.export` plan with).
+        price: ``"modules"`` (the model called eagerly, the default), ``"graph"`` (an fx graph of
+        torch calls: the ``rotastellar`` backend's stages) or ``"program"`` (torch.export's ATen
+        graph: what :func:`rotafx.partition`, :func:`rotafx.export` and :func:`rotafx.load` run, and
+        plan with).
 
         >>> import torch
         >>> p = ModelProfile.from_pytorch(torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU()))
