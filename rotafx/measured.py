@@ -139,13 +139,15 @@ def estimate_vs_measured(model: torch.nn.Module | str | os.PathLike[str], exampl
     if processes:
         stage_ms, total_ms, driver_ms, hop_ms, nbytes = _time_processes(plan_dir, spec, args, kwargs, repeats, warmup,
                                                                         emulate_links, threads)
-        est_ms, figures = driver_hops_ms(spec, *nbytes)
-        # a request whose trace lacks the spans is left out; none at all: the driver's hops are not measured
+        topo = _topology(spec)
+        est_ms, figures = driver_hops_ms(spec, *nbytes, topo=topo)
+        # a request whose trace lacks the spans is left out; none at all: the driver's hops are not measured (but
+        # still priced in the links' row and the whole request)
         driver = Row("the driver's two hops", est_ms, *_quantiles(driver_ms), figures) if driver_ms else None
-        cmp = _compare(spec, stage_ms, total_ms, repeats, emulate_links, plan_dir, len(spec.stages), driver)
+        cmp = _compare(spec, stage_ms, total_ms, repeats, emulate_links, plan_dir, len(spec.stages), driver, est_ms)
         if hop_ms:
             m, lo, hi = _quantiles(hop_ms)
-            est = process_message_ms(spec)
+            est = process_message_ms(spec, topo=topo)
             hint = f"measured: give the links message_ms {m:.3f} to price this machine's hops"
             cmp = dataclasses.replace(cmp, process_hop=Row("a hop between stages", est, m, lo, hi,
                                                            "the links' message_ms; " + hint if est else hint))
@@ -248,6 +250,9 @@ def _time_processes(plan_dir: Path, spec: Any, args: Sequence[Any], kwargs: Mapp
     return stage_ms, total_ms, driver_ms, hop_ms, (int(nbytes[0]), int(nbytes[1]))
 
 
+_UNREAD = object()  # a topology argument not given: read it from the plan
+
+
 def _topology(spec: Any) -> Any:
     """The plan's topology, or None when it does not load (a plan directory is input from others)."""
     from .topology import Topology, TopologyError
@@ -258,10 +263,11 @@ def _topology(spec: Any) -> Any:
         return None
 
 
-def process_message_ms(spec: Any) -> float:
+def process_message_ms(spec: Any, *, topo: Any = _UNREAD) -> float:
     """The fixed cost per message the plan's topology gives a hop between two of its stages: the ``message_ms`` of
-    the chain links each hop crosses, averaged over the hops (0 when none is given or the topology does not load)."""
-    topo = _topology(spec)
+    the chain links each hop crosses, averaged over the hops (0 when none is given or the topology does not load).
+    ``topo``: the plan's topology already loaded (:func:`_topology`), else it is read from ``spec``."""
+    topo = _topology(spec) if topo is _UNREAD else topo
     at = _chain_positions(spec, topo) if topo is not None else []
     if len(at) < 2:
         return 0.0
@@ -293,15 +299,15 @@ def _message_ms(topo: Any, src: str, dst: str) -> float:
         return 0.0
 
 
-def driver_hops_ms(spec: Any, in_bytes: int, out_bytes: int) -> tuple[float, str]:
+def driver_hops_ms(spec: Any, in_bytes: int, out_bytes: int, *, topo: Any = _UNREAD) -> tuple[float, str]:
     """The estimate of the driver's two hops (ms), the request's ``in_bytes`` to the first stage's process and the
     output's ``out_bytes`` back from the last's, and where the figure comes from.
 
     Each is a hop between two processes of one host: the calibrated process hop of that end's node
     (``calibrate(processes=True)``: its fixed cost per message and its bandwidth) when it has one, else the
     ``message_ms`` of the chain link leaving the first node (arriving at the last), the user's figure for a
-    process hop; 0 when neither is known (then the figure says so)."""
-    topo = _topology(spec)
+    process hop; 0 when neither is known (then the figure says so). ``topo`` as :func:`process_message_ms` takes it."""
+    topo = _topology(spec) if topo is _UNREAD else topo
     if topo is None:
         return 0.0, "not priced: the plan's topology does not load"
     at = _chain_positions(spec, topo)
@@ -328,9 +334,9 @@ def driver_hops_ms(spec: Any, in_bytes: int, out_bytes: int) -> tuple[float, str
 
 
 def _compare(spec: Any, stage_ms: list[list[float]], total_ms: list[float], repeats: int, emulate_links: bool,
-             plan_dir: Path, processes: int, driver: Row | None = None) -> Comparison:
+             plan_dir: Path, processes: int, driver: Row | None = None, driver_ms: float = 0.0) -> Comparison:
     """The rows of a comparison: each stage's compute, the links and the rest (the driver's hops among them, as
-    processes), the whole request."""
+    processes: their estimate ``driver_ms``, measured in ``driver`` when the trace had them), the whole request."""
     est = spec.estimate
     by_stage: dict[int, float] = {}
     for row in est.get("by_layer", []):
@@ -343,7 +349,7 @@ def _compare(spec: Any, stage_ms: list[list[float]], total_ms: list[float], repe
                         figures.get(st.node, "")))
     links = [t - sum(s[r] for s in stage_ms) for r, t in enumerate(total_ms)]
     m, lo, hi = _quantiles(links)
-    extra = driver.estimate_ms if driver is not None else 0.0
+    extra = driver_ms
     rows.append(Row("links and the rest" if emulate_links else "links (not emulated) and the rest",
                     float(est.get("transfer_ms", 0.0)) + float(est.get("propagation_ms", 0.0)) + extra, m, lo, hi))
     m, lo, hi = _quantiles(total_ms)

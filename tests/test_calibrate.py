@@ -804,3 +804,17 @@ def test_a_process_hop_is_measured_and_fitted() -> None:
     cal = rotafx.Calibration("cpu", 1, bandwidth_Bps=1e10, transfers={"process": hop})
     assert cal.process_message_ms == pytest.approx(1e3 * hop["latency_s"])
     assert rotafx.Calibration.from_dict(cal.to_dict()).transfers["process"] == hop
+
+
+def test_the_driver_hops_stay_priced_when_no_trace_measured_them() -> None:
+    """A run whose traces lack the driver's spans has no driver row, but the estimate still holds their price."""
+    from types import SimpleNamespace
+
+    from rotafx.measured import _compare
+
+    spec = SimpleNamespace(estimate={"by_layer": [{"stage": 0, "ms": 2.0}], "transfer_ms": 1.0, "propagation_ms": 0.5,
+                                     "total_ms": 3.5}, stages=[SimpleNamespace(node="a", chain_index=0)], topology={})
+    cmp = _compare(spec, [[2.1, 2.2]], [4.0, 4.4], 2, True, Path("p"), 1, None, 0.75)
+    links, total = cmp.rows[-2], cmp.total
+    assert cmp.driver_hops is None
+    assert links.estimate_ms == pytest.approx(1.0 + 0.5 + 0.75) and total.estimate_ms == pytest.approx(3.5 + 0.75)
