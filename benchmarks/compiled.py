@@ -15,6 +15,7 @@ Writes its table as a section of ``--out``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 from pathlib import Path
@@ -47,8 +48,12 @@ def one_run(rounds: int) -> list[dict]:
     rows = []
     for name, model, x in cases():
         prof = rotafx.ModelProfile.from_pytorch(model, x)
-        est = {mode: 1e3 * sum(cal.layer_time_s(l, "float32", mode == "compiled") for l in prof.layers)
-               for mode in ("compiled", "eager")}
+        # the cost model's whole-model figure, its stage's call included (compiled: call_s)
+        topo = {"devices": [{"name": "cpu", "memory": "16 GB", "calibration": cal.to_dict()}], "links": [],
+                "chain": ["cpu"]}
+        est = {mode: rotafx.LatencyEstimator(topo).estimate(
+            [0] * prof.num_layers, dataclasses.replace(prof, compiled=mode == "compiled")).total_ms
+            for mode in ("compiled", "eager")}
         fn = torch.compile(model, backend="inductor", dynamic=False)
         with torch.no_grad():
             fn(*x)

@@ -188,7 +188,7 @@ class Calibration:
     program_op_s: float = 0.0
     # one nn.Module call in an eager forward, measured on its own (reported; op_context_s holds it, spread over the ops)
     module_call_s: float = 0.0
-    # an exported program's own call (its input checks and pytree code): per stage, not in a layer's time
+    # an exported program's own call (its input checks and pytree code): per stage (CostTables.stage_call_ms)
     program_call_s: float = 0.0
     codecs: dict[str, dict[str, float]] = field(default_factory=dict)
     # code compiled by inductor: {"call_s": a compiled call's fixed cost, "kernel_s": each kernel's launch in it}
@@ -277,8 +277,9 @@ class Calibration:
         time in compiled code) plus what its kernel's time at its shape takes beyond the eager launch
         of its kind (so a call at the grid's edge costs ``kernel_s``); any other op ``kernel_s`` plus
         ``max(flops / best matmul rate, bytes / bandwidth at that size)``. A compiled call's own fixed
-        cost (``compiled["call_s"]``) is per stage, not per op, and not in a layer's time:
-        :attr:`compiled_call_s`.
+        cost (``compiled["call_s"]``, :attr:`compiled_call_s`) is per stage, not per op, and not in a
+        layer's time: the cost model charges it once to each stage that runs a layer
+        (:attr:`~rotafx.costmodel.CostTables.stage_call_ms`), as it does ``program_call_s``.
 
         ``op`` is a :class:`~rotafx.layers.OpCost`. A view costs the view's launch only. With
         op-kind tables (:data:`OP_KINDS`, from ``op.op_type``), an op costs ``op_context_s``
