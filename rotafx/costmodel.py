@@ -87,7 +87,7 @@ def _compute_ms(profile: ModelProfile, topology: Topology) -> tuple[np.ndarray, 
             elif layer.measured_ms is not None and same:
                 out[l, s] = layer.measured_ms
             elif layer.measured_ms is not None and source is not None:  # measured elsewhere: scaled by both
-                here, there = cal.layer_time_s(layer, dtype), source.layer_time_s(layer, dtype)
+                here, there = (c.layer_time_s(layer, dtype, compiled, profile.runs_as) for c in (cal, source))
                 out[l, s] = layer.measured_ms * (here / there if there > 0 else 1.0)
             else:
                 out[l, s] = 1e3 * cal.layer_time_s(layer, dtype, compiled, profile.runs_as)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
@@ -219,6 +220,13 @@ class GenerationEstimate:
         return "\n".join(lines)
 
 
+def _time(v: Any, name: str) -> float:
+    """A time read from a plan (input from others): a finite number >= 0, else ValueError naming it."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be a finite number of ms >= 0, got {v!r}")
+    return float(v)
+
+
 def estimate_from_dict(d: Mapping[str, Any]) -> Estimate:
     """The :class:`Estimate` a plan's ``plan.json`` keeps (``estimate``), without what it does not keep (the
     tensors of each hop, the generation figures); for pictures and reports of a plan directory.
@@ -228,8 +236,9 @@ def estimate_from_dict(d: Mapping[str, Any]) -> Estimate:
     """
     try:
         parts = {str(k): float(v) for k, v in d["parts"].items()}
-        by_layer = tuple(LayerEstimate(int(r["index"]), str(r["name"]), str(r["node"]), int(r["stage"]), float(r["ms"]),
-                                       float(r.get("call_ms", 0.0))) for r in d["by_layer"])
+        by_layer = tuple(LayerEstimate(int(r["index"]), str(r["name"]), str(r["node"]), int(r["stage"]),
+                                       _time(r["ms"], "ms"), _time(r.get("call_ms", 0.0), "call_ms"))
+                         for r in d["by_layer"])
         transfers = tuple(TransferEstimate(int(t["boundary"]), str(t["src"]), str(t["dst"]), str(t["link_kind"]),
                                            int(t["bytes"]), float(t["transfer_ms"]), float(t["propagation_ms"]))
                           for t in d["transfers"])

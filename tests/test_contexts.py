@@ -82,22 +82,33 @@ def test_an_unknown_way_of_running_is_refused_by_name() -> None:
         dataclasses.replace(p, runs_as="jit")
 
 
-def test_the_backend_plans_graphs_and_partition_plans_programs() -> None:
+def test_in_process_pipelines_are_priced_as_eager_and_an_exported_plan_as_programs(tmp_path: Path) -> None:
+    """The backend's and partition's pipelines run at about the eager model's speed; what export writes for
+    rotafx.load is priced as torch.export programs: each op program_op_s instead of op_context_s, and one call."""
     from rotafx.backend.plan import last_plan
+    from rotafx.plan.schema import read_plan
 
     m, x = _net(), torch.randn(4, 8)
     torch._dynamo.reset()
     torch.compile(m, backend="rotastellar")(x)
-    assert last_plan().profile.runs_as == "graph"
-    pm = rotafx.partition(m, (x,))
-    assert pm.plan.profile.runs_as == "program"
+    assert last_plan().profile.runs_as == "modules"
+    c = _cal(op_context_s=5e-6, graph_op_s=2e-6, program_op_s=9e-6, program_call_s=30e-6)
+    topo = {"devices": [{"name": "cpu", "memory": "1 GB", "calibration": c.to_dict()}], "links": [], "chain": ["cpu"]}
+    pm = rotafx.partition(m, (x,), topology=topo)
+    part = pm.plan.partition
+    assert part.profile.runs_as == "modules"
+    rotafx.export(m, (x,), path=tmp_path / "plan", topology=topo)
+    written = read_plan(tmp_path / "plan").estimate
+    n_ops = sum(1 for layer in part.profile.layers for op in layer.op_costs if not op.view)
+    assert written["total_ms"] - part.estimate.total_ms == pytest.approx(1e3 * (n_ops * (9e-6 - 5e-6) + 30e-6))
+    assert sum(r.get("call_ms", 0.0) for r in written["by_layer"]) == pytest.approx(30e-3)
 
 
 def test_calibrate_solves_each_context_from_the_probe_timed_three_ways(monkeypatch: pytest.MonkeyPatch) -> None:
     """With the probe's timings fixed, each figure is what makes its way of running add up: the eager net is its ops
     as priced alone plus op_context_s per op, the functions graph_op_s per op, the program its call plus program_op_s
     per op, and the modules less the functions module_call_s per module call."""
-    # above what the quick grid prices the probe's ops at (its matmuls below the quick grid: about 0.7 ms)
+    # above what the quick grid prices the probe's ops at
     fixed = {"ops": 20e-6, "views": 6e-6, "net": 3000e-6, "functional": 2500e-6, "program": 4000e-6, "one": 200e-6}
     real = cal_module._best_of
 
@@ -112,6 +123,11 @@ def test_calibrate_solves_each_context_from_the_probe_timed_three_ways(monkeypat
     x = torch.randn(1, 16, cal_module._PROBE_WIDTH)
     probe = rotafx.ModelProfile.from_pytorch(cal_module._launch_probe(), (x,))
     costs = [op for layer in probe.layers for op in layer.op_costs]
+    # every matmul and attention of the probe lies inside the quick grids: priced at its shape, not the edge's
+    for op in (op for op in costs if op.kernel is not None):
+        kind, *shape = op.kernel
+        grid = (c.attention if kind == "sdpa" else c.matmul)["float32"]
+        assert all(min(k[i] for k in grid) <= shape[i] <= max(k[i] for k in grid) for i in range(3)), op
     n_ops = sum(1 for op in costs if not op.view)
     calls = sum(layer.module_calls for layer in probe.layers)
     alone = dataclasses.replace(c, op_context_s=0.0, graph_op_s=0.0, program_op_s=0.0, op_overhead_s=0.0)

@@ -106,8 +106,7 @@ class RotaStellarBackend:
             log.info("rotafx: a captured graph with no operations; nothing to place")
             return gm.forward
         with _planning_adds_no_guards():
-            plan = plan_graph(gm, weights, params, values, cfg, name=f"graph {len(self.plans)}", graph_index=len(self.plans),
-                              runs_as="graph")
+            plan = plan_graph(gm, weights, params, values, cfg, name=f"graph {len(self.plans)}", graph_index=len(self.plans))
         self.plans.append(plan)
         slots = {s.node_name: s for s in plan.rewritten.weights}
         weight_positions = [(i, slots[n.name]) for i, n in enumerate(placeholders) if n.name in slots]

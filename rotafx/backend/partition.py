@@ -128,7 +128,7 @@ def _plan_generation(model: torch.nn.Module, cfg: Config, gen: Generation) -> Pa
     """The optimizer's partition of the model's prefill and decode step, its KV cache in every node's memory."""
     try:
         profile = ModelProfile.for_generation(model, prompt_len=gen.prompt_len, new_tokens=gen.new_tokens,
-                                              batch_size=gen.batch_size, sequences=gen.sequences, runs_as="program")
+                                              batch_size=gen.batch_size, sequences=gen.sequences)
     except ProfileError as e:
         raise BackendError(str(e)) from e.__cause__
     solver = cfg.solver or ("dp" if len(cfg.topology.chain) == 1 else "milp")

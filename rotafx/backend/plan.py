@@ -99,7 +99,7 @@ def plans() -> list[Plan]:
 def plan_graph(gm: fx.GraphModule, weights: Mapping[str, str], params: frozenset[str], values: Mapping[str, torch.Tensor],
                cfg: Config, *, name: str, graph_index: int = 0, in_spec: Any = None, out_spec: Any = None,
                assignment: Callable[[ModelProfile], Sequence[int]] | None = None,
-               state: frozenset[str] = frozenset(), runs_as: str = "program") -> Plan:
+               state: frozenset[str] = frozenset(), runs_as: str = "modules") -> Plan:
     """annotate -> profile -> solve -> rewrite -> runtime, for one graph.
 
     ``weights`` maps weight placeholders to weight names, ``params`` names the parameters
@@ -112,8 +112,8 @@ def plan_graph(gm: fx.GraphModule, weights: Mapping[str, str], params: frozenset
     that check's message.
     """
     annotate(gm, weights)
-    # the stages run this graph's ops, no module calls: a torch.export graph's ATen ops ("program", partition and
-    # export), dynamo's torch-level calls ("graph", the backend)
+    # rotafx's in-process pipelines (the backend's, partition's) measured at about the eager model's speed: priced as
+    # "modules"; what export writes for rotafx.load is priced again as a program (plan/write.py)
     profile = dataclasses.replace(ModelProfile.from_graph(read_graph(gm, weights, params, name=name)), runs_as=runs_as)
     if cfg.inner == "inductor":  # the stages run as inductor's code: priced so where the device measured it
         profile = dataclasses.replace(profile, compiled=True)

@@ -12,6 +12,7 @@ it) to a later stage that reads it. Model outputs travel as they are.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -218,7 +219,19 @@ def _export_program(pm: Any, example_inputs: Any, example_kwargs: Mapping[str, A
         hops=_hops(flow, [st.index for st in rw.stages], tuple(v for v in rw.inputs if v not in constants), topo,
                    plan.partition.stages, rw.codec),
         topology=topo.to_dict(), objective=plan.partition.objective.name,
-        partition=_partition_dict(plan.partition), estimate=estimate_dict(plan.partition.estimate))
+        partition=_partition_dict(plan.partition), estimate=estimate_dict(_as_loaded(plan.partition)))
+
+
+def _as_loaded(part: Any) -> Any:
+    """The partition's placement priced as :func:`rotafx.load` runs it: each stage a torch.export program
+    (``ModelProfile.runs_as="program"``: its ops' context and its own call; the same on a datasheet device)."""
+    from ..costmodel import CostTables
+    from ..estimate import evaluate
+
+    if part.profile.runs_as == "program":
+        return part.estimate
+    program = dataclasses.replace(part.profile, runs_as="program")
+    return evaluate(CostTables(program, part.topology, codec=part.codec, memory_rule=part.memory_rule), part.stages)
 
 
 def _generation_programs(pm: Any, max_context: int | None) -> Any:
