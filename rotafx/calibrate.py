@@ -182,8 +182,8 @@ class Calibration:
     view_overhead_s: float = 0.0
     op_times: dict[str, dict[int, float]] = field(default_factory=dict)  # kind -> bytes moved -> seconds per call
     op_context_s: float = 0.0
-    # what each op adds in an fx graph of torch calls (the backend's stages), and in an exported program's graph module
-    # (torch.export: partition, export, load); 0 when not measured (a file from before them): op_context_s
+    # what each op adds in an fx graph of plain torch calls, and in an exported program's graph module (torch.export:
+    # what rotafx.load runs); 0 when not measured (a file from before them): op_context_s
     graph_op_s: float = 0.0
     program_op_s: float = 0.0
     # one nn.Module call in an eager forward, measured on its own (reported; op_context_s holds it, spread over the ops)

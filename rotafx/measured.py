@@ -349,11 +349,10 @@ def _compare(spec: Any, stage_ms: list[list[float]], total_ms: list[float], repe
                         figures.get(st.node, "")))
     links = [t - sum(s[r] for s in stage_ms) for r, t in enumerate(total_ms)]
     m, lo, hi = _quantiles(links)
-    extra = driver_ms
     rows.append(Row("links and the rest" if emulate_links else "links (not emulated) and the rest",
-                    float(est.get("transfer_ms", 0.0)) + float(est.get("propagation_ms", 0.0)) + extra, m, lo, hi))
+                    float(est.get("transfer_ms", 0.0)) + float(est.get("propagation_ms", 0.0)) + driver_ms, m, lo, hi))
     m, lo, hi = _quantiles(total_ms)
-    rows.append(Row("whole request", float(est.get("total_ms", 0.0)) + extra, m, lo, hi))
+    rows.append(Row("whole request", float(est.get("total_ms", 0.0)) + driver_ms, m, lo, hi))
     return Comparison(tuple(rows), repeats, emulate_links, str(plan_dir), processes=processes, driver_hops=driver)
 
 

@@ -112,9 +112,9 @@ class ModelProfile:
     # them with its compiled launch costs (Calibration.compiled), when it measured them
     compiled: bool = False
     # how the layers run, which sets what a calibrated device charges around each op (Calibration.op_time_s):
-    # "modules", the model's own nn.Modules in eager PyTorch (op_context_s, module calls included); "graph", an fx
-    # graph of the traced torch calls (the backend's stages: graph_op_s); "program", torch.export's graph of ATen ops
-    # (partition, export and rotafx.load's stages: program_op_s)
+    # "modules", the model's own nn.Modules in eager PyTorch, and rotafx's in-process pipelines, which run at about
+    # its speed (op_context_s, module calls included); "graph", an fx graph of plain torch calls (graph_op_s);
+    # "program", torch.export's programs, what rotafx.load runs (program_op_s, and program_call_s per stage)
     runs_as: str = "modules"
 
     def __post_init__(self) -> None:
@@ -338,10 +338,10 @@ class ModelProfile:
         or raises :class:`~rotafx.layers.CostRuleError` under ``strict=True``.
         ``measure=True`` also times every layer on ``device`` (see :meth:`measure`).
         ``runs_as`` (:attr:`runs_as`) says how the layers will run, for a calibrated device's
-        price: ``"modules"`` (the model called eagerly, the default), ``"graph"`` (an fx graph of
-        torch calls: the ``rotastellar`` backend's stages) or ``"program"`` (torch.export's ATen
-        graph: what :func:`rotafx.partition`, :func:`rotafx.export` and :func:`rotafx.load` run, and
-        plan with).
+        price: ``"modules"`` (the model called eagerly, the default; also rotafx's in-process
+        pipelines: the backend, :func:`rotafx.partition`), ``"graph"`` (an fx graph of plain torch
+        calls) or ``"program"`` (torch.export's programs: what :func:`rotafx.load` runs, and how the
+        estimate :func:`rotafx.export` writes is priced).
 
         >>> import torch
         >>> p = ModelProfile.from_pytorch(torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU()))

@@ -99,7 +99,7 @@ def plans() -> list[Plan]:
 def plan_graph(gm: fx.GraphModule, weights: Mapping[str, str], params: frozenset[str], values: Mapping[str, torch.Tensor],
                cfg: Config, *, name: str, graph_index: int = 0, in_spec: Any = None, out_spec: Any = None,
                assignment: Callable[[ModelProfile], Sequence[int]] | None = None,
-               state: frozenset[str] = frozenset(), runs_as: str = "modules") -> Plan:
+               state: frozenset[str] = frozenset()) -> Plan:
     """annotate -> profile -> solve -> rewrite -> runtime, for one graph.
 
     ``weights`` maps weight placeholders to weight names, ``params`` names the parameters
@@ -112,9 +112,9 @@ def plan_graph(gm: fx.GraphModule, weights: Mapping[str, str], params: frozenset
     that check's message.
     """
     annotate(gm, weights)
-    # rotafx's in-process pipelines (the backend's, partition's) measured at about the eager model's speed: priced as
-    # "modules"; what export writes for rotafx.load is priced again as a program (plan/write.py)
-    profile = dataclasses.replace(ModelProfile.from_graph(read_graph(gm, weights, params, name=name)), runs_as=runs_as)
+    # runs_as "modules": rotafx's in-process pipelines (the backend's, partition's) measured at about the eager
+    # model's speed; what export writes for rotafx.load is priced again as programs (plan/write.py)
+    profile = ModelProfile.from_graph(read_graph(gm, weights, params, name=name))
     if cfg.inner == "inductor":  # the stages run as inductor's code: priced so where the device measured it
         profile = dataclasses.replace(profile, compiled=True)
     if assignment is not None:
